@@ -1,0 +1,28 @@
+"""volseg: click-driven interactive segmentation of 2D images, 3D volumes and videos as GP classification.
+
+Pipeline: read (io) -> Image -> features -> GP posterior (gp) -> probability / uncertainty -> mask -> write.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from .clicks import Click, load_clicks
+from .config import GPConfig
+from .errors import VolsegError
+from .image import Image
+from .session import Session
+
+
+def read_image(path):
+    from .io import read_image as _read
+
+    return _read(path)
+
+
+def write_mask(mask, like, path, **kwargs):
+    from .io import write_mask as _write
+
+    return _write(mask, like, path, **kwargs)
+
+
+__all__ = ["Click", "GPConfig", "Image", "Session", "VolsegError", "load_clicks", "read_image", "write_mask", "__version__"]

@@ -1,0 +1,368 @@
+"""``volseg batch``: many (image, clicks) cases turned into masks, resumable, locally or on Ray.
+
+Manifest: CSV with a header ``image,clicks[,prior][,output]`` or JSON (a list of objects with those
+keys, or ``{"cases": [...]}``).  Relative input paths are resolved against the manifest's folder;
+``output`` is a file name (or relative path) inside ``--out``, by default ``<image stem>_mask`` with
+the image's own format for NRRD/MHA/NIfTI, ``.nii.gz`` for DICOM series and ``.png`` for 2D rasters.
+
+Each case is one :func:`run_case` call -- the same function in-process, in a process pool
+(``--executor local --workers N``) or as a Ray task (``--executor ray``): only paths travel; the
+image, features and session are built where the case runs.  A case is
+
+* **skipped** when its output exists and the provenance sidecar beside it records the same input,
+  clicks and prior SHA-256 and the same parameters (so an interrupted batch resumes where it stopped);
+* **done** when it was (re)computed -- an output whose sidecar no longer matches is replaced;
+* **failed** with the reason (unreadable image, bad clicks, ...) without stopping the others.
+
+An output that exists *without* a sidecar was not written by volseg and is left alone (the case
+fails) unless ``--overwrite``, which also recomputes every case.  The report goes to
+``OUT/batch_report.json`` (replaced on each run).  Exit code: 0 when every case is done or skipped,
+1 when any case failed, 2 for an unusable manifest or options.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import time
+import traceback
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .errors import InputError, VolsegError
+from .io.atomic import atomic_path
+
+_KEYS = ("image", "clicks", "prior", "output")
+
+
+@dataclass(frozen=True)
+class CaseRow:
+    """One manifest row with resolved paths (strings, so it pickles and ships cheaply)."""
+
+    name: str
+    image: str
+    clicks: str
+    prior: str | None
+    output: str  # absolute, inside --out unless the manifest gave an absolute path
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    features: str = "filterbank"
+    device: str = "cpu"
+    config: object = None  # a volseg.config.GPConfig (or None: the defaults), passed to segment_file
+    overwrite: bool = False
+    threads: int | None = None  # torch threads inside a worker; None leaves torch's default
+
+
+@dataclass
+class CaseResult:
+    name: str
+    status: str  # done | failed | skipped
+    reason: str = ""
+    seconds: float = 0.0
+    output: str = ""
+    traceback: str | None = field(default=None, repr=False)
+
+
+# -- manifest --------------------------------------------------------------------------------
+
+def _suffix(name: str) -> str:
+    n = name.lower()
+    return ".nii.gz" if n.endswith(".nii.gz") else os.path.splitext(n)[1]
+
+
+def default_output_name(image: str | Path) -> str:
+    """``<stem>_mask`` + the image's own format where a mask can be written in it."""
+    p = Path(image)
+    s = _suffix(p.name)
+    stem = p.name[: len(p.name) - len(s)] if s else p.name
+    if p.is_dir() or s in ("", ".dcm"):
+        ext = ".nii.gz"
+    elif s in (".nrrd", ".nhdr"):
+        ext = ".nrrd"
+    elif s in (".mha", ".mhd"):
+        ext = ".mha"
+    elif s in (".nii", ".nii.gz"):
+        ext = ".nii.gz"
+    else:  # 2D rasters: a lossless label image
+        ext = ".png"
+    return f"{stem}_mask{ext}"
+
+
+def _read_rows(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise InputError(f"manifest {path} does not exist")
+    try:
+        if path.suffix.lower() == ".csv":
+            with path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                if not reader.fieldnames:
+                    raise InputError(f"manifest {path} is empty")
+                reader.fieldnames = [c.strip().lower() for c in reader.fieldnames]
+                return [{k: (v or "").strip() for k, v in r.items() if k} for r in reader]
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"manifest {path} cannot be parsed: {e}") from None
+    if isinstance(data, dict):
+        data = data.get("cases")
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise InputError(f"manifest {path}: expected a JSON list of objects with image and clicks")
+    return [{str(k).strip().lower(): ("" if v is None else str(v).strip()) for k, v in r.items()} for r in data]
+
+
+def read_manifest(path: str | Path, out_dir: str | Path) -> list[CaseRow]:
+    """Rows of a CSV/JSON manifest with paths resolved; duplicate outputs are refused up front."""
+    p = Path(path)
+    out = Path(out_dir).resolve()
+    rows = _read_rows(p)
+    if not rows:
+        raise InputError(f"manifest {p} has no cases")
+    cases, seen = [], {}
+    for n, r in enumerate(rows, 1):
+        if not r.get("image") or not r.get("clicks"):
+            raise InputError(f"manifest {p} case {n}: 'image' and 'clicks' are both required (columns {', '.join(_KEYS)})")
+        image = (p.parent / r["image"]).resolve()
+        clicks = (p.parent / r["clicks"]).resolve()
+        prior = (p.parent / r["prior"]).resolve() if r.get("prior") else None
+        output = (out / (r.get("output") or default_output_name(image))).resolve()
+        if output in seen:
+            raise InputError(f"manifest {p}: cases {seen[output]} and {n} both write {output}")
+        seen[output] = n
+        name = Path(r["image"]).name
+        cases.append(CaseRow(name, str(image), str(clicks), str(prior) if prior else None, str(output)))
+    return cases
+
+
+# -- one case --------------------------------------------------------------------------------
+
+def expected_parameters(options: BatchOptions) -> dict:
+    """The part of segment_file's recorded ``parameters`` these options decide.
+
+    The device is left out on purpose: resuming a batch on another machine should not redo the
+    finished cases.  ``spatial_lengthscale_used`` is derived from the image, whose hash is compared.
+    """
+    from .config import GPConfig
+
+    cfg = options.config if isinstance(options.config, GPConfig) else GPConfig.from_dict(options.config)
+    return {"features": str(options.features), **cfg.to_dict()}
+
+
+def up_to_date(row: CaseRow, options: BatchOptions) -> tuple[bool, str]:
+    """Whether the output exists with a sidecar matching the inputs; the reason when it does not."""
+    from .provenance import file_sha256, read_sidecar
+
+    out = Path(row.output)
+    if not out.exists():
+        return False, "no output yet"
+    try:
+        record = read_sidecar(out)
+    except VolsegError:
+        record = None
+    if record is None:
+        if options.overwrite:
+            return False, "overwrite"
+        raise InputError(f"output {out} exists without a provenance record; remove it or use --overwrite")
+    if options.overwrite:
+        return False, "overwrite"
+    expected = {
+        "input_sha256": file_sha256(row.image),
+        "clicks_sha256": file_sha256(row.clicks),
+        "prior_sha256": file_sha256(row.prior) if row.prior else None,
+    }
+    for key, value in expected.items():
+        if record.get(key) != value:
+            return False, f"{key.split('_')[0]} changed"
+    expected_params = expected_parameters(options)
+    recorded = record.get("parameters") or {}
+    if {k: recorded.get(k) for k in expected_params} != expected_params:
+        return False, "parameters changed"
+    return True, "output and provenance match the inputs"
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def run_case(row: CaseRow, out_dir: str | Path, options: BatchOptions) -> CaseResult:
+    """Segment one case (or skip it); never raises for a problem with the case itself."""
+    t0 = time.perf_counter()
+    _set_threads(options.threads)
+    try:
+        # a missing input must fail the case even when a stale output is still lying around
+        for what, path in (("image", row.image), ("clicks file", row.clicks), ("prior mask", row.prior)):
+            if path is not None and not Path(path).exists():
+                raise InputError(f"{what} {path} does not exist")
+        fresh, why = up_to_date(row, options)
+        if fresh:
+            return CaseResult(row.name, "skipped", why, time.perf_counter() - t0, row.output)
+        from .segment import segment_file
+
+        segment_file(row.image, row.clicks, row.output, prior=row.prior, device=options.device,
+                     overwrite=True, features=options.features, config=options.config)
+        return CaseResult(row.name, "done", why, time.perf_counter() - t0, row.output)
+    except VolsegError as e:
+        return CaseResult(row.name, "failed", str(e), time.perf_counter() - t0, row.output)
+    except Exception as e:  # one broken case must not end the night's batch; keep the traceback for us
+        return CaseResult(row.name, "failed", f"{type(e).__name__}: {e}", time.perf_counter() - t0, row.output,
+                          traceback.format_exc())
+
+
+# -- executors -------------------------------------------------------------------------------
+
+def _threads_per_worker(workers: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
+def _run_local(rows: list[CaseRow], out_dir: str, options: BatchOptions, workers: int) -> Iterator[CaseResult]:
+    if workers <= 1:
+        for row in rows:
+            yield run_case(row, out_dir, options)
+        return
+    import concurrent.futures as cf
+    import multiprocessing as mp
+
+    opts = replace(options, threads=options.threads or _threads_per_worker(workers))
+    # spawn, not fork: forking a process whose torch/OpenMP threads are running can deadlock
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+        futures = [pool.submit(run_case, row, out_dir, opts) for row in rows]
+        try:
+            for f in cf.as_completed(futures):
+                yield f.result()
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            raise
+
+
+def _run_ray(rows: list[CaseRow], out_dir: str, options: BatchOptions, workers: int,
+             address: str | None) -> Iterator[CaseResult]:
+    try:
+        import ray
+    except ImportError:
+        raise InputError("--executor ray needs Ray: pip install 'volseg[ray]'") from None
+    started = not ray.is_initialized()
+    if started:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            # only paths travel between tasks, so a small object store is plenty
+            ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False,
+                     object_store_memory=100 * 1024 ** 2)
+    try:
+        opts = replace(options, threads=options.threads or 1)
+        task = ray.remote(num_cpus=1, max_retries=0)(run_case)
+        pending = [task.remote(row, out_dir, opts) for row in rows]
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            for ref in ready:
+                yield ray.get(ref)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_batch(rows: Iterable[CaseRow], out_dir: str | Path, options: BatchOptions = BatchOptions(), *,
+              workers: int = 1, executor: str = "local", ray_address: str | None = None,
+              progress: bool = True) -> list[CaseResult]:
+    """Run every case; results in completion order.  The report is written even when interrupted."""
+    from tqdm import tqdm
+
+    rows = list(rows)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if executor == "local":
+        results_iter = _run_local(rows, str(out), options, workers)
+    elif executor == "ray":
+        results_iter = _run_ray(rows, str(out), options, workers, ray_address)
+    else:
+        raise InputError(f"unknown executor {executor!r}: local or ray")
+    results: list[CaseResult] = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(rows), desc="batch", unit="case", disable=None if progress else True)
+    try:
+        for r in results_iter:
+            results.append(r)
+            bar.update(1)
+            bar.set_postfix(failed=sum(x.status == "failed" for x in results))
+    finally:
+        bar.close()
+        write_report(out / "batch_report.json", rows, results, time.perf_counter() - t0)
+    return results
+
+
+def write_report(path: Path, rows: list[CaseRow], results: list[CaseResult], seconds: float) -> None:
+    by_output = {r.output: r for r in results}  # outputs are unique (checked in read_manifest); names may not be
+    cases = []
+    for row in rows:  # manifest order; cases an interruption left unrun are listed as such
+        r = by_output.get(row.output)
+        entry = asdict(r) if r else {"name": row.name, "status": "not run", "reason": "", "seconds": 0.0,
+                                     "output": row.output}
+        entry.update(image=row.image, clicks=row.clicks, prior=row.prior)
+        if entry.get("traceback") is None:
+            entry.pop("traceback", None)
+        cases.append(entry)
+    counts = {s: sum(c["status"] == s for c in cases) for s in ("done", "skipped", "failed", "not run")}
+    report = {"counts": counts, "seconds": seconds, "cases": cases}
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(report, indent=1))
+
+
+def format_summary(results: list[CaseResult], seconds: float) -> str:
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    busy = sum(r.seconds for r in results)
+    lines = [
+        f"{'cases':<10}{len(results):>6}",
+        *(f"{s:<10}{n:>6}" for s, n in counts.items()),
+        f"{'time':<10}{seconds:>8.1f} s wall, {busy:.1f} s in cases",
+    ]
+    for r in results:
+        if r.status == "failed":
+            lines.append(f"FAILED {r.name}: {r.reason}")
+    return "\n".join(lines)
+
+
+# -- CLI -------------------------------------------------------------------------------------
+
+def _handler(args: argparse.Namespace) -> int:
+    if args.workers < 1:
+        raise InputError(f"--workers must be 1 or more, got {args.workers}")
+    if args.ray_address and args.executor != "ray":
+        raise InputError("--ray-address needs --executor ray")
+    from .cli import session_settings
+
+    settings = session_settings(args)  # reads --config now, so a bad file stops the batch before it starts
+    rows = read_manifest(args.manifest, args.out)
+    options = BatchOptions(**settings, overwrite=args.overwrite)
+    t0 = time.perf_counter()
+    results = run_batch(rows, args.out, options, workers=args.workers, executor=args.executor,
+                        ray_address=args.ray_address, progress=not args.quiet)
+    print(format_summary(results, time.perf_counter() - t0))
+    print(f"report: {Path(args.out) / 'batch_report.json'}")
+    return 1 if any(r.status == "failed" for r in results) else 0
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "batch",
+        help="segment many cases from a manifest (resumable; local processes or Ray)",
+        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("manifest", help="CSV (image,clicks[,prior][,output]) or JSON list of cases")
+    p.add_argument("--out", required=True, help="output folder for the masks and batch_report.json")
+    p.add_argument("--workers", type=int, default=1, help="cases run at once (default 1: in this process)")
+    p.add_argument("--executor", choices=("local", "ray"), default="local")
+    p.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")
+    from .cli import gp_options
+
+    gp_options(p)
+    p.add_argument("--overwrite", action="store_true", help="recompute every case, even up-to-date ones")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_handler)
+    return p

@@ -1,0 +1,47 @@
+"""GP and session settings: one dataclass, readable from YAML (configs/default.yaml mirrors it)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from .errors import InputError
+
+
+@dataclass(frozen=True)
+class GPConfig:
+    kernel: str = "rbf"                   # rbf | matern12 | matern32 | matern52
+    outputscale: float = 1.0              # prior variance of the latent f
+    noise: float = 1e-3                   # s2; lowered automatically if a click would lose its label
+    feature_lengthscale: float = 0.5      # times sqrt(number of features): features are standardised
+    spatial_lengthscale: float | None = None  # mm (pixels for rasters); None: spatial_fraction of the diagonal
+    spatial_fraction: float = 0.25
+    background_mean: float = -0.5         # prior mean without a prior mask: unclicked regions lean background
+    prior_strength: float = 1.0           # prior mean is +-this inside/outside a prior mask
+    tolerance: float = 1e-7               # kernel values below this are treated as 0 for local updates
+    memory_budget: str = "4GB"
+    chunk_bytes: str = "256MB"
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "GPConfig":
+        data = dict(data or {})
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise InputError(f"unknown GP setting(s) {unknown}; known: {sorted(names)}")
+        return cls(**data)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> "GPConfig":
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(f"config file {p} does not exist")
+        data = yaml.safe_load(p.read_text()) or {}
+        return cls.from_dict(data.get("gp", data))
+
+    def replace(self, **changes) -> "GPConfig":
+        return GPConfig.from_dict({**asdict(self), **{k: v for k, v in changes.items() if v is not None}})
+
+    def to_dict(self) -> dict:
+        return asdict(self)

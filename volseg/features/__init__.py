@@ -1,0 +1,19 @@
+"""Per-location features: the training-free filter bank, or a learned MONAI backbone."""
+from __future__ import annotations
+
+from .filterbank import FilterBank
+from .stream import compute_features, parse_bytes
+
+
+def get_extractor(spec="filterbank", device: str = "cpu"):
+    """'filterbank', a FeatureExtractor object, or a path to a learned-backbone checkpoint."""
+    if not isinstance(spec, str):
+        return spec
+    if spec == "filterbank":
+        return FilterBank()
+    from .backbones import load_backbone  # torch/monai networks only when asked for
+
+    return load_backbone(spec, device=device)
+
+
+__all__ = ["FilterBank", "compute_features", "get_extractor", "parse_bytes"]

@@ -1,0 +1,74 @@
+"""Compute a feature map slab by slab within a memory budget, then standardise it in place.
+
+Each slab along axis 0 is filtered with the halo the filters need and cropped, so the result
+equals filtering the whole volume at once; per-feature mean and variance are accumulated on the
+way and applied at the end.  Large maps are stored in float16 (features are standardised, so
+half precision keeps ~3 significant digits, far below the kernel's lengthscales).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import MemoryBudgetError
+from ..image import Image
+
+GIB = 1024 ** 3
+
+
+def parse_bytes(value: str | int | float) -> int:
+    """'4GB', '512MB', '2.5GiB' or a number of bytes."""
+    if isinstance(value, (int, float)):
+        return int(value)
+    text = str(value).strip().upper().replace("IB", "B")
+    for unit, factor in (("TB", 1024 ** 4), ("GB", GIB), ("MB", 1024 ** 2), ("KB", 1024), ("B", 1)):
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return int(float(text))
+
+
+def storage_dtype(n_locations: int, n_features: int, budget: int) -> np.dtype:
+    return np.dtype(np.float32) if n_locations * n_features * 4 <= budget // 4 else np.dtype(np.float16)
+
+
+def compute_features(bank, image: Image, *, budget: int, slab_bytes: int | None = None) -> np.ndarray:
+    """Standardised features (*spatial, D) of ``image`` computed in slabs, within ``budget`` bytes."""
+    shape, n = image.shape, int(np.prod(image.shape))
+    D = bank.n_features(image.ndim, image.channels)
+    dtype = storage_dtype(n, D, budget)
+    store_bytes = n * D * dtype.itemsize
+    if store_bytes + image.array.nbytes > budget:
+        raise MemoryBudgetError(
+            f"image of shape {shape} needs about {(store_bytes + image.array.nbytes) / GIB:.1f} GiB for its "
+            f"{D} features, over the memory budget of {budget / GIB:.1f} GiB (raise --memory-budget or crop the image)"
+        )
+    params = bank.prepare(image.array)
+    halo = bank.halo(image.spacing)[0]
+    plane = n // shape[0]
+    # a slab's temporaries: the filtered stack plus scipy's float64-free work arrays, ~3x features
+    slab_bytes = slab_bytes or max(budget - store_bytes - image.array.nbytes, 64 * 1024 ** 2) // 2
+    thick = max(1, int(slab_bytes // (plane * D * 4 * 3)) - 2 * halo)
+    out = np.empty(shape + (D,), dtype=dtype)
+    total, total2 = np.zeros(D), np.zeros(D)
+    for a in range(0, shape[0], thick):
+        b = min(a + thick, shape[0])
+        lo, hi = max(0, a - halo), min(shape[0], b + halo)
+        f = bank.raw(image.array[lo:hi], image.spacing, params)[a - lo: a - lo + (b - a)]
+        flat = f.reshape(-1, D).astype(np.float64)
+        total += flat.sum(0)
+        total2 += (flat * flat).sum(0)
+        out[a:b] = f
+    mean = total / n
+    std = np.sqrt(np.maximum(total2 / n - mean * mean, 0.0))
+    std = np.where(std > 1e-6 * (1.0 + np.abs(mean)), std, 1.0)  # constant features stay constant
+    for a in range(0, shape[0], thick):
+        b = min(a + thick, shape[0])
+        out[a:b] = ((out[a:b].astype(np.float32) - mean) / std).astype(dtype)
+    return out
+
+
+def estimate_bytes(bank, image: Image) -> int:
+    D = bank.n_features(image.ndim, image.channels)
+    n = int(np.prod(image.shape))
+    return image.array.nbytes + n * D * 2 + n * 4 * 3

@@ -1,0 +1,53 @@
+"""Stream the posterior over a box of locations in slabs that fit a memory budget.
+
+The whole-volume posterior is never one tensor of inputs: each slab builds its inputs, takes
+its kernel row against the clicks, and writes mean and variance into preallocated maps.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterator
+
+import torch
+
+from .inputs import InputMap
+from .posterior import ExactPosterior
+
+Box = tuple[slice, ...]
+
+
+def bytes_per_location(input_dim: int, n_train: int, n_objects: int) -> int:
+    # z, kernel row, whitened row, mean, var and a gathered feature copy, all float32
+    return 4 * (2 * input_dim + 2 * max(n_train, 1) + n_objects + 2)
+
+
+def slabs(box: Box, max_locations: int) -> Iterator[Box]:
+    """Split a box along its leading axes into sub-boxes of at most ``max_locations`` locations."""
+    sizes = [s.stop - s.start for s in box]
+    total = 1
+    for n in sizes:
+        total *= n
+    if total <= max_locations or not box:
+        yield box
+        return
+    inner = total // sizes[0]
+    if inner <= max_locations:
+        step = max(1, max_locations // inner)
+        for a in range(box[0].start, box[0].stop, step):
+            yield (slice(a, min(a + step, box[0].stop)),) + tuple(box[1:])
+    else:  # one leading-axis plane is already too big: split the next axis too
+        for a in range(box[0].start, box[0].stop):
+            for sub in slabs(tuple(box[1:]), max_locations):
+                yield (slice(a, a + 1),) + sub
+
+
+def evaluate_box(posterior: ExactPosterior, inputs: InputMap, prior_mean: Callable[[Box], torch.Tensor],
+                 box: Box, mean_out: torch.Tensor, var_out: torch.Tensor, *, max_bytes: int) -> None:
+    """Write the posterior mean (K, *box) and variance (*box) of ``box`` into the output maps."""
+    K = mean_out.shape[0]
+    per = bytes_per_location(inputs.dim, posterior.n, K)
+    for sub in slabs(box, max(1, max_bytes // per)):
+        shape = tuple(s.stop - s.start for s in sub)
+        z = inputs.box(sub)
+        mean, var = posterior.mean_var(z, prior_mean(sub))
+        mean_out[(slice(None),) + sub] = mean.T.reshape(K, *shape).to(mean_out.dtype)
+        var_out[sub] = var.reshape(shape).to(var_out.dtype)

@@ -1,0 +1,56 @@
+"""The GP input at a location: its features over their lengthscale, next to its position over the spatial one.
+
+    z(x) = [ phi(x) / l_feat ,  (x - centre) * spacing / l_space ]
+
+One RBF on z is then the product of a feature kernel and a spatial kernel (in mm), which is what
+lets a click's influence be bounded in space (:meth:`InputMap.reach_mm`).  Positions are made
+on the fly from voxel indices, so no coordinate grid of the whole volume is ever stored.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+
+
+class InputMap:
+    def __init__(self, features: torch.Tensor, spacing: Sequence[float], *, feature_lengthscale: float,
+                 spatial_lengthscale: float, compute_dtype: torch.dtype = torch.float32) -> None:
+        self.features = features  # (*spatial, D), any float dtype, on the evaluation device
+        self.shape = tuple(features.shape[:-1])
+        self.ndim = len(self.shape)
+        self.n_features = int(features.shape[-1])
+        self.device = features.device
+        self.dtype = compute_dtype
+        self.feature_lengthscale = float(feature_lengthscale)
+        self.spatial_lengthscale = float(spatial_lengthscale)
+        sp = torch.as_tensor(np.asarray(spacing, dtype=np.float64), dtype=compute_dtype, device=self.device)
+        self._pos_scale = sp / self.spatial_lengthscale
+        self._centre = torch.tensor([(s - 1) / 2.0 for s in self.shape], dtype=compute_dtype, device=self.device)
+
+    @property
+    def dim(self) -> int:
+        return self.n_features + self.ndim
+
+    def _assemble(self, feats: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        pos = (index.to(self.dtype) - self._centre) * self._pos_scale
+        return torch.cat([feats.to(self.dtype) / self.feature_lengthscale, pos], dim=1)
+
+    def at(self, voxels: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """z at integer voxel indices (n, ndim)."""
+        idx = torch.as_tensor(np.asarray(voxels), dtype=torch.long, device=self.device).reshape(-1, self.ndim)
+        feats = self.features[tuple(idx.T)]
+        return self._assemble(feats, idx)
+
+    def box(self, box: tuple[slice, ...]) -> torch.Tensor:
+        """z for every voxel of a box, in C order: (prod(box shape), dim)."""
+        feats = self.features[box].reshape(-1, self.n_features)
+        axes = [torch.arange(s.start, s.stop, device=self.device) for s in box]
+        index = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, self.ndim)
+        return self._assemble(feats, index)
+
+    def reach_voxels(self, radius: float) -> tuple[int, ...]:
+        """Half-width in voxels, per axis, of the ball of kernel radius ``radius`` (in z units)."""
+        return tuple(int(math.ceil(radius / float(s))) for s in self._pos_scale.cpu())

@@ -1,0 +1,89 @@
+"""Stationary kernels on pre-scaled inputs (unit lengthscale), one formula each.
+
+Lengthscales live in the input map (:mod:`volseg.gp.inputs`), which divides every feature
+group by its own lengthscale, so a kernel here sees ``z`` with all lengthscales 1.  Each kernel
+also knows its spectral density, so random Fourier features drawn from it
+(:meth:`sample_frequencies`) reproduce exactly this kernel -- the requirement of pathwise
+posterior sampling.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+
+def squared_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """|a_i - b_j|^2 through one matrix multiply (the hot path), clamped at 0 against rounding."""
+    d2 = (a * a).sum(-1, keepdim=True) - 2.0 * a @ b.T + (b * b).sum(-1)[None, :]
+    return d2.clamp_min_(0.0)
+
+
+@dataclass(frozen=True)
+class RBF:
+    """k(z, z') = s^2 exp(-|z - z'|^2 / 2); spectral density N(0, I)."""
+
+    outputscale: float = 1.0
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.outputscale * torch.exp(-0.5 * squared_distance(a, b))
+
+    def of_distance2(self, d2: torch.Tensor) -> torch.Tensor:
+        return self.outputscale * torch.exp(-0.5 * d2)
+
+    def radius(self, tol: float) -> float:
+        """Distance beyond which k < tol * outputscale."""
+        return math.sqrt(2.0 * math.log(1.0 / tol))
+
+    def sample_frequencies(self, n: int, dim: int, generator: torch.Generator | None = None,
+                           dtype=torch.float32, device="cpu") -> torch.Tensor:
+        return torch.randn(n, dim, generator=generator, dtype=dtype, device=device)
+
+
+@dataclass(frozen=True)
+class Matern:
+    """Matern-nu (nu in 1/2, 3/2, 5/2): spectral density a multivariate Student-t with 2 nu dof."""
+
+    nu: float = 2.5
+    outputscale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.nu not in (0.5, 1.5, 2.5):
+            raise ValueError(f"Matern nu must be 0.5, 1.5 or 2.5, got {self.nu}")
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return self.of_distance2(squared_distance(a, b))
+
+    def of_distance2(self, d2: torch.Tensor) -> torch.Tensor:
+        r = torch.sqrt(d2 + 1e-12) * math.sqrt(2.0 * self.nu)
+        if self.nu == 0.5:
+            poly = torch.ones_like(r)
+        elif self.nu == 1.5:
+            poly = 1.0 + r
+        else:
+            poly = 1.0 + r + r * r / 3.0
+        return self.outputscale * poly * torch.exp(-r)
+
+    def radius(self, tol: float) -> float:
+        # the polynomial factor is at most e^(r/2) for r >= 0, so exp(-r/2) < tol bounds it
+        return 2.0 * math.log(1.0 / tol) / math.sqrt(2.0 * self.nu)
+
+    def sample_frequencies(self, n: int, dim: int, generator: torch.Generator | None = None,
+                           dtype=torch.float32, device="cpu") -> torch.Tensor:
+        # omega = g / sqrt(u / (2 nu)), g ~ N(0, I), u ~ chi2(2 nu): Student-t with 2 nu dof
+        g = torch.randn(n, dim, generator=generator, dtype=torch.float64)
+        u = torch.distributions.Chi2(torch.tensor(2.0 * self.nu, dtype=torch.float64)).sample((n, 1))
+        return (g / torch.sqrt(u / (2.0 * self.nu))).to(dtype=dtype, device=device)
+
+
+def make_kernel(name: str = "rbf", outputscale: float = 1.0) -> RBF | Matern:
+    name = name.lower()
+    if name == "rbf":
+        return RBF(outputscale)
+    if name.startswith("matern"):
+        nu = {"matern12": 0.5, "matern32": 1.5, "matern52": 2.5, "matern": 2.5}.get(name)
+        if nu is None:
+            raise ValueError(f"unknown kernel {name!r}: rbf, matern12, matern32 or matern52")
+        return Matern(nu, outputscale)
+    raise ValueError(f"unknown kernel {name!r}: rbf, matern12, matern32 or matern52")

@@ -1,0 +1,132 @@
+"""Exact GP posterior over latent f given the clicks, in float64, with O(N^2) per added click.
+
+Training targets are the click labels (+1 object, -1 background) minus the prior mean there.
+With ``A = K + s2 I = L L^T`` and ``alpha = A^-1 (y - m0(X))``:
+
+    mean(x) = m0(x) + k(x, X) alpha
+    var(x)  = k(x, x) - |L^-1 k(X, x)|^2
+
+At a training point the mean is exactly ``y_n - s2 alpha_n``, so ``|s2 alpha| < 1`` is the
+condition under which every click keeps its label; :meth:`ExactPosterior.fit` lowers the noise
+until it holds with a margin.  Adding a click borders the Cholesky factor (no new solve from
+scratch) and undoing one drops the last row, which leaves the leading factor unchanged.
+"""
+from __future__ import annotations
+
+import torch
+
+from .kernels import RBF, Matern
+
+LABEL_MARGIN = 0.5  # a clicked location's posterior mean stays at least this far on its side of 0
+MIN_NOISE = 1e-9
+
+
+class ExactPosterior:
+    def __init__(self, kernel: RBF | Matern, noise: float = 1e-3, device: str | torch.device = "cpu",
+                 compute_dtype: torch.dtype = torch.float32) -> None:
+        self.kernel = kernel
+        self.noise = float(noise)
+        self.requested_noise = float(noise)
+        self.device = torch.device(device)
+        self.compute_dtype = compute_dtype
+        self.Z = torch.zeros(0, 0, dtype=torch.float64)
+        self.R = torch.zeros(0, 0, dtype=torch.float64)  # residual targets y - m0(X), (N, K)
+        self.L = torch.zeros(0, 0, dtype=torch.float64)
+        self.alpha = torch.zeros(0, 0, dtype=torch.float64)
+
+    @property
+    def n(self) -> int:
+        return int(self.Z.shape[0])
+
+    # -- solve ---------------------------------------------------------------------------------
+    def fit(self, Z: torch.Tensor, Y: torch.Tensor, M0: torch.Tensor) -> "ExactPosterior":
+        """Solve from scratch: Z (N, Dz) inputs, Y (N, K) +-1 labels, M0 (N, K) prior means."""
+        self.Z = Z.detach().to("cpu", torch.float64)
+        self.R = (Y - M0).detach().to("cpu", torch.float64)
+        self.noise = self.requested_noise
+        while True:
+            A = self.kernel(self.Z, self.Z) + self.noise * torch.eye(self.n, dtype=torch.float64)
+            self.L = _cholesky(A)
+            self.alpha = torch.cholesky_solve(self.R, self.L)
+            if self._labels_kept() or self.noise <= MIN_NOISE:
+                break
+            self.noise *= 0.01  # conflicting nearby clicks: interpolate harder so each keeps its label
+        self._refresh()
+        return self
+
+    def append(self, z: torch.Tensor, y: torch.Tensor, m0: torch.Tensor) -> "ExactPosterior":
+        """Add one training point by bordering the Cholesky factor: O(N^2)."""
+        z = z.detach().to("cpu", torch.float64).reshape(1, -1)
+        r = (y - m0).detach().to("cpu", torch.float64).reshape(1, -1)
+        if self.n == 0:
+            return self.fit(z, r, torch.zeros_like(r))
+        k = self.kernel(self.Z, z)  # (N, 1)
+        c = torch.linalg.solve_triangular(self.L, k, upper=False)
+        d2 = float(self.kernel(z, z)) + self.noise - float((c * c).sum())
+        if d2 <= 1e-12 * (1.0 + self.noise):
+            # numerically a duplicate of existing points: refit, which raises the jitter as needed
+            return self.fit(torch.cat([self.Z, z]), torch.cat([self.R, r]), torch.zeros(self.n + 1, r.shape[1], dtype=torch.float64))
+        n = self.n
+        L = torch.zeros(n + 1, n + 1, dtype=torch.float64)
+        L[:n, :n] = self.L
+        L[n, :n] = c[:, 0]
+        L[n, n] = d2 ** 0.5
+        self.Z, self.R, self.L = torch.cat([self.Z, z]), torch.cat([self.R, r]), L
+        self.alpha = torch.cholesky_solve(self.R, self.L)
+        if not self._labels_kept():
+            return self.fit(self.Z, self.R, torch.zeros_like(self.R))
+        self._refresh()
+        return self
+
+    def truncate(self, n: int) -> "ExactPosterior":
+        """Keep the first n training points (undo): the leading block of L is their factor."""
+        self.Z, self.R, self.L = self.Z[:n], self.R[:n], self.L[:n, :n]
+        self.alpha = torch.cholesky_solve(self.R, self.L) if n else self.R.clone()
+        self._refresh()
+        return self
+
+    def train_mean_residual(self) -> torch.Tensor:
+        """mean(X) - m0(X) at the training points, exactly R - s2 alpha."""
+        return self.R - self.noise * self.alpha
+
+    def _labels_kept(self) -> bool:
+        # mean(x_n) = y_n - s2 alpha_n, so the label survives while |s2 alpha| stays below 1
+        return bool((self.noise * self.alpha).abs().max() < 1.0 - LABEL_MARGIN) if self.n else True
+
+    def _refresh(self) -> None:
+        # float32 copies on the evaluation device; the centre keeps |z|^2 small in the matmul trick
+        dt, dev = self.compute_dtype, self.device
+        self.center = self.Z.mean(0) if self.n else torch.zeros(self.Z.shape[1] if self.Z.ndim == 2 else 0, dtype=torch.float64)
+        self._Zc = (self.Z - self.center).to(dev, dt)
+        self._alpha = self.alpha.to(dev, dt)
+        eye = torch.eye(self.n, dtype=torch.float64)
+        self._Linv = torch.linalg.solve_triangular(self.L, eye, upper=False).to(dev, dt) if self.n else eye.to(dev, dt)
+        self._center = self.center.to(dev, dt)
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def kernel_to_train(self, z: torch.Tensor) -> torch.Tensor:
+        """k(z, X) for a chunk of inputs (n, Dz) in the compute dtype."""
+        return self.kernel(z - self._center, self._Zc)
+
+    def mean_var(self, z: torch.Tensor, m0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Posterior mean (n, K) and variance (n,) for a chunk; m0 (n, K) is the prior mean there."""
+        kdiag = self.kernel.outputscale
+        if self.n == 0:
+            return m0, torch.full((z.shape[0],), kdiag, dtype=z.dtype, device=z.device)
+        kx = self.kernel_to_train(z)
+        mean = m0 + kx @ self._alpha
+        v = kx @ self._Linv.T
+        var = (kdiag - (v * v).sum(1)).clamp_min_(0.0)
+        return mean, var
+
+
+def _cholesky(A: torch.Tensor) -> torch.Tensor:
+    """Cholesky with escalating jitter for matrices that are PSD only up to rounding."""
+    jitter = 0.0
+    scale = float(A.diagonal().mean()) if A.numel() else 1.0
+    for _ in range(8):
+        L, info = torch.linalg.cholesky_ex(A + jitter * torch.eye(A.shape[0], dtype=A.dtype))
+        if int(info) == 0:
+            return L
+        jitter = max(jitter * 10.0, 1e-10 * scale)
+    raise torch.linalg.LinAlgError("kernel matrix is not positive definite even with jitter")

@@ -1,0 +1,200 @@
+"""Read images and label maps, write masks and probability maps, in the file's own geometry.
+
+One entry point each; the format comes from the suffix (a folder is a DICOM series)::
+
+    img = read_image("ct.nii.gz")                 # Image, array (i, j, k, channel), LPS geometry
+    write_mask(labels, img, "out.nrrd")           # same grid as img, written atomically
+    prior = read_mask("prior.nii.gz", like=img)   # GeometryError unless on img's grid
+
+Array axes follow :mod:`volseg.image`: (row, col) for rasters, ITK index order (i, j, k) for volumes.
+"""
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..errors import GeometryError, InputError, VolsegError
+from ..image import Image
+from .atomic import atomic_path, check_output
+
+__all__ = [
+    "read_image", "read_mask", "write_mask", "write_probability", "image_format",
+    "atomic_path", "check_output", "RASTER_SUFFIXES", "NIFTI_SUFFIXES", "ITK_SUFFIXES",
+]
+
+RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
+DICOM_SUFFIXES = (".dcm",)
+# formats that carry no geometry: a mask in them can only be checked for shape
+_NO_GEOMETRY = ("raster", "npy")
+
+
+def suffix(path: str | Path) -> str:
+    """Lower-case suffix, keeping the double one of ``.nii.gz``."""
+    name = Path(path).name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else Path(name).suffix
+
+
+def image_format(path: str | Path) -> str:
+    """'raster' | 'nifti' | 'itk' | 'dicom' | 'npy' for an existing path (a folder is a DICOM series)."""
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"input {p} does not exist")
+    if p.is_dir():
+        return "dicom"
+    s = suffix(p)
+    for fmt, suffixes in (("raster", RASTER_SUFFIXES), ("nifti", NIFTI_SUFFIXES), ("itk", ITK_SUFFIXES),
+                          ("dicom", DICOM_SUFFIXES), ("npy", (".npy",))):
+        if s in suffixes:
+            return fmt
+    raise InputError(
+        f"unsupported image format {s or '(no suffix)'} for {p}: use PNG/JPEG/TIFF, NIfTI (.nii/.nii.gz), "
+        "NRRD, MHA/MHD or a DICOM folder"
+    )
+
+
+@contextlib.contextmanager
+def reading(path: str | Path, what: str) -> Iterator[None]:
+    """Turn whatever a reader library raises on a bad file into one InputError naming the file."""
+    try:
+        yield
+    except GeometryError as e:  # raised while building the Image: the file's own geometry is unusable
+        raise InputError(f"{what} {path} has unusable geometry: {e}") from e
+    except (VolsegError, MemoryError):
+        raise
+    except Exception as e:  # PIL, nibabel, zlib and ITK raise a zoo of types for corrupt files
+        msg = str(e).strip().splitlines()
+        raise InputError(f"cannot read {what} {path}: {msg[0] if msg else type(e).__name__}") from e
+
+
+def read_image(path: str | Path) -> Image:
+    """Read an image or volume; ``meta`` holds ``path``, ``format`` and the file's ``dtype``."""
+    p = Path(path)
+    fmt = image_format(p)
+    with reading(p, "image"):
+        if fmt == "raster":
+            from .raster import read_raster as reader
+        elif fmt == "nifti":
+            from .nifti import read_nifti as reader
+        elif fmt == "itk":
+            from .itk import read_itk as reader
+        elif fmt == "dicom":
+            from .itk import read_dicom as reader
+        else:
+            raise InputError(f"{p}: a .npy array has no geometry or channel axis; load it and use Image.from_array")
+        img = reader(p)
+    if img.array.size == 0:
+        raise InputError(f"image {p} is empty (shape {img.array.shape})")
+    img.meta.update(path=str(p), format=fmt)
+    return img
+
+
+def read_mask(path: str | Path, like: Image | None = None) -> np.ndarray:
+    """Read a label map as a spatial integer array; with ``like``, insist on ``like``'s voxel grid.
+
+    Palette PNGs give their indices (DAVIS style); values are kept as stored (0/255 stays 0/255).
+    Raster and .npy masks carry no geometry, so only their shape is checked.
+    """
+    p = Path(path)
+    fmt = image_format(p)
+    with reading(p, "mask"):
+        if fmt == "raster":
+            from .raster import read_raster_labels
+
+            labels = Image.from_array(read_raster_labels(p))
+        elif fmt == "npy":
+            labels = Image.from_array(np.load(p, allow_pickle=False))
+        else:
+            labels = read_image(p)
+    if labels.channels != 1:
+        raise InputError(f"mask {p} has {labels.channels} channels; a label map has one")
+    arr = labels.array[..., 0]
+    if arr.size == 0:
+        raise InputError(f"mask {p} is empty (shape {arr.shape})")
+    if like is not None:
+        if fmt in _NO_GEOMETRY or like.meta.get("format") == "raster":
+            if arr.shape != like.shape:
+                raise GeometryError(f"mask {p} has shape {arr.shape}, the image has {like.shape}")
+        else:
+            like.check_same_grid(labels, what=f"mask {p}")
+    return _as_labels(arr, p)
+
+
+def _as_labels(arr: np.ndarray, path: Path) -> np.ndarray:
+    if arr.dtype == bool:
+        return arr.astype(np.uint8)
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.all(np.isfinite(arr)) or np.any(arr != np.round(arr)):
+            raise InputError(f"mask {path} has non-integer values; a label map holds integers 0, 1, 2, ...")
+    lo, hi = (float(arr.min()), float(arr.max()))
+    if lo < 0:
+        raise InputError(f"mask {path} has negative labels (min {lo:g})")
+    return arr.astype(label_dtype(hi), copy=False)
+
+
+def label_dtype(max_label: float) -> type:
+    return np.uint8 if max_label < 256 else np.uint16 if max_label < 65536 else np.uint32
+
+
+def _check_spatial(arr: np.ndarray, like: Image, what: str) -> None:
+    if arr.shape != like.shape:
+        raise GeometryError(f"{what} of shape {arr.shape} does not fit the image of shape {like.shape}")
+
+
+def write_mask(mask: np.ndarray, like: Image, path: str | Path, *, overwrite: bool = False, inputs: tuple = (),
+               palette: bool = False) -> Path:
+    """Write a label map on ``like``'s grid; uint8 if labels < 256 else uint16. Returns the path.
+
+    ``palette=True`` writes a 2D PNG as an indexed-colour image (DAVIS style).
+    """
+    m = np.asarray(mask)
+    _check_spatial(m, like, "mask")
+    if m.dtype == bool:
+        m = m.astype(np.uint8)
+    if not np.issubdtype(m.dtype, np.integer) and np.any(m != np.round(m)):
+        raise ValueError("write_mask needs integer labels; use write_probability for soft maps")
+    if m.size and m.min() < 0:
+        raise ValueError(f"labels must be 0 or more, got min {m.min()}")
+    m = m.astype(label_dtype(m.max() if m.size else 0), copy=False)
+    return _write(m, like, path, overwrite, inputs, kind="mask", palette=palette)
+
+
+def write_probability(prob: np.ndarray, like: Image, path: str | Path, *, overwrite: bool = False,
+                      inputs: tuple = ()) -> Path:
+    """Write a float32 map on ``like``'s grid (PNG: scaled to 0-255)."""
+    p = np.asarray(prob, dtype=np.float32)
+    _check_spatial(p, like, "probability map")
+    return _write(p, like, path, overwrite, inputs, kind="probability")
+
+
+def _write(arr: np.ndarray, like: Image, path: str | Path, overwrite: bool, inputs: tuple, *, kind: str,
+           palette: bool = False) -> Path:
+    out = check_output(path, overwrite=overwrite, inputs=(*inputs, like.meta.get("path")))
+    s = suffix(out)
+    if palette and s != ".png":
+        raise InputError(f"palette output needs a .png path, got {out}")
+    if s in (".png", ".tif", ".tiff"):
+        from .raster import write_raster
+
+        write_raster(arr, out, kind=kind, palette=palette)
+    elif s in NIFTI_SUFFIXES:
+        from .nifti import write_nifti
+
+        write_nifti(arr, like, out, kind=kind)
+    elif s in (".nrrd", ".mha", ".mhd"):
+        from .itk import write_itk
+
+        write_itk(arr, like, out)
+    elif s == ".npy":
+        with atomic_path(out) as tmp, open(tmp, "wb") as f:
+            np.save(f, arr)
+    else:
+        raise InputError(
+            f"unsupported output format {s or '(no suffix)'} for {out}: use .nii.gz, .nii, .nrrd, .mha, .mhd, "
+            ".npy, or .png/.tif for 2D"
+        )
+    return out

@@ -1,0 +1,362 @@
+"""Session: the whole interactive API.  It owns the image, its features, the clicks and the posterior.
+
+    s = Session(features="filterbank", device="cpu")
+    s.set_image("ct.nii.gz")
+    s.add_click((120, 88, 14), positive=True)     # index coordinates, array axis order
+    s.add_click((140, 90, 14), positive=False)
+    s.mask(), s.probability(), s.uncertainty(), s.suggest_click()
+    s.undo(); s.save("mask.nii.gz")
+
+The same calls work for 2D and 3D.  Each click is a GP training point; after a click only the
+region it can change is re-evaluated (the spatial factor of the kernel bounds its reach), so the
+per-click cost does not grow with the volume.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .clicks import Click, make_click, validate_clicks
+from .config import GPConfig
+from .errors import ClickError, InputError, VolsegError
+from .features import get_extractor, parse_bytes
+from .gp.evaluate import Box, evaluate_box
+from .gp.inputs import InputMap
+from .gp.kernels import make_kernel
+from .gp.likelihood import probit
+from .gp.posterior import ExactPosterior
+from .gp.sampling import PathwiseSampler
+from .image import Image
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    position: tuple[int, ...]   # index coordinates of the suggested click
+    predicted_label: int        # what the current mask says there (0 background)
+    score: float                # posterior std times the density of the latent at 0
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise VolsegError(f"device {device!r} requested but CUDA is not available on this machine")
+    if device != "cpu" and not device.startswith("cuda"):
+        raise VolsegError(f"unknown device {device!r}: cpu, cuda or auto")
+    return torch.device(device)
+
+
+def as_image(image: Image | np.ndarray | str | Path) -> Image:
+    """Paths are read from disk; arrays follow skimage's convention: (H, W) grey, (H, W, 3|4) RGB, else a volume."""
+    if isinstance(image, Image):
+        return image
+    if isinstance(image, (str, Path)):
+        from .io import read_image
+
+        return read_image(image)
+    a = np.asarray(image)
+    if a.ndim == 2:
+        return Image.from_array(a)
+    if a.ndim == 3 and a.shape[-1] in (3, 4):
+        return Image(a[..., :3])
+    if a.ndim == 3:
+        return Image.from_array(a)
+    if a.ndim == 4:
+        return Image(a)
+    raise InputError(f"cannot interpret an array of shape {a.shape} as a 2D or 3D image")
+
+
+class Session:
+    def __init__(self, features="filterbank", device: str = "cpu", config: GPConfig | dict | None = None,
+                 **settings) -> None:
+        self.device = resolve_device(device)
+        self.extractor = get_extractor(features, device=str(self.device))
+        base = config if isinstance(config, GPConfig) else GPConfig.from_dict(config)
+        # a learned backbone brings the GP settings it was trained with; explicit ones still win
+        learned = getattr(self.extractor, "gp_config", None) or {}
+        self.config = base.replace(**{**learned, **settings})
+        self.kernel = make_kernel(self.config.kernel, self.config.outputscale)
+        self.image: Image | None = None
+        self.clicks: list[Click] = []
+        self.timings: list[float] = []
+        self.feature_seconds = 0.0
+
+    # -- image -----------------------------------------------------------------------------------
+    def set_image(self, image: Image | np.ndarray | str | Path, prior: np.ndarray | Image | None = None) -> "Session":
+        """Compute and cache the features of a new image; clears the clicks.  ``prior``: a label map or a
+        probability map on the same grid, refined by the clicks that follow."""
+        img = as_image(image)
+        img.check_finite()
+        self.image = img
+        budget = parse_bytes(self.config.memory_budget)
+        t0 = time.perf_counter()
+        feats = self.extractor.features(img, budget=budget)
+        self.feature_seconds = time.perf_counter() - t0
+        feats = torch.as_tensor(feats).to(self.device)
+        # a learned prior-mean head (GPCIS) gives m0(x) so the first click already has a shape to refine
+        head = getattr(self.extractor, "last_prior_mean", None)
+        self._learned_mean = None if head is None else torch.as_tensor(np.asarray(head, dtype=np.float32), device=self.device)
+        d_f = int(feats.shape[-1])
+        self.spatial_lengthscale = self.config.spatial_lengthscale or self.config.spatial_fraction * float(
+            np.linalg.norm(np.asarray(img.shape) * np.asarray(img.spacing)))
+        self.inputs = InputMap(feats, img.spacing, feature_lengthscale=self.config.feature_lengthscale * d_f ** 0.5,
+                               spatial_lengthscale=self.spatial_lengthscale)
+        self._set_prior(prior)
+        self.reset()
+        return self
+
+    def _set_prior(self, prior) -> None:
+        self._prior_labels = self._prior_prob = None
+        self.objects: list[int] = []
+        if prior is None:
+            return
+        arr = prior.array[..., 0] if isinstance(prior, Image) else np.asarray(prior)
+        if isinstance(prior, Image):
+            self.image.check_same_grid(prior, "prior mask")
+        if arr.shape != self.image.shape:
+            raise InputError(f"prior mask has shape {arr.shape}, the image has {self.image.shape}")
+        if not np.isfinite(arr).all():
+            raise InputError("prior mask contains NaN or Inf")
+        if np.issubdtype(arr.dtype, np.floating) and arr.min() >= 0 and arr.max() <= 1 and not np.all(arr == np.round(arr)):
+            self._prior_prob = torch.as_tensor(arr.astype(np.float32), device=self.device)
+            self.objects = [1]
+        else:
+            labels = arr.astype(np.int64)
+            if labels.min() < 0:
+                raise InputError("prior mask has negative labels")
+            self._prior_labels = torch.as_tensor(labels.astype(np.int32), device=self.device)
+            self.objects = [int(v) for v in np.unique(labels) if v != 0]
+
+    def _require_image(self) -> Image:
+        if self.image is None:
+            raise VolsegError("no image: call set_image first")
+        return self.image
+
+    # -- prior mean ------------------------------------------------------------------------------
+    def _prior_mean(self, box: Box, objects: Sequence[int] | None = None) -> torch.Tensor:
+        """m0 over a box, (n, K): +-prior_strength from a prior mask, else the background mean."""
+        objects = self.objects if objects is None else objects
+        n = int(np.prod([s.stop - s.start for s in box]))
+        s = self.config.prior_strength
+        if self._prior_prob is not None:
+            col = (2.0 * self._prior_prob[box].reshape(n, 1) - 1.0) * s
+            return col.expand(n, len(objects)).clone()
+        if self._prior_labels is None:
+            if self._learned_mean is not None:
+                return self._learned_mean[box].reshape(n, 1).expand(n, len(objects)).clone()
+            return torch.full((n, len(objects)), self.config.background_mean, device=self.device)
+        lab = self._prior_labels[box].reshape(n, 1)
+        ids = torch.as_tensor(objects, device=self.device)[None, :]
+        return torch.where(lab == ids, s, -s).to(torch.float32)
+
+    def _prior_mean_at(self, voxels: np.ndarray, objects: Sequence[int]) -> torch.Tensor:
+        return torch.cat([self._prior_mean(tuple(slice(v, v + 1) for v in vox), objects) for vox in voxels]) \
+            if len(voxels) else torch.zeros(0, len(objects))
+
+    # -- clicks ----------------------------------------------------------------------------------
+    def add_click(self, position: Sequence[float], positive: bool = True, object: int = 1) -> float:
+        """Add a click (index coordinates); returns the seconds the update took."""
+        img = self._require_image()
+        click = validate_clicks([make_click(position, positive, object)], img.shape)[0]
+        t0 = time.perf_counter()
+        self._apply(self.clicks + [click])
+        dt = time.perf_counter() - t0
+        self.timings.append(dt)
+        return dt
+
+    def add_clicks(self, clicks: Sequence[Click]) -> None:
+        for c in clicks:
+            self.add_click(c.position, c.positive, c.object)
+
+    def undo(self) -> None:
+        if not self.clicks:
+            raise ClickError("nothing to undo: there are no clicks")
+        self._apply(self.clicks[:-1])
+        self.timings = self.timings[: len(self.clicks)]
+
+    def reset(self) -> None:
+        """Forget the clicks (the image, its features and any prior stay)."""
+        self._require_image()
+        self.clicks, self.timings = [], []
+        self._train_voxels: list[tuple[int, ...]] = []
+        self._train_clicks: list[Click] = []
+        self.posterior = ExactPosterior(self.kernel, self.config.noise, self.device)
+        self._objects_fitted = list(self.objects)
+        self._evaluate_all()
+
+    @staticmethod
+    def _training_set(clicks: Sequence[Click]) -> list[Click]:
+        """One training point per voxel: a later click on the same voxel replaces the earlier one."""
+        last: dict[tuple[int, ...], Click] = {}
+        for c in clicks:
+            last.pop(c.voxel(), None)
+            last[c.voxel()] = c
+        return list(last.values())
+
+    def _targets(self, train: Sequence[Click], objects: Sequence[int]) -> torch.Tensor:
+        """+1 where a click is a positive of that object, -1 otherwise (negatives are background for all)."""
+        y = torch.full((len(train), len(objects)), -1.0, dtype=torch.float64)
+        for i, c in enumerate(train):
+            if c.positive:
+                y[i, objects.index(c.object)] = 1.0
+        return y
+
+    def _apply(self, clicks: list[Click]) -> None:
+        """Move the posterior and the cached maps to a new click list, touching as little as possible."""
+        objects = list(self.objects)
+        for c in clicks:
+            if c.positive and c.object not in objects:
+                objects.append(c.object)
+        train = self._training_set(clicks)
+        voxels = np.array([c.voxel() for c in train], dtype=np.int64).reshape(len(train), -1)
+        old = self._train_clicks
+        appended = objects == self._objects_fitted and len(train) == len(old) + 1 and train[:-1] == old
+        removed = objects == self._objects_fitted and len(train) == len(old) - 1 and old[:-1] == train
+        alpha_before = self.posterior.alpha.clone()
+        if appended:
+            c = train[-1]
+            self.posterior.append(self.inputs.at(voxels[-1:]), self._targets([c], objects),
+                                  self._prior_mean_at(voxels[-1:], objects).double())
+            changed_point, common = voxels[-1], len(old)
+        elif removed:
+            self.posterior.truncate(len(train))
+            changed_point, common = np.array(old[-1].voxel()), len(train)
+        else:
+            Z = self.inputs.at(voxels) if len(train) else torch.zeros(0, self.inputs.dim)
+            self.posterior.fit(Z, self._targets(train, objects), self._prior_mean_at(voxels, objects).double())
+            changed_point = None
+        self.clicks, self._train_clicks, self._train_voxels = list(clicks), train, [tuple(v) for v in voxels]
+        self.objects, self._objects_fitted = objects, list(objects)
+        if changed_point is None or self.posterior.noise != self.posterior.requested_noise \
+                or alpha_before.shape[0] < common or self.posterior.alpha.shape[0] < common:
+            self._evaluate_all()
+            return
+        self._evaluate_local(changed_point, alpha_before[:common], common)
+
+    # -- map evaluation --------------------------------------------------------------------------
+    def _max_bytes(self) -> int:
+        return parse_bytes(self.config.chunk_bytes)
+
+    def _evaluate_all(self) -> None:
+        img = self._require_image()
+        K = max(len(self.objects), 1)
+        self._mean = torch.empty((K,) + img.shape, dtype=torch.float32, device=self.device)
+        self._var = torch.empty(img.shape, dtype=torch.float32, device=self.device)
+        objects = self.objects or [0]
+        box = tuple(slice(0, n) for n in img.shape)
+        evaluate_box(self.posterior, self.inputs, lambda b: self._prior_mean(b, objects), box,
+                     self._mean, self._var, max_bytes=self._max_bytes())
+        self.last_region = box
+
+    def _evaluate_local(self, point: np.ndarray, alpha_before: torch.Tensor, common: int) -> None:
+        """Re-evaluate only boxes around the training points whose influence changed.
+
+        The new (or removed) point changes the mean and variance only where the kernel to it, or to
+        a point whose weight alpha_i or whose correlation with it moved, exceeds the tolerance."""
+        tol = self.config.tolerance
+        radius = self.kernel.radius(tol)
+        alpha_now = self.posterior.alpha[:common]
+        moved = (alpha_now - alpha_before).abs().amax(1) > tol if common else torch.zeros(0, dtype=torch.bool)
+        z_point = self.inputs.at(point[None]).double()
+        Zs = self.posterior.Z[:common]
+        w = torch.cholesky_solve(self.kernel(Zs, z_point), self.posterior.L[:common, :common])[:, 0] if common else moved.double()
+        hit = moved | (w.abs() > tol)
+        centres = [tuple(int(v) for v in point)] + [self._train_voxels_all(i) for i in torch.nonzero(hit)[:, 0].tolist()]
+        reach = self.inputs.reach_voxels(radius)
+        boxes = _merge_boxes([tuple(slice(max(0, c - r), min(n, c + r + 1)) for c, r, n in zip(cen, reach, self.image.shape))
+                              for cen in centres])
+        objects = self.objects or [0]
+        for box in boxes:
+            evaluate_box(self.posterior, self.inputs, lambda b: self._prior_mean(b, objects), box,
+                         self._mean, self._var, max_bytes=self._max_bytes())
+        self.last_region = boxes
+
+    def _train_voxels_all(self, i: int) -> tuple[int, ...]:
+        return tuple(int(v) for v in self._train_voxels[i])
+
+    # -- outputs ---------------------------------------------------------------------------------
+    def _channel(self, object: int) -> int:
+        if object not in self.objects:
+            raise ClickError(f"object {object} has no clicks or prior; objects are {self.objects or 'none yet'}")
+        return self.objects.index(object)
+
+    def probability(self, object: int = 1) -> np.ndarray:
+        """P(location belongs to ``object``) under the probit link, float32 (*spatial)."""
+        self._require_image()
+        if object not in self.objects:
+            return probit(torch.full_like(self._var, self.config.background_mean), self._var).cpu().numpy()
+        return probit(self._mean[self._channel(object)], self._var).cpu().numpy()
+
+    def mask(self) -> np.ndarray:
+        """Label map: 0 background, else the object whose probability is highest and above 1/2.
+        Objects share the posterior variance, so that is the object with the largest positive mean."""
+        img = self._require_image()
+        dtype = np.uint8 if max(self.objects, default=0) < 256 else np.uint16
+        if not self.objects:
+            return np.zeros(img.shape, dtype=dtype)
+        best, arg = self._mean.max(0)
+        ids = torch.as_tensor(self.objects, device=self.device)
+        return torch.where(best > 0, ids[arg], 0).cpu().numpy().astype(dtype)
+
+    def uncertainty(self) -> np.ndarray:
+        """Posterior standard deviation of the latent function, float32 (*spatial)."""
+        self._require_image()
+        return torch.sqrt(self._var).cpu().numpy()
+
+    def suggest_click(self) -> Suggestion:
+        """The location where a click would help most: uncertain (large std) and near the current
+        boundary (latent mean near 0), i.e. the largest std x N(mean_max; 0, 1 + var) density."""
+        self._require_image()
+        best = self._mean.max(0).values if self.objects else torch.full_like(self._var, self.config.background_mean)
+        score = torch.sqrt(self._var) * torch.exp(-0.5 * best * best / (1.0 + self._var))
+        flat = int(torch.argmax(score))
+        pos = tuple(int(v) for v in np.unravel_index(flat, self.image.shape))
+        return Suggestion(pos, int(self.mask()[pos]), float(score.reshape(-1)[flat]))
+
+    def samples(self, n: int = 16, object: int = 1, *, n_basis: int = 1024, seed: int = 0,
+                box: Box | None = None) -> np.ndarray:
+        """Pathwise posterior samples of the latent f for ``object``: (n, *box shape), float32."""
+        img = self._require_image()
+        if not self.posterior.n:
+            raise ClickError("posterior samples need at least one click")
+        box = box or tuple(slice(0, s) for s in img.shape)
+        sampler = PathwiseSampler(self.posterior, self.inputs.dim, n_samples=n, n_basis=n_basis, seed=seed)
+        k = self._channel(object)
+        from .gp.evaluate import slabs
+
+        shape = tuple(s.stop - s.start for s in box)
+        out = np.empty((n,) + shape, dtype=np.float32)
+        per = 4 * (n_basis * 2 + n * len(self.objects) + self.inputs.dim + self.posterior.n)
+        for sub in slabs(box, max(1, self._max_bytes() // per)):
+            f = sampler.sample(self.inputs.box(sub), self._prior_mean(sub))[:, k, :]
+            local = tuple(slice(s.start - b.start, s.stop - b.start) for s, b in zip(sub, box))
+            out[(slice(None),) + local] = f.T.reshape((n,) + tuple(s.stop - s.start for s in sub)).cpu().numpy()
+        return out
+
+    def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
+        """Write the label map in the image's geometry (atomically, never over the input)."""
+        from .io import write_mask
+
+        return write_mask(self.mask(), self._require_image(), path, overwrite=overwrite)
+
+
+def _merge_boxes(boxes: list[Box]) -> list[Box]:
+    """Merge overlapping boxes so no location is evaluated twice in one update."""
+    out: list[Box] = []
+    for b in boxes:
+        merged = True
+        while merged:
+            merged = False
+            for i, o in enumerate(out):
+                if all(x.start < y.stop and y.start < x.stop for x, y in zip(b, o)):
+                    b = tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(b, o))
+                    out.pop(i)
+                    merged = True
+                    break
+        out.append(b)
+    return out
