@@ -28,7 +28,7 @@ ORIGIN_RAS = (10.0, -20.0, 30.0)
 
 
 # -- generated inputs ------------------------------------------------------------------------
-def make_nifti(path: Path, data: np.ndarray | None = None, affine: np.ndarray | None = None) -> tuple[Path, np.ndarray, np.ndarray]:
+def make_nifti(path: Path, data: np.ndarray | None = None, affine: np.ndarray | None = None) -> tuple:
     data = RNG.integers(-100, 1000, (7, 6, 5)).astype(np.int16) if data is None else data
     if affine is None:
         affine = np.eye(4)
@@ -53,7 +53,7 @@ def make_sitk(shape_xyz=(6, 5, 4), dtype=np.int16) -> tuple[sitk.Image, np.ndarr
     return img, arr
 
 
-def make_dicom_series(folder: Path, uid: str = "1.2.826.0.1.3680043.2.1125.1", depth: int = 4) -> tuple[sitk.Image, np.ndarray]:
+def make_dicom_series(folder: Path, uid: str = "1.2.826.0.1.3680043.2.1125.1", depth: int = 4) -> tuple:
     """int16 slices with position/orientation tags, as in SimpleITK's DicomSeriesFromArray example."""
     folder.mkdir(parents=True, exist_ok=True)
     img, arr = make_sitk((6, 5, depth))
@@ -295,6 +295,14 @@ def test_raster_palette_16bit_and_float(tmp_path):
     np.testing.assert_array_equal(read_image(tmp_path / "f.tif").array[..., 0], flt)
 
 
+def test_multipage_tiff_reads_the_first_page_and_warns(tmp_path):
+    pages = [PILImage.fromarray(np.full((4, 5), v, np.uint8)) for v in (10, 20, 30)]
+    pages[0].save(tmp_path / "stack.tif", save_all=True, append_images=pages[1:])
+    with pytest.warns(UserWarning, match="3 pages"):
+        img = read_image(tmp_path / "stack.tif")
+    assert img.shape == (4, 5) and (img.array == 10).all()
+
+
 def test_jpeg_grey_and_rgb(tmp_path):
     rgb = np.zeros((16, 24, 3), np.uint8)
     rgb[4:12, 6:18] = (200, 40, 90)
@@ -361,7 +369,8 @@ def test_garbage_file_is_an_input_error(tmp_path, name):
 def test_truncated_files(tmp_path):
     PILImage.fromarray(RNG.integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(tmp_path / "full.png")
     path, _, _ = make_nifti(tmp_path / "full.nii.gz", data=RNG.random((20, 20, 20)).astype(np.float32))
-    for full in (tmp_path / "full.png", path):
+    sitk.WriteImage(make_sitk((20, 20, 20))[0], str(tmp_path / "full.nrrd"))
+    for full in (tmp_path / "full.png", path, tmp_path / "full.nrrd"):
         cut = tmp_path / full.name.replace("full", "cut")
         cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
         with pytest.raises(InputError, match=f"cannot read image .*{cut.name}"):
@@ -491,3 +500,29 @@ def test_reading_and_writing_do_not_warn(tmp_path):
         warnings.simplefilter("error")
         read_image(path)
         write_mask(np.zeros((7, 6, 5), np.uint8), read_image(path), tmp_path / "m.nrrd")
+
+
+# -- real data (opt-in) ----------------------------------------------------------------------
+def dev_data() -> Path:
+    root = Path(os.environ.get("VOLSEG_DEV_DATA", Path(__file__).resolve().parents[1] / "../shared/data/dev"))
+    if not (root / "3d").is_dir():
+        pytest.skip(f"dev data not found at {root} (set VOLSEG_DEV_DATA)")
+    return root / "3d"
+
+
+@pytest.mark.devdata
+def test_dev_volumes_and_labels_share_grids(tmp_path):
+    d = dev_data()
+    ct = read_image(d / "dcmqi_ct3slice" / "ct-3slice")
+    assert ct.shape == (512, 512, 3)
+    for organ, value in (("liver", 1), ("spine", 2), ("heart", 3)):
+        label = read_mask(d / "dcmqi_ct3slice" / f"{organ}_seg.nrrd", like=ct)
+        assert set(np.unique(label)) == {0, value}
+    out = write_mask(label, ct, tmp_path / "heart.nii.gz")  # DICOM in, NIfTI out, same world
+    assert_geometry_close(sitk_geometry(sitk.ReadImage(str(out))),
+                          sitk_geometry(sitk.ReadImage(str(d / "dcmqi_ct3slice" / "heart_seg.nrrd"))))
+    flair = read_image(d / "brats" / "flair.nii.gz")
+    assert int(read_mask(d / "brats" / "edema.nii.gz", like=flair).sum()) == 17618
+    for case in ("brain1", "brain2", "breast1"):
+        img = read_image(d / "pyradiomics" / f"{case}_image.nrrd")
+        read_mask(d / "pyradiomics" / f"{case}_label.nrrd", like=img)

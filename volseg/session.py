@@ -247,10 +247,8 @@ class Session:
         K = max(len(self.objects), 1)
         self._mean = torch.empty((K,) + img.shape, dtype=torch.float32, device=self.device)
         self._var = torch.empty(img.shape, dtype=torch.float32, device=self.device)
-        objects = self.objects or [0]
         box = tuple(slice(0, n) for n in img.shape)
-        evaluate_box(self.posterior, self.inputs, lambda b: self._prior_mean(b, objects), box,
-                     self._mean, self._var, max_bytes=self._max_bytes())
+        self._evaluate_boxes([box])
         self.last_region = box
 
     def _evaluate_local(self, point: np.ndarray, alpha_before: torch.Tensor, common: int) -> None:
@@ -270,11 +268,20 @@ class Session:
         reach = self.inputs.reach_voxels(radius)
         boxes = _merge_boxes([tuple(slice(max(0, c - r), min(n, c + r + 1)) for c, r, n in zip(cen, reach, self.image.shape))
                               for cen in centres])
+        self._evaluate_boxes(boxes)
+        self.last_region = boxes
+
+    def _evaluate_boxes(self, boxes: list[Box]) -> None:
         objects = self.objects or [0]
+        t0 = time.perf_counter()
         for box in boxes:
             evaluate_box(self.posterior, self.inputs, lambda b: self._prior_mean(b, objects), box,
                          self._mean, self._var, max_bytes=self._max_bytes())
-        self.last_region = boxes
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        # what the last update cost, for benchmarks (locations evaluated, seconds)
+        self.last_update = {"locations": int(sum(np.prod([s.stop - s.start for s in b]) for b in boxes)),
+                            "seconds": time.perf_counter() - t0}
 
     def _train_voxels_all(self, i: int) -> tuple[int, ...]:
         return tuple(int(v) for v in self._train_voxels[i])

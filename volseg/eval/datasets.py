@@ -147,14 +147,17 @@ def _instance_gt(labels: np.ndarray, instance: int, ignore_value: int | None) ->
     return gt
 
 
-def _split_names(root: Path, list_file: Path, fallback: list[Path], name: str) -> list[str]:
-    """Names from the split list when there is one, else every mask file in the folder."""
-    if list_file.is_file():
-        names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
-        if not names:
-            raise InputError(f"{name}: split list {list_file} is empty")
-        return names
-    return [_stem(p) for p in fallback]
+def _split_names(list_file: Path, split: str | None, fallback: list[Path], name: str) -> list[str]:
+    """Names from the split list (``val`` by default); without a list, every mask file -- unless a
+    split was asked for by name, which must then exist."""
+    if not list_file.is_file():
+        if split is not None:
+            raise InputError(f"{name}: split list {list_file} does not exist")
+        return [_stem(p) for p in fallback]
+    names = [line.strip() for line in list_file.read_text().splitlines() if line.strip()]
+    if not names:
+        raise InputError(f"{name}: split list {list_file} is empty")
+    return names
 
 
 def _sbd_labels(path: Path) -> np.ndarray:
@@ -173,8 +176,7 @@ def _sbd_labels(path: Path) -> np.ndarray:
 
 def _read_sbd(root: Path, split: str | None = None) -> Iterator[Sample]:
     _check_layout(root, "SBD", ("img", "inst"))
-    split = split or "val"
-    names = _split_names(root, root / f"{split}.txt", _files(root / "inst", {".mat"}), "SBD")
+    names = _split_names(root / f"{split or 'val'}.txt", split, _files(root / "inst", {".mat"}), "SBD")
     for stem in names:
         img, mat = root / "img" / f"{stem}.jpg", root / "inst" / f"{stem}.mat"
         if not img.is_file():
@@ -197,9 +199,8 @@ def _voc_labels(path: Path) -> np.ndarray:
 
 def _read_voc(root: Path, split: str | None = None) -> Iterator[Sample]:
     _check_layout(root, "PascalVOC", ("JPEGImages", "SegmentationObject"))
-    split = split or "val"
-    lst = root / "ImageSets" / "Segmentation" / f"{split}.txt"
-    names = _split_names(root, lst, _files(root / "SegmentationObject", {".png"}), "PascalVOC")
+    lst = root / "ImageSets" / "Segmentation" / f"{split or 'val'}.txt"
+    names = _split_names(lst, split, _files(root / "SegmentationObject", {".png"}), "PascalVOC")
     for stem in names:
         img, png = root / "JPEGImages" / f"{stem}.jpg", root / "SegmentationObject" / f"{stem}.png"
         if not img.is_file():

@@ -190,8 +190,9 @@ def summarize(rows: list[dict], options: EvalOptions) -> dict:
         })
     keys = [k for k in (objects[0] if objects else {}) if k not in ("name", "label_id", "voxels")]
     mean = {k: float(np.mean([o[k] for o in objects])) for k in keys}
-    return {"n_clicks": options.n_clicks, "tolerance_mm": options.tolerance, "features": options.features,
-            "checkpoints": at, "objects": objects, "mean": mean}
+    cfg = options.config.to_dict() if hasattr(options.config, "to_dict") else options.config
+    return {"n_clicks": options.n_clicks, "tolerance_mm": options.tolerance, "features": str(options.features),
+            "config": cfg, "checkpoints": at, "objects": objects, "mean": mean}
 
 
 def write_csv(path: Path, summary: dict) -> None:

@@ -18,6 +18,7 @@ import numpy as np
 from scipy import ndimage as ndi
 from skimage.color import rgb2lab
 from skimage.feature import hessian_matrix_eigvals
+from skimage.segmentation import slic
 
 TRUNCATE = 4.0  # scipy's default Gaussian truncation, in sigmas; also the halo a slab needs
 
@@ -27,6 +28,14 @@ class FilterBank:
     smoothing_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)  # 0: the raw channel
     gradient_scales: tuple[float, ...] = (1.0, 3.0)
     hessian_scales: tuple[float, ...] = (2.0,)
+    superpixel_sizes: tuple[float, ...] = (100.0, 400.0)  # voxels per SLIC superpixel; () disables
+    compactness: float = 0.1
+    superpixel_max_voxels: int = 1_500_000  # SLIC costs ~10 s per million voxels: larger images skip it
+    # relative weights of the standardised groups (an ARD lengthscale per group, tuned on Berkeley)
+    raw_weight: float = 1.0
+    smooth_weight: float = 1.0
+    edge_weight: float = 0.3
+    superpixel_weight: float = 1.0
     name: str = "filterbank"
 
     # -- per-image constants ---------------------------------------------------------------------
@@ -34,18 +43,30 @@ class FilterBank:
         """Constants that must be global for slabs to agree: channel normalisation."""
         a = array.reshape(-1, array.shape[-1])
         sample = a[:: max(1, a.shape[0] // 2_000_000)].astype(np.float32)
+        sp = self.superpixels_for(a.shape[0])
         if array.shape[-1] == 3 and _looks_rgb(sample):
-            return {"colour": "lab"}
+            return {"colour": "lab", "superpixels": sp}
         lo, hi = np.percentile(sample, [0.5, 99.5], axis=0)
-        return {"colour": "none", "lo": lo.astype(np.float32), "hi": np.maximum(hi, lo + 1e-6).astype(np.float32)}
+        return {"colour": "none", "lo": lo.astype(np.float32), "hi": np.maximum(hi, lo + 1e-6).astype(np.float32),
+                "superpixels": sp}
 
     def halo(self, spacing: Sequence[float]) -> tuple[int, ...]:
         s = max(self.smoothing_scales + self.gradient_scales + self.hessian_scales)
         return tuple(int(math.ceil(TRUNCATE * s / sp)) + 1 for sp in spacing)
 
-    def n_features(self, ndim: int, channels: int) -> int:
+    def superpixels_for(self, n_voxels: int) -> tuple[float, ...]:
+        return self.superpixel_sizes if n_voxels <= self.superpixel_max_voxels else ()
+
+    def n_features(self, ndim: int, channels: int, n_voxels: int = 0) -> int:
+        return len(self.weights(ndim, channels, n_voxels))
+
+    def weights(self, ndim: int, channels: int, n_voxels: int = 0) -> np.ndarray:
+        """Per-feature weights in the order :meth:`raw` stacks them."""
         c = 3 if channels == 3 else channels
-        return c * len(self.smoothing_scales) + len(self.gradient_scales) + ndim * len(self.hessian_scales)
+        per_channel = [self.raw_weight if s == 0 else self.smooth_weight for s in self.smoothing_scales]
+        w = per_channel * c + [self.edge_weight] * (len(self.gradient_scales) + ndim * len(self.hessian_scales))
+        w += [self.superpixel_weight] * (c * len(self.superpixels_for(n_voxels)))
+        return np.asarray(w, dtype=np.float32)
 
     def features(self, image, *, budget: int) -> np.ndarray:
         """The FeatureExtractor entry point: standardised (*spatial, D), computed in slabs."""
@@ -64,7 +85,9 @@ class FilterBank:
         return np.clip((a - params["lo"]) / (params["hi"] - params["lo"]), -0.5, 1.5)
 
     def raw(self, array: np.ndarray, spacing: Sequence[float], params: dict) -> np.ndarray:
-        """Unstandardised features (*spatial, D) of a slab (with its halo) or a whole image."""
+        """Unstandardised features (*spatial, D) of a slab (with its halo) or a whole image.
+        Superpixels are the one non-local part: they are used only when the image is small enough
+        to be a single slab (``params["superpixels"]``, set by :meth:`prepare`)."""
         ch = self.channels(array, params)
         sp = np.asarray(spacing, dtype=np.float64)
         out = []
@@ -78,6 +101,8 @@ class FilterBank:
             out.append(np.sqrt(sum(g * g for g in grads)) * s)
         for s in self.hessian_scales:
             out += list(hessian_eigenvalues(lum, s, sp))
+        for size in params.get("superpixels", ()):
+            out += list(superpixel_means(ch, size, sp, self.compactness))
         return np.stack(out, axis=-1).astype(np.float32, copy=False)
 
 
@@ -92,6 +117,18 @@ def hessian_eigenvalues(x: np.ndarray, sigma: float, spacing: np.ndarray) -> np.
             order[b] += 1
             elems.append(ndi.gaussian_filter(x, sigma / spacing, order=order) * (sigma * sigma) / (spacing[a] * spacing[b]))
     return hessian_matrix_eigvals(elems)
+
+
+def superpixel_means(channels: np.ndarray, size: float, spacing: np.ndarray, compactness: float) -> np.ndarray:
+    """Each channel averaged over SLIC superpixels of about ``size`` voxels: features that are constant
+    inside a region and jump at its edges, which is what makes the GP mask follow image boundaries."""
+    n_segments = max(2, int(np.prod(channels.shape[:-1]) / size))
+    labels = slic(channels, n_segments=n_segments, compactness=compactness, spacing=spacing, channel_axis=-1,
+                  convert2lab=False, start_label=0, enforce_connectivity=True)
+    counts = np.bincount(labels.ravel())
+    flat = labels.ravel()
+    return np.stack([(np.bincount(flat, weights=channels[..., c].ravel()) / np.maximum(counts, 1))[labels]
+                     for c in range(channels.shape[-1])]).astype(np.float32)
 
 
 def _unit(ndim: int, k: int) -> list[int]:

@@ -35,7 +35,7 @@ def storage_dtype(n_locations: int, n_features: int, budget: int) -> np.dtype:
 def compute_features(bank, image: Image, *, budget: int, slab_bytes: int | None = None) -> np.ndarray:
     """Standardised features (*spatial, D) of ``image`` computed in slabs, within ``budget`` bytes."""
     shape, n = image.shape, int(np.prod(image.shape))
-    D = bank.n_features(image.ndim, image.channels)
+    D = bank.n_features(image.ndim, image.channels, n)
     dtype = storage_dtype(n, D, budget)
     store_bytes = n * D * dtype.itemsize
     if store_bytes + image.array.nbytes > budget:
@@ -49,6 +49,8 @@ def compute_features(bank, image: Image, *, budget: int, slab_bytes: int | None 
     # a slab's temporaries: the filtered stack plus scipy's float64-free work arrays, ~3x features
     slab_bytes = slab_bytes or max(budget - store_bytes - image.array.nbytes, 64 * 1024 ** 2) // 2
     thick = max(1, int(slab_bytes // (plane * D * 4 * 3)) - 2 * halo)
+    if params.get("superpixels"):
+        thick = shape[0]  # superpixels are not local: one slab (prepare allows them only for small images)
     out = np.empty(shape + (D,), dtype=dtype)
     total, total2 = np.zeros(D), np.zeros(D)
     for a in range(0, shape[0], thick):
@@ -62,13 +64,14 @@ def compute_features(bank, image: Image, *, budget: int, slab_bytes: int | None 
     mean = total / n
     std = np.sqrt(np.maximum(total2 / n - mean * mean, 0.0))
     std = np.where(std > 1e-6 * (1.0 + np.abs(mean)), std, 1.0)  # constant features stay constant
+    scale = getattr(bank, "weights", lambda *a: np.ones(D))(image.ndim, image.channels, n) / std
     for a in range(0, shape[0], thick):
         b = min(a + thick, shape[0])
-        out[a:b] = ((out[a:b].astype(np.float32) - mean) / std).astype(dtype)
+        out[a:b] = ((out[a:b].astype(np.float32) - mean) * scale).astype(dtype)
     return out
 
 
 def estimate_bytes(bank, image: Image) -> int:
-    D = bank.n_features(image.ndim, image.channels)
     n = int(np.prod(image.shape))
+    D = bank.n_features(image.ndim, image.channels, n)
     return image.array.nbytes + n * D * 2 + n * 4 * 3

@@ -30,7 +30,9 @@ class RBF:
         return self.outputscale * torch.exp(-0.5 * squared_distance(a, b))
 
     def of_distance2(self, d2: torch.Tensor) -> torch.Tensor:
-        return self.outputscale * torch.exp(-0.5 * d2)
+        # consumes d2: in place on the hot path (a chunk of locations x clicks), out of place under autograd
+        out = torch.exp(d2.mul_(-0.5)) if not d2.requires_grad else torch.exp(-0.5 * d2)
+        return out.mul_(self.outputscale) if self.outputscale != 1.0 else out
 
     def radius(self, tol: float) -> float:
         """Distance beyond which k < tol * outputscale."""

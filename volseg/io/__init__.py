@@ -11,6 +11,7 @@ Array axes follow :mod:`volseg.image`: (row, col) for rasters, ITK index order (
 from __future__ import annotations
 
 import contextlib
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -64,11 +65,13 @@ def reading(path: str | Path, what: str) -> Iterator[None]:
         yield
     except GeometryError as e:  # raised while building the Image: the file's own geometry is unusable
         raise InputError(f"{what} {path} has unusable geometry: {e}") from e
-    except (VolsegError, MemoryError):
+    except (VolsegError, MemoryError, ImportError):  # ours, or not the file's fault
         raise
     except Exception as e:  # PIL, nibabel, zlib and ITK raise a zoo of types for corrupt files
-        msg = str(e).strip().splitlines()
-        raise InputError(f"cannot read {what} {path}: {msg[0] if msg else type(e).__name__}") from e
+        # ITK puts the source location first and the specific complaint last
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        detail = re.sub(r"^(sitk|itk)::ERROR:\s*(\w+\(0x[0-9a-f]+\):\s*)?", "", lines[-1])
+        raise InputError(f"cannot read {what} {path}: {detail}") from e
 
 
 def read_image(path: str | Path) -> Image:
@@ -147,7 +150,7 @@ def _check_spatial(arr: np.ndarray, like: Image, what: str) -> None:
 
 def write_mask(mask: np.ndarray, like: Image, path: str | Path, *, overwrite: bool = False, inputs: tuple = (),
                palette: bool = False) -> Path:
-    """Write a label map on ``like``'s grid; uint8 if labels < 256 else uint16. Returns the path.
+    """Write a label map on ``like``'s grid: uint8 if labels < 256, else uint16 (uint32). Returns the path.
 
     ``palette=True`` writes a 2D PNG as an indexed-colour image (DAVIS style).
     """

@@ -53,7 +53,7 @@ def _series_files(path: Path) -> tuple[str, list[str]]:
         mine = [(uid, f) for uid, f in series.items() if any(Path(x).resolve() == path.resolve() for x in f)]
         return mine[0] if mine else ("", [str(path)])
     if not series:
-        raise InputError(f"no DICOM series found in folder {path}")
+        raise InputError(f"no DICOM series found in folder {path} (subfolders are not searched)")
     uid = max(series, key=lambda u: len(series[u]))
     if len(series) > 1:
         counts = ", ".join(f"{u} ({len(f)} files)" for u, f in series.items())

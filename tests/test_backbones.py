@@ -1,0 +1,133 @@
+"""Learned backbones: checkpoints, the FeatureExtractor protocol, 2D/3D Session runs, the differentiable GP."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from volseg import Session
+from volseg.errors import InputError
+from volseg.features import get_extractor
+from volseg.features.backbones import Backbone, load_backbone, save_checkpoint
+from volseg.gp.differentiable import GPHyper, gp_inputs, posterior
+from volseg.gp.inputs import InputMap
+from volseg.gp.kernels import RBF
+from volseg.gp.posterior import ExactPosterior
+from volseg.image import Image
+
+MODEL_2D = {"name": "BasicUNet", "spatial_dims": 2, "embed_dim": 4, "features": [4, 4, 8, 8, 16, 4], "long_side": 32}
+MODEL_3D = {"name": "UNet", "spatial_dims": 3, "in_channels": 1, "embed_dim": 4, "channels": [4, 8], "strides": [2],
+            "num_res_units": 0, "roi_size": [16, 16, 16]}
+GP = {"kernel": "rbf", "feature_lengthscale": 0.5, "spatial_fraction": 0.25, "spatial_lengthscale": None,
+      "outputscale": 1.0, "noise": 1e-3}
+
+
+def make_ckpt(path, model):
+    torch.manual_seed(0)
+    return save_checkpoint(path, Backbone(model), {"model": model}, GP, manifest_sha256="test", metrics={"x": 1})
+
+
+@pytest.fixture(scope="module")
+def ckpt2d(tmp_path_factory):
+    return make_ckpt(tmp_path_factory.mktemp("b2") / "tiny2d.ckpt", MODEL_2D)
+
+
+@pytest.fixture(scope="module")
+def ckpt3d(tmp_path_factory):
+    return make_ckpt(tmp_path_factory.mktemp("b3") / "tiny3d.ckpt", MODEL_3D)
+
+
+def rgb_image(h=40, w=56, seed=0):
+    rng = np.random.default_rng(seed)
+    a = np.full((h, w, 3), 60, np.uint8)
+    a[10:30, 15:40] = (200, 80, 40)
+    return Image(np.clip(a + rng.integers(0, 20, a.shape), 0, 255).astype(np.uint8))
+
+
+def test_features_2d_shape_and_prior(ckpt2d):
+    ex = load_backbone(ckpt2d)
+    img = rgb_image()
+    f = ex.features(img, budget=2 ** 30)
+    assert f.shape == (40, 56, 4) and f.dtype == np.float32 and np.isfinite(f).all()
+    assert np.allclose(f.reshape(-1, 4).mean(0), 0, atol=1e-3)  # standardised per image
+    assert ex.last_prior_mean.shape == (40, 56) and np.abs(ex.last_prior_mean).max() <= 1.5
+    assert ex.gp_config["feature_lengthscale"] == 0.5
+    grey = ex.features(Image.from_array(np.random.default_rng(1).random((33, 20)).astype(np.float32)), budget=2 ** 30)
+    assert grey.shape == (33, 20, 4)
+
+
+def test_features_3d_sliding_window(ckpt3d):
+    ex = get_extractor(str(ckpt3d))  # the path route Session uses
+    vol = np.random.default_rng(0).normal(100, 20, (20, 27, 18)).astype(np.float32)  # larger than the roi
+    f = ex.features(Image.from_array(vol), budget=2 ** 30)
+    assert f.shape == (20, 27, 18, 4) and np.isfinite(f).all()
+    assert ex.last_prior_mean.shape == (20, 27, 18)
+    with pytest.raises(InputError, match="3D model"):
+        ex.features(rgb_image(), budget=2 ** 30)
+
+
+def test_bad_checkpoints(tmp_path):
+    with pytest.raises(InputError, match="missing.ckpt"):
+        load_backbone(tmp_path / "missing.ckpt")
+    bad = tmp_path / "garbage.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(InputError, match="garbage.ckpt"):
+        load_backbone(bad)
+    other = tmp_path / "other.ckpt"
+    torch.save({"format": "something/1"}, other)
+    with pytest.raises(InputError, match="other.ckpt"):
+        load_backbone(other)
+    with pytest.raises(InputError, match="other.ckpt"):
+        Session(features=str(other))
+
+
+def test_session_2d_keeps_clicked_labels(ckpt2d):
+    s = Session(features=str(ckpt2d))
+    s.set_image(rgb_image())
+    clicks = [((20, 27), True), ((5, 5), False), ((21, 27), False), ((12, 38), True), ((35, 50), False), ((22, 28), True)]
+    for pos, positive in clicks:
+        s.add_click(pos, positive)
+        mask = s.mask()
+        # every click so far keeps its label (later clicks on the same pixel replace earlier ones)
+        last = {}
+        for p, v in clicks[: len(s.clicks)]:
+            last[p] = v
+        for p, v in last.items():
+            assert mask[p] == (1 if v else 0), (p, v)
+    assert s.probability().shape == (40, 56) and s.uncertainty().min() >= 0
+
+
+def test_session_3d_with_checkpoint(ckpt3d):
+    rng = np.random.default_rng(0)
+    vol = rng.normal(0, 1, (18, 20, 17)).astype(np.float32)
+    vol[5:12, 6:14, 4:12] += 3
+    s = Session(features=str(ckpt3d))
+    s.set_image(vol)
+    s.add_click((8, 10, 8), True)
+    s.add_click((1, 1, 1), False)
+    s.add_click((9, 10, 8), False)
+    m = s.mask()
+    assert m.shape == vol.shape and m[8, 10, 8] == 1 and m[1, 1, 1] == 0 and m[9, 10, 8] == 0
+
+
+def test_differentiable_posterior_matches_engine():
+    torch.manual_seed(0)
+    emb = torch.randn(5, 12, 9, dtype=torch.float32, requires_grad=True)
+    hyper = GPHyper(0.7, 0.3, 1.3, 1e-3)
+    z = gp_inputs(emb, hyper)
+    # the engine's input map on the same features and lengthscales (Session's convention)
+    diag = float(np.hypot(12, 9))
+    im = InputMap(emb.detach().permute(1, 2, 0), (1.0, 1.0), feature_lengthscale=0.7 * 5 ** 0.5,
+                  spatial_lengthscale=0.3 * diag)
+    full = tuple(slice(0, n) for n in (12, 9))
+    assert torch.allclose(z, im.box(full), atol=1e-5)
+    idx = torch.tensor([3, 50, 77])
+    y = torch.tensor([1.0, -1.0, 1.0], dtype=torch.float64)
+    m0 = torch.full((108,), -0.5)
+    mean, var = posterior(z[idx], y, m0[idx], z, m0, hyper.outputscale, hyper.noise)
+    post = ExactPosterior(RBF(1.3), 1e-3 + 1e-8).fit(z[idx].detach(), y[:, None], m0[idx, None].double())
+    em, ev = post.mean_var(z.detach(), m0[:, None])
+    assert torch.allclose(mean.detach(), em[:, 0], atol=1e-4) and torch.allclose(var.detach(), ev, atol=1e-4)
+    (mean.sum() + var.sum()).backward()
+    assert emb.grad is not None and torch.isfinite(emb.grad).all()
+    assert hyper.log_feature_lengthscale.grad is not None and hyper.log_spatial_fraction.grad is not None

@@ -1,0 +1,154 @@
+"""The GP engine against dense float64 references written out from the formulas."""
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from volseg.gp.evaluate import evaluate_box, slabs
+from volseg.gp.inputs import InputMap
+from volseg.gp.kernels import RBF, Matern, make_kernel
+from volseg.gp.likelihood import probit
+from volseg.gp.posterior import ExactPosterior
+from volseg.gp.sampling import PathwiseSampler
+
+
+def dense_kernel(name, a, b, s2=1.0):
+    r = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+    if name == "rbf":
+        return s2 * np.exp(-0.5 * r * r)
+    nu = {"matern12": 0.5, "matern32": 1.5, "matern52": 2.5}[name]
+    x = math.sqrt(2 * nu) * r
+    poly = {0.5: 1.0, 1.5: 1 + x, 2.5: 1 + x + x * x / 3}[nu]
+    return s2 * poly * np.exp(-x)
+
+
+def dense_posterior(kern, Z, Y, M0, Q, m0q, noise):
+    A = dense_kernel(kern, Z, Z) + noise * np.eye(len(Z))
+    kq = dense_kernel(kern, Q, Z)
+    mean = m0q + kq @ np.linalg.solve(A, Y - M0)
+    var = 1.0 - np.einsum("ij,ji->i", kq, np.linalg.solve(A, kq.T))
+    return mean, var
+
+
+@pytest.mark.parametrize("name", ["rbf", "matern12", "matern32", "matern52"])
+def test_kernels_match_dense_formula(name):
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(7, 4)), rng.normal(size=(5, 4))
+    k = make_kernel(name)(torch.tensor(a), torch.tensor(b)).numpy()
+    np.testing.assert_allclose(k, dense_kernel(name, a, b), rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("kernel", [RBF(), Matern(0.5), Matern(1.5), Matern(2.5)])
+def test_random_features_match_kernel(kernel):
+    """E[cos(w . d)] over the spectral density is k(d): the prior draws are draws of this kernel."""
+    g = torch.Generator().manual_seed(1)
+    w = kernel.sample_frequencies(400_000, 3, generator=g, dtype=torch.float64)
+    for r in (0.3, 1.0, 2.0):
+        d = torch.tensor([r, 0.0, 0.0], dtype=torch.float64)
+        mc = torch.cos(w @ d).mean().item()
+        exact = kernel(d[None], torch.zeros(1, 3, dtype=torch.float64)).item()
+        assert abs(mc - exact) < 0.01, (r, mc, exact)
+
+
+def test_kernel_radius_bounds_value():
+    for k in (RBF(), Matern(0.5), Matern(1.5), Matern(2.5)):
+        r = k.radius(1e-7)
+        assert k.of_distance2(torch.tensor([r * r], dtype=torch.float64)).item() < 1e-7
+
+
+def problem(n=9, m=40, dim=5, K=2, seed=0):
+    rng = np.random.default_rng(seed)
+    Z, Q = rng.normal(size=(n, dim)), rng.normal(size=(m, dim))
+    Y = np.where(rng.random((n, K)) > 0.5, 1.0, -1.0)
+    M0, m0q = rng.normal(scale=0.3, size=(n, K)), rng.normal(scale=0.3, size=(m, K))
+    return Z, Y, M0, Q, m0q
+
+
+@pytest.mark.parametrize("name", ["rbf", "matern52"])
+def test_exact_posterior_matches_dense(name):
+    Z, Y, M0, Q, m0q = problem()
+    post = ExactPosterior(make_kernel(name), noise=1e-3, compute_dtype=torch.float64)
+    post.fit(torch.tensor(Z), torch.tensor(Y), torch.tensor(M0))
+    mean, var = post.mean_var(torch.tensor(Q), torch.tensor(m0q))
+    ref_mean, ref_var = dense_posterior(name, Z, Y, M0, Q, m0q, post.noise)
+    np.testing.assert_allclose(mean.numpy(), ref_mean, atol=1e-8)
+    np.testing.assert_allclose(var.numpy(), np.maximum(ref_var, 0), atol=1e-8)
+
+
+def test_append_and_truncate_equal_fresh_solves():
+    Z, Y, M0, Q, m0q = problem(n=8)
+    t = lambda x: torch.tensor(x)
+    inc = ExactPosterior(RBF(), noise=1e-2, compute_dtype=torch.float64)
+    for i in range(len(Z)):
+        inc.append(t(Z[i]), t(Y[i]), t(M0[i]))
+    fresh = ExactPosterior(RBF(), noise=1e-2, compute_dtype=torch.float64).fit(t(Z), t(Y), t(M0))
+    np.testing.assert_allclose(inc.L.numpy(), fresh.L.numpy(), atol=1e-10)
+    np.testing.assert_allclose(inc.alpha.numpy(), fresh.alpha.numpy(), atol=1e-8)
+    inc.truncate(5)
+    prefix = ExactPosterior(RBF(), noise=1e-2, compute_dtype=torch.float64).fit(t(Z[:5]), t(Y[:5]), t(M0[:5]))
+    np.testing.assert_allclose(inc.mean_var(t(Q), t(m0q))[0].numpy(), prefix.mean_var(t(Q), t(m0q))[0].numpy(), atol=1e-8)
+
+
+def test_conflicting_close_clicks_keep_their_labels():
+    """Adjacent-pixel inputs with opposite labels: the noise is lowered until each keeps its sign."""
+    z = torch.tensor([[0.0, 0.0], [1e-2, 0.0], [5e-2, 0.0], [1.0, 0.0]], dtype=torch.float64)
+    y = torch.tensor([[1.0], [-1.0], [1.0], [-1.0]], dtype=torch.float64)
+    post = ExactPosterior(RBF(), noise=1e-2, compute_dtype=torch.float64).fit(z, y, torch.zeros_like(y))
+    mean, _ = post.mean_var(z, torch.zeros_like(y))
+    assert post.noise < 1e-2
+    assert torch.all(torch.sign(mean) == y)
+    assert torch.all(mean.abs() >= 0.5 - 1e-9)
+
+
+def test_slabs_cover_box_once():
+    box = (slice(2, 9), slice(0, 5), slice(1, 4))
+    seen = np.zeros((9, 5, 4), int)
+    for sub in slabs(box, 7):
+        assert np.prod([s.stop - s.start for s in sub]) <= 7
+        seen[sub] += 1
+    assert (seen[box] == 1).all() and seen.sum() == 7 * 5 * 3
+
+
+def test_chunked_equals_unchunked():
+    rng = np.random.default_rng(3)
+    feats = torch.tensor(rng.normal(size=(11, 13, 6, 4)), dtype=torch.float32)
+    inputs = InputMap(feats, (1.0, 0.7, 2.5), feature_lengthscale=2.0, spatial_lengthscale=6.0)
+    vox = np.array([[1, 2, 3], [8, 10, 1], [5, 5, 5]])
+    post = ExactPosterior(RBF(), 1e-3).fit(inputs.at(vox).double(), torch.tensor([[1.0], [-1.0], [1.0]]),
+                                           torch.full((3, 1), -0.5))
+    box = tuple(slice(0, n) for n in feats.shape[:-1])
+    prior = lambda b: torch.full((int(np.prod([s.stop - s.start for s in b])), 1), -0.5)
+    outs = []
+    for max_bytes in (10**9, 500):
+        mean, var = torch.empty((1,) + feats.shape[:-1]), torch.empty(feats.shape[:-1])
+        evaluate_box(post, inputs, prior, box, mean, var, max_bytes=max_bytes)
+        outs.append((mean, var))
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    torch.testing.assert_close(outs[0][1], outs[1][1])
+    # and both agree with the dense float64 formula
+    Q = inputs.box(box).double().numpy()
+    ref_mean, ref_var = dense_posterior("rbf", inputs.at(vox).double().numpy(), np.array([[1.0], [-1.0], [1.0]]),
+                                        np.full((3, 1), -0.5), Q, np.full((len(Q), 1), -0.5), post.noise)
+    np.testing.assert_allclose(outs[0][0].reshape(-1).numpy(), ref_mean[:, 0], atol=2e-4)
+    np.testing.assert_allclose(outs[0][1].reshape(-1).numpy(), np.maximum(ref_var, 0), atol=2e-4)
+
+
+def test_pathwise_samples_match_exact_posterior():
+    Z, Y, M0, Q, m0q = problem(n=6, m=25, dim=3, K=1, seed=5)
+    Z, Q = Z * 0.7, Q * 0.7
+    post = ExactPosterior(RBF(), noise=1e-2, compute_dtype=torch.float64).fit(torch.tensor(Z), torch.tensor(Y), torch.tensor(M0))
+    S = 4000
+    sampler = PathwiseSampler(post, 3, n_samples=S, n_basis=4096, seed=0)
+    f = sampler.sample(torch.tensor(Q), torch.tensor(m0q))[:, 0, :].numpy()
+    mean, var = post.mean_var(torch.tensor(Q), torch.tensor(m0q))
+    se = np.sqrt(var.numpy() / S) + 1e-3
+    assert np.all(np.abs(f.mean(1) - mean[:, 0].numpy()) < 5 * se + 0.02)
+    # variance: Monte Carlo error plus the random-feature approximation of the prior
+    np.testing.assert_allclose(f.var(1), var.numpy(), atol=0.06)
+
+
+def test_probit_link_sign_matches_mean():
+    m = torch.linspace(-3, 3, 13)
+    p = probit(m, torch.full_like(m, 0.7))
+    assert torch.all((p > 0.5) == (m > 0)) and torch.all((p < 0.5) == (m < 0))

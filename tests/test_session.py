@@ -1,0 +1,173 @@
+"""The interactive session: same calls in 2D and 3D, clicked labels kept, local updates exact."""
+import numpy as np
+import pytest
+import torch
+
+from volseg import Image, Session
+from volseg.errors import ClickError, InputError, MemoryBudgetError, VolsegError
+
+
+def blob_image(shape, seed=0):
+    """A bright box and a darker ellipsoid on a noisy background; returns (image, labels 1/2)."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape).astype(float)
+    c = np.array(shape)[(slice(None),) + (None,) * len(shape)]
+    box = np.all((grid > 0.2 * c) & (grid < 0.45 * c), axis=0)
+    ell = (((grid - 0.7 * c) / (0.15 * c)) ** 2).sum(0) < 1
+    img = 1.0 * box + 0.5 * ell + 0.08 * rng.standard_normal(shape)
+    labels = np.where(box, 1, np.where(ell, 2, 0))
+    return img.astype(np.float32), labels
+
+
+def error_click(truth, pred):
+    """Centre of the largest error: a tiny robot for scripted runs."""
+    from scipy.ndimage import distance_transform_edt
+
+    fn, fp = (truth & ~pred), (~truth & pred)
+    dfn, dfp = distance_transform_edt(np.pad(fn, 1))[(slice(1, -1),) * truth.ndim], distance_transform_edt(np.pad(fp, 1))[(slice(1, -1),) * truth.ndim]
+    positive = dfn.max() >= dfp.max()
+    d = dfn if positive else dfp
+    return tuple(int(v) for v in np.unravel_index(np.argmax(d), d.shape)), bool(positive)
+
+
+@pytest.mark.parametrize("shape", [(48, 64), (24, 28, 20)])
+def test_scripted_run_keeps_every_clicked_label_and_improves(shape):
+    img, labels = blob_image(shape)
+    truth = labels == 1
+    s = Session().set_image(img)
+    ious = []
+    for _ in range(8):
+        if ((s.mask() == 1) == truth).all():
+            break
+        pos, positive = error_click(truth, s.mask() == 1)
+        s.add_click(pos, positive)
+        m = s.mask()
+        for c in s.clicks:  # every click so far, after every click
+            assert m[c.voxel()] == (1 if c.positive else 0)
+            p = s.probability()[c.voxel()]
+            assert (p > 0.5) == c.positive
+        ious.append(((m == 1) & truth).sum() / ((m == 1) | truth).sum())
+    assert ious[-1] > 0.85, ious
+    assert len(s.timings) == len(ious) and all(t > 0 for t in s.timings)
+
+
+def test_same_api_for_arrays_images_and_rgb():
+    rgb = np.zeros((30, 40, 3), np.uint8)
+    rgb[5:20, 10:30] = (200, 30, 30)
+    s = Session().set_image(rgb)
+    assert s.image.ndim == 2 and s.image.channels == 3
+    s.add_click((12, 20))
+    s.add_click((27, 3), positive=False)
+    assert s.mask()[12, 20] == 1 and s.mask()[27, 3] == 0
+    assert s.mask()[6:19, 11:29].mean() > 0.9 and s.mask()[22:, :].mean() < 0.1
+    vol = Image.from_array(np.random.default_rng(0).random((10, 12, 8)).astype(np.float32), spacing=(1, 1, 3))
+    s.set_image(vol)
+    assert s.mask().shape == (10, 12, 8) and len(s.clicks) == 0
+
+
+def test_local_update_equals_full_recomputation():
+    img, labels = blob_image((40, 44, 30), seed=2)
+    s = Session(spatial_lengthscale=3.0).set_image(Image.from_array(img, spacing=(1.0, 1.0, 1.5)))
+    clicks = [((12, 14, 10), True), ((30, 31, 21), True), ((3, 3, 3), False), ((14, 12, 9), False), ((28, 30, 20), False)]
+    for pos, positive in clicks:
+        s.add_click(pos, positive)
+        assert isinstance(s.last_region, list)  # a local update, not the whole volume
+        evaluated = sum(np.prod([b.stop - b.start for b in box]) for box in s.last_region)
+        assert evaluated < img.size
+        local_p, local_var = s.probability(), s._var.clone()
+        s._evaluate_all()
+        np.testing.assert_allclose(local_p, s.probability(), atol=1e-4)
+        torch.testing.assert_close(local_var, s._var, atol=1e-4, rtol=0)
+    s.undo()
+    local_p = s.probability()
+    s._evaluate_all()
+    np.testing.assert_allclose(local_p, s.probability(), atol=1e-4)
+
+
+def test_undo_and_reset():
+    img, _ = blob_image((40, 40))
+    s = Session().set_image(img)
+    s.add_click((12, 12))
+    first = s.mask().copy()
+    s.add_click((30, 30), positive=False)
+    s.undo()
+    np.testing.assert_array_equal(s.mask(), first)
+    s.reset()
+    assert s.clicks == [] and s.mask().sum() == 0
+    with pytest.raises(ClickError, match="nothing to undo"):
+        s.undo()
+
+
+def test_objects_compete_and_never_overlap():
+    img, labels = blob_image((50, 50))
+    s = Session().set_image(img)
+    s.add_click((16, 16), object=1)
+    s.add_click((35, 35), object=2)
+    s.add_click((3, 46), positive=False)
+    m = s.mask()
+    assert m[16, 16] == 1 and m[35, 35] == 2 and m[3, 46] == 0
+    assert set(np.unique(m)) <= {0, 1, 2}
+    p1, p2 = s.probability(1), s.probability(2)
+    assert p1[16, 16] > 0.5 > p2[16, 16] and p2[35, 35] > 0.5 > p1[35, 35]
+
+
+def test_prior_mask_is_refined_by_clicks():
+    img, labels = blob_image((48, 48))
+    prior = (labels == 1).astype(np.uint8)
+    prior[12:16, :] = 0  # a wrong strip the user fixes
+    s = Session().set_image(img, prior=prior)
+    assert ((s.mask() == 1) == (prior == 1)).mean() > 0.95  # no clicks: the prior itself
+    s.add_click((13, 15), positive=True)
+    assert s.mask()[13, 15] == 1
+    far = s.mask()[35:, 35:] == 0
+    assert far.mean() > 0.95  # far-away regions change little
+
+
+def test_uncertainty_and_suggestion():
+    img, labels = blob_image((48, 48))
+    s = Session().set_image(img)
+    s.add_click((16, 16))
+    s.add_click((40, 5), positive=False)
+    std = s.uncertainty()
+    assert std[16, 16] < 0.1 and std.max() > 0.5
+    sug = s.suggest_click()
+    assert sug.position not in {(16, 16), (40, 5)} and 0 <= sug.score
+    assert sug.predicted_label == s.mask()[sug.position]
+
+
+def test_posterior_samples_interpolate_clicks():
+    img, _ = blob_image((30, 30))
+    s = Session().set_image(img)
+    s.add_click((10, 10))
+    s.add_click((25, 25), positive=False)
+    f = s.samples(8, n_basis=256)
+    assert f.shape == (8, 30, 30)
+    assert np.all(f[:, 10, 10] > 0) and np.all(f[:, 25, 25] < 0)
+
+
+def test_bad_inputs_are_named():
+    s = Session()
+    with pytest.raises(VolsegError, match="set_image"):
+        s.add_click((1, 1))
+    bad = np.zeros((20, 20), np.float32)
+    bad[3, 4] = np.nan
+    with pytest.raises(InputError, match="NaN"):
+        s.set_image(bad)
+    s.set_image(np.zeros((20, 20), np.float32))
+    with pytest.raises(ClickError, match="outside"):
+        s.add_click((25, 3))
+    with pytest.raises(ClickError, match="coordinates"):
+        s.add_click((2, 3, 4))
+    with pytest.raises(ClickError, match="NaN"):
+        s.add_click((np.nan, 3))
+    with pytest.raises(ClickError, match="label"):
+        s.add_click((2, 3), positive="maybe")
+    with pytest.raises(InputError, match="shape"):
+        s.set_image(np.zeros((20, 20), np.float32), prior=np.zeros((21, 20), np.uint8))
+    with pytest.raises(MemoryBudgetError, match="budget"):
+        Session(memory_budget="1MB").set_image(np.zeros((64, 64, 64), np.float32))
+    with pytest.raises(VolsegError, match="CUDA"):
+        if not torch.cuda.is_available():
+            Session(device="cuda")
+        else:
+            raise VolsegError("CUDA available; nothing to check")

@@ -1,0 +1,115 @@
+"""Training: click simulation, losses, and a CPU smoke run with checkpoint, resume and CSV log."""
+from __future__ import annotations
+
+import argparse
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from volseg.errors import InputError
+from volseg.features.backbones import load_backbone, read_checkpoint
+from volseg.train.losses import bce, normalized_focal, segmentation_loss, soft_dice
+from volseg.train.loop import load_config, train
+from volseg.train.simulate import deepest_point, error_click, initial_clicks
+
+SMOKE = Path(__file__).resolve().parents[1] / "configs" / "train_smoke.yaml"
+
+
+def box_mask(shape, lo, hi):
+    m = np.zeros(shape, bool)
+    m[tuple(slice(a, b) for a, b in zip(lo, hi))] = True
+    return m
+
+
+def test_first_click_is_deepest_point():
+    from volseg.eval.robot import border_distance
+
+    obj = box_mask((30, 40), (5, 10), (25, 31))  # 20 x 21 box
+    d = border_distance(obj)
+    assert obj[deepest_point(obj)] and d[deepest_point(obj)] == d.max() == 10
+    pts, labels = initial_clicks(obj, np.random.default_rng(0), max_positive=1, max_negative=0, deepest=1.0)
+    assert pts == [deepest_point(obj)] and labels == [1.0]
+
+
+def test_initial_clicks_random_are_on_the_right_side():
+    obj = box_mask((40, 40), (10, 10), (30, 30))
+    for seed in range(10):
+        pts, labels = initial_clicks(obj, np.random.default_rng(seed), max_positive=3, max_negative=3, deepest=0.0)
+        assert labels[0] == 1.0 and len(pts) == len(set(pts))
+        for p, y in zip(pts, labels):
+            assert obj[p] == (y > 0)
+
+
+def test_error_clicks_follow_the_errors():
+    obj = box_mask((30, 30), (5, 5), (20, 20))
+    p, y = error_click(obj, np.zeros_like(obj), [])
+    assert y == 1.0 and obj[p]  # empty prediction: positive click inside the object
+    pred = obj | box_mask((30, 30), (22, 22), (29, 29))
+    p, y = error_click(obj, pred, [])
+    assert y == -1.0 and pred[p] and not obj[p]  # false-positive blob: negative click inside it
+    assert error_click(obj, obj, []) is None
+    vol = box_mask((12, 14, 10), (3, 3, 3), (9, 10, 8))
+    p, y = error_click(vol, np.zeros_like(vol), [])
+    assert y == 1.0 and vol[p] and len(p) == 3
+
+
+def test_losses():
+    t = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    good, bad = torch.tensor([0.99, 0.01, 0.98, 0.02]), torch.tensor([0.2, 0.8, 0.3, 0.7])
+    for fn in (bce, normalized_focal, soft_dice):
+        assert fn(good, t) < fn(bad, t)
+    assert torch.isfinite(segmentation_loss(bad, t, kind="bce"))
+    with pytest.raises(ValueError):
+        segmentation_loss(bad, t, kind="hinge")
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(InputError, match="unknown training config"):
+        load_config({"modle": {}})
+
+
+def test_smoke_train_checkpoint_resume_log(tmp_path):
+    out = tmp_path / "run"
+    path = train(SMOKE, out, quiet=True)
+    assert path == out / "model.ckpt" and (out / "last.ckpt").is_file()
+    ck = read_checkpoint(path)
+    assert ck["format"] == "volseg-backbone/1" and ck["config"]["name"] == "smoke"
+    assert len(ck["manifest_sha256"]) == 64 and ck["metrics"]["steps"] == 4 and "val_iou_1" in ck["metrics"]
+    assert set(ck["gp_config"]) >= {"feature_lengthscale", "spatial_fraction", "outputscale", "noise"}
+    assert "optimizer" not in ck  # the shipped file holds weights only
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [2, 4]
+    # resume continues the step count and appends to the log
+    train(SMOKE, out, resume=out / "last.ckpt", max_steps=6, quiet=True)
+    assert read_checkpoint(out / "last.ckpt")["step"] == 6
+    assert [int(r["step"]) for r in csv.DictReader(open(out / "log.csv"))] == [2, 4, 6]
+    ex = load_backbone(path)
+    assert ex.features.__self__ is ex and ex.gp_config["noise"] == pytest.approx(1e-3)
+
+
+def test_smoke_train_3d(tmp_path):
+    cfg = {"name": "smoke3d", "model": {"name": "UNet", "spatial_dims": 3, "in_channels": 1, "embed_dim": 3,
+                                        "channels": [4, 8], "strides": [2], "num_res_units": 0, "roi_size": [16, 16, 16]},
+           "data": {"synthetic": {"n": 4}, "size": [16, 16, 16], "augment": False},
+           "clicks": {"iterative": 1}, "optim": {"batch_size": 1, "steps": 2, "warmup": 0},
+           "log": {"every": 1, "checkpoint_every": 10, "val_images": 1}}
+    path = train(cfg, tmp_path / "r3", quiet=True)
+    ex = load_backbone(path)
+    vol = np.random.default_rng(0).random((20, 18, 16)).astype(np.float32)
+    from volseg.image import Image
+
+    assert ex.features(Image.from_array(vol), budget=2 ** 30).shape == (20, 18, 16, 3)
+
+
+def test_cli_registers_train():
+    from volseg.train.cli import register
+
+    p = argparse.ArgumentParser()
+    register(p.add_subparsers(dest="command"))
+    args = p.parse_args(["train", "--config", "c.yaml", "--steps", "3"])
+    assert args.command == "train" and args.steps == 3 and callable(args.func)

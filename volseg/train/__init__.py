@@ -1,0 +1,16 @@
+"""Training a MONAI backbone end to end through the GP posterior (``volseg train --config ...``).
+
+:mod:`.simulate` places clicks as RITM does, :mod:`.losses` scores the posterior probability,
+:mod:`.data` reads image/mask pairs (2D folders, 3D NIfTI, or generated shapes), :mod:`.loop`
+runs the optimisation with checkpoints, resume, CSV/TensorBoard logs and torchrun data parallelism.
+"""
+from __future__ import annotations
+
+
+def train(config, out=None, *, resume=None, **kwargs):
+    from .loop import train as _train
+
+    return _train(config, out, resume=resume, **kwargs)
+
+
+__all__ = ["train"]

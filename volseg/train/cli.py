@@ -1,0 +1,34 @@
+"""``volseg train --config configs/<name>.yaml``: train a backbone through the GP (see volseg.train.loop)."""
+from __future__ import annotations
+
+import argparse
+
+HELP = "train a MONAI backbone end to end through the GP posterior (writes OUT/model.ckpt)"
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("train", help=HELP, description=HELP)
+    p.add_argument("--config", required=True, help="training YAML, e.g. configs/train_2d.yaml")
+    p.add_argument("--out", help="output folder (default: the config's out, else runs/<name>)")
+    p.add_argument("--resume", help="continue from a last.ckpt (same config and data)")
+    p.add_argument("--steps", type=int, help="total optimisation steps (overrides optim.steps)")
+    p.add_argument("--max-minutes", type=float, help="stop after this much wall time and save")
+    p.add_argument("--quiet", action="store_true", help="no per-log-step lines on stdout")
+    p.set_defaults(func=handler)
+    return p
+
+
+def handler(args: argparse.Namespace) -> int:
+    from .loop import train
+
+    path = train(args.config, args.out, resume=args.resume, max_steps=args.steps, max_minutes=args.max_minutes,
+                 quiet=args.quiet)
+    print(f"wrote {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="volseg")
+    register(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(["train", *(argv or [])])
+    return args.func(args)

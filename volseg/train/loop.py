@@ -1,0 +1,294 @@
+"""The training loop: backbone -> embeddings -> GP posterior from simulated clicks -> loss -> step.
+
+Per image, clicks are simulated as in RITM: random initial clicks, then up to ``iterative`` clicks
+each placed on the current posterior's largest error.  The loss is taken after every click
+(the GP is cheap next to the network, so every click's mask trains the embedding), plus a small
+term on the prior-mean head alone so the first click starts from an object-shaped prior.
+
+Outputs in ``out``: ``last.ckpt`` (with optimizer state, for ``--resume``), ``model.ckpt`` (weights
+only, what ``--features`` takes), ``log.csv`` (and TensorBoard events when ``log.tensorboard`` is
+set and tensorboard is installed).  Under ``torchrun`` (WORLD_SIZE > 1) every rank trains on its
+own samples with DistributedDataParallel and rank 0 writes the files.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from ..errors import InputError
+from ..features.backbones import Backbone, backbone_from_checkpoint, read_checkpoint, save_checkpoint
+from ..gp.differentiable import GPHyper, gp_inputs, posterior
+from ..gp.likelihood import probit
+from .data import TrainingData
+from .losses import bce, segmentation_loss
+from .simulate import error_click, initial_clicks
+
+DEFAULTS = {
+    "name": "train",
+    "seed": 0,
+    "threads": 1,
+    "device": "cpu",
+    "out": None,
+    "model": {"name": "BasicUNet", "spatial_dims": 2, "embed_dim": 16, "long_side": 160},
+    "gp": {"feature_lengthscale": 0.5, "spatial_fraction": 0.25, "outputscale": 1.0, "noise": 1e-3, "learn": True},
+    "data": {"roots": [], "val_fraction": 0.02, "augment": True},
+    "clicks": {"max_positive": 2, "max_negative": 2, "deepest": 0.5, "iterative": 3},
+    "loss": {"kind": "nfl", "dice_weight": 1.0, "gamma": 2.0, "prior_weight": 0.3},
+    "optim": {"lr": 1e-3, "hyper_lr": 1e-2, "weight_decay": 1e-4, "batch_size": 4, "steps": 1000,
+              "max_minutes": None, "warmup": 50},
+    "log": {"every": 10, "checkpoint_every": 200, "val_every": None, "val_images": 16, "tensorboard": False},
+}
+
+
+def load_config(config: dict | str | Path) -> tuple[dict, Path | None]:
+    """Merge a YAML file (or dict) over the defaults, section by section."""
+    base = None
+    if not isinstance(config, dict):
+        p = Path(config)
+        if not p.is_file():
+            raise InputError(f"training config {p} does not exist")
+        config, base = yaml.safe_load(p.read_text()) or {}, p.resolve().parent
+    unknown = sorted(set(config) - set(DEFAULTS))
+    if unknown:
+        raise InputError(f"unknown training config section(s) {unknown}; known: {sorted(DEFAULTS)}")
+    cfg = copy.deepcopy(DEFAULTS)
+    for k, v in config.items():
+        if isinstance(cfg.get(k), dict) and isinstance(v, dict):
+            cfg[k] = {**cfg[k], **v}
+        else:
+            cfg[k] = v
+    if int(cfg["model"].get("spatial_dims", 2)) not in (2, 3):
+        raise InputError("model.spatial_dims must be 2 or 3")
+    return cfg, base
+
+
+class Trainee(torch.nn.Module):
+    """Everything with parameters in one module, so DistributedDataParallel syncs all of it."""
+
+    def __init__(self, cfg: dict) -> None:
+        super().__init__()
+        self.backbone = Backbone(cfg["model"])
+        g = cfg["gp"]
+        self.hyper = GPHyper(float(g["feature_lengthscale"]), float(g["spatial_fraction"]), float(g["outputscale"]),
+                             float(g["noise"]), learn=bool(g.get("learn", True)))
+
+    def forward(self, x: torch.Tensor):
+        return self.backbone(x)
+
+
+def _dist() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def simulate_and_score(emb: torch.Tensor, m0: torch.Tensor, obj: np.ndarray, hyper: GPHyper, cfg: dict,
+                       rng: np.random.Generator, spacing=None, *, n_iterative: int | None = None,
+                       with_loss: bool = True) -> tuple[torch.Tensor, list[float]]:
+    """Loss summed over the click sequence of one image, and the IoU after each click.
+
+    emb (D, *spatial), m0 (*spatial), obj bool (*spatial)."""
+    c, lcfg = cfg["clicks"], cfg["loss"]
+    shape = obj.shape
+    z = gp_inputs(emb, hyper, spacing)
+    m = m0.reshape(-1)
+    target = torch.as_tensor(obj.reshape(-1), dtype=emb.dtype, device=emb.device)
+    points, labels = initial_clicks(obj, rng, max_positive=int(c["max_positive"]), max_negative=int(c["max_negative"]),
+                                    deepest=float(c["deepest"]))
+    if n_iterative is None:
+        n_iterative = int(rng.integers(0, int(c["iterative"]) + 1))
+    losses, ious = [], []
+    for step in range(n_iterative + 1):
+        idx = torch.as_tensor(np.ravel_multi_index(np.array(points).T, shape), device=emb.device)
+        y = torch.as_tensor(labels, dtype=torch.float64, device=emb.device)
+        mean, var = posterior(z[idx], y, m[idx], z, m, hyper.outputscale, hyper.noise)
+        p = probit(mean, var)
+        if with_loss:
+            losses.append(segmentation_loss(p, target, kind=lcfg["kind"], dice_weight=float(lcfg["dice_weight"]),
+                                            gamma=float(lcfg.get("gamma", 2.0))))
+        pred = (mean.detach() > 0).reshape(shape).cpu().numpy()
+        ious.append(float((pred & obj).sum() / max((pred | obj).sum(), 1)))
+        if step == n_iterative:
+            break
+        nxt = error_click(obj, pred, points)
+        if nxt is None:
+            break
+        points.append(nxt[0]), labels.append(nxt[1])
+    if not with_loss:
+        return torch.zeros(()), ious
+    loss = torch.stack(losses).mean()
+    if float(lcfg.get("prior_weight", 0)):
+        loss = loss + float(lcfg["prior_weight"]) * bce(probit(m, torch.zeros_like(m)), target)
+    return loss, ious
+
+
+@torch.no_grad()
+def validate(model: Trainee, data: TrainingData, cfg: dict, device, n_clicks: int = 5) -> dict:
+    """Mean IoU after 1 and after ``n_clicks`` robot clicks on held-out images, at training resolution."""
+    model.eval()
+    rng = np.random.default_rng(12345)
+    vcfg = copy.deepcopy(cfg)
+    vcfg["clicks"].update(max_positive=1, max_negative=0, deepest=1.0)
+    first, last = [], []
+    for i in range(min(len(data), int(cfg["log"]["val_images"]))):
+        x, obj = data.sample(i, rng)
+        emb, m0 = model(torch.from_numpy(x)[None].to(device))
+        _, ious = simulate_and_score(emb[0], m0[0], obj, model.hyper, vcfg, rng, n_iterative=n_clicks - 1, with_loss=False)
+        first.append(ious[0])
+        last.append(ious[-1])
+    model.train()
+    return {"val_iou_1": float(np.mean(first)) if first else None, f"val_iou_{n_clicks}": float(np.mean(last)) if last else None}
+
+
+def _hardware(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)"
+
+
+def train(config: dict | str | Path, out: str | Path | None = None, *, resume: str | Path | None = None,
+          max_steps: int | None = None, max_minutes: float | None = None, quiet: bool = False) -> Path:
+    """Train (or continue training) a backbone; returns the path of ``model.ckpt``."""
+    cfg, base = load_config(config)
+    torch.set_num_threads(int(cfg["threads"]))
+    rank, world = _dist()
+    device = torch.device(cfg["device"] if cfg["device"] != "cuda" else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError("config asks for device cuda but CUDA is not available")
+    out = Path(out or cfg["out"] or Path("runs") / cfg["name"])
+    opt_cfg, log_cfg = cfg["optim"], cfg["log"]
+    steps = int(max_steps or opt_cfg["steps"])
+    minutes = max_minutes or opt_cfg.get("max_minutes")
+
+    data = TrainingData(cfg["data"], cfg["model"], base)
+    val = TrainingData(cfg["data"], cfg["model"], base, validation=True) if not cfg["data"].get("synthetic") else \
+        TrainingData({**cfg["data"], "augment": False}, cfg["model"], base, validation=True)
+    model = Trainee(cfg).to(device)
+    hyper_params = list(model.hyper.parameters())
+    net_params = [p for n, p in model.named_parameters() if not n.startswith("hyper.")]
+    optim = torch.optim.AdamW([{"params": net_params, "lr": float(opt_cfg["lr"])},
+                               {"params": hyper_params, "lr": float(opt_cfg["hyper_lr"]), "weight_decay": 0.0}],
+                              weight_decay=float(opt_cfg["weight_decay"]))
+    start, elapsed_before, metrics = 0, 0.0, {}
+    if resume:
+        ckpt = read_checkpoint(resume)
+        if ckpt.get("manifest_sha256") and ckpt["manifest_sha256"] != data.manifest:
+            raise InputError(f"cannot resume from {resume}: it was trained on different data (manifest hash differs)")
+        loaded = backbone_from_checkpoint(ckpt, resume)
+        model.backbone.load_state_dict(loaded.state_dict())
+        if "hyper" in ckpt:
+            model.hyper.load_state_dict(ckpt["hyper"])
+        if "optimizer" in ckpt:
+            optim.load_state_dict(ckpt["optimizer"])
+        start, elapsed_before, metrics = int(ckpt.get("step", 0)), float(ckpt.get("wall_seconds", 0.0)), ckpt.get("metrics", {})
+    ddp = model
+    if world > 1:
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    writer = log = None
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        new = not (out / "log.csv").exists()
+        log = open(out / "log.csv", "a", newline="")
+        fields = ["step", "loss", "iou_first", "iou_last", "feature_lengthscale", "spatial_fraction", "outputscale",
+                  "lr", "seconds"]
+        log_writer = csv.DictWriter(log, fieldnames=fields, extrasaction="ignore")
+        if new:
+            log_writer.writeheader()
+        if log_cfg.get("tensorboard"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                writer = SummaryWriter(str(out / "tensorboard"))
+            except ImportError:
+                writer = None
+
+    def checkpoint(step: int, elapsed: float, final: bool = False) -> Path:
+        m = {**metrics, "steps": step, "wall_seconds": round(elapsed, 1), "hardware": _hardware(device),
+             "world_size": world, "images_seen": step * int(opt_cfg["batch_size"]) * world}
+        if final and len(val):
+            m.update(validate(model, val, cfg, device))
+        gp_cfg = model.hyper.gp_config()
+        extra = {"hyper": model.hyper.state_dict(), "optimizer": optim.state_dict(), "step": step, "wall_seconds": elapsed}
+        save_checkpoint(out / "last.ckpt", model.backbone, cfg, gp_cfg, manifest_sha256=data.manifest, metrics=m, extra=extra)
+        return save_checkpoint(out / "model.ckpt", model.backbone, cfg, gp_cfg, manifest_sha256=data.manifest, metrics=m)
+
+    t0 = time.perf_counter()
+    B, warm = int(opt_cfg["batch_size"]), int(opt_cfg.get("warmup", 0))
+    base_lrs = [g["lr"] for g in optim.param_groups]
+    run = {"loss": 0.0, "iou_first": 0.0, "iou_last": 0.0, "n": 0}
+    step = start
+    model.train()
+    while step < steps:
+        elapsed = elapsed_before + time.perf_counter() - t0
+        if minutes and elapsed > 60.0 * float(minutes):
+            break
+        rng = np.random.default_rng([int(cfg["seed"]), rank, step])
+        # linear warm-up, then cosine decay to 5% over the planned steps
+        f = min(1.0, (step + 1) / warm) if warm else 1.0
+        f *= 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step / max(steps, 1), 1.0)))
+        for g, lr in zip(optim.param_groups, base_lrs):
+            g["lr"] = lr * f
+        batch = [data.sample(int(rng.integers(0, len(data))), rng) for _ in range(B)]
+        x = torch.from_numpy(np.stack([b[0] for b in batch])).to(device)
+        emb, m0 = ddp(x)
+        losses = []
+        for b, (_, obj) in enumerate(batch):
+            loss, ious = simulate_and_score(emb[b], m0[b], obj, model.hyper, cfg, rng)
+            losses.append(loss)
+            run["iou_first"] += ious[0]
+            run["iou_last"] += ious[-1]
+            run["n"] += 1
+        loss = torch.stack(losses).mean()
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optim.step()
+        run["loss"] += loss.item() * B
+        step += 1
+        if rank == 0 and (step % int(log_cfg["every"]) == 0 or step == steps):
+            n = max(run["n"], 1)
+            row = {"step": step, "loss": round(run["loss"] / n, 5), "iou_first": round(run["iou_first"] / n, 4),
+                   "iou_last": round(run["iou_last"] / n, 4), "lr": optim.param_groups[0]["lr"],
+                   "seconds": round(elapsed_before + time.perf_counter() - t0, 1),
+                   **{k: round(v, 5) for k, v in model.hyper.gp_config().items() if isinstance(v, float)}}
+            log_writer.writerow(row)
+            log.flush()
+            if writer is not None:
+                for k, v in row.items():
+                    if k != "step":
+                        writer.add_scalar(k, v, step)
+            if not quiet:
+                print(" ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+            metrics.update(train_loss=row["loss"], train_iou_first=row["iou_first"], train_iou_last=row["iou_last"])
+            run = {"loss": 0.0, "iou_first": 0.0, "iou_last": 0.0, "n": 0}
+        if rank == 0 and step % int(log_cfg["checkpoint_every"]) == 0 and step < steps:
+            checkpoint(step, elapsed_before + time.perf_counter() - t0)
+        val_every = log_cfg.get("val_every")
+        if rank == 0 and val_every and step % int(val_every) == 0 and len(val):
+            metrics.update(validate(model, val, cfg, device))
+            if not quiet:
+                print(f"step={step} validation {metrics}", flush=True)
+    path = out / "model.ckpt"
+    if rank == 0:
+        path = checkpoint(step, elapsed_before + time.perf_counter() - t0, final=True)
+        log.close()
+        if writer is not None:
+            writer.close()
+    if world > 1:
+        torch.distributed.barrier()
+    return path
+
+
+__all__ = ["DEFAULTS", "Trainee", "load_config", "simulate_and_score", "train", "validate"]

@@ -1,0 +1,184 @@
+"""The memory bank: a fixed budget of GP training points gathered from the frames seen so far.
+
+Two parts, after MA-Net's memory aggregation:
+
+* **global**: points from the user-annotated frames that bound the stretch being propagated --
+  every click, plus samples of the annotated frame's mask.  Set once per propagation pass.
+* **local**: samples of the last ``window`` propagated frames, the oldest frame dropped as a new
+  one arrives.  Their positions move with the scene (optical flow), so the spatial kernel matches
+  a location against what was near it in the previous frames.
+
+The bound: ``global <= global_fraction * budget`` points (clicks first, then mask samples) and
+``local <= budget - global`` points in all, ``local_budget // window`` per frame.  Every array
+is sized by these numbers, never by the video's length, so the bank uses at most
+``budget * (D + 2 + K + 3) * 4`` bytes (about 100 KB for 1,000 points of 21 features).
+
+Which points a frame contributes is decided by informativeness (:func:`sample_informative`):
+each label (background and every object) gets a quota, and within it points are drawn with
+probability growing with the prediction's uncertainty and closeness to a label boundary, so the
+budget is spent where the classes meet rather than deep inside large regions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage as ndi
+
+# memory point kinds
+CLICK, ANNOTATED, PROPAGATED = 0, 1, 2
+
+
+@dataclass
+class Points:
+    """A set of training points: features (n, D), positions (n, 2) on the working grid,
+    residual targets (n, K), noise (n,), frame (n,), kind (n,)."""
+
+    feat: np.ndarray
+    pos: np.ndarray
+    resid: np.ndarray
+    noise: np.ndarray
+    frame: np.ndarray
+    kind: np.ndarray
+
+    @classmethod
+    def empty(cls, n_features: int, n_objects: int) -> "Points":
+        return cls(np.zeros((0, n_features), np.float32), np.zeros((0, 2), np.float32),
+                   np.zeros((0, n_objects), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32),
+                   np.zeros(0, np.int8))
+
+    def __len__(self) -> int:
+        return int(self.feat.shape[0])
+
+    @property
+    def keep(self) -> np.ndarray:
+        """Points that must keep their label: the user's clicks."""
+        return self.kind == CLICK
+
+    def take(self, idx) -> "Points":
+        return Points(self.feat[idx], self.pos[idx], self.resid[idx], self.noise[idx], self.frame[idx], self.kind[idx])
+
+    @staticmethod
+    def concat(parts: list["Points"]) -> "Points":
+        return Points(*(np.concatenate([getattr(p, f) for p in parts]) for f in
+                        ("feat", "pos", "resid", "noise", "frame", "kind")))
+
+
+@dataclass
+class MemoryBank:
+    budget: int = 800
+    global_fraction: float = 0.5
+    window: int = 2
+    n_features: int = 0
+    n_objects: int = 1
+    _global: Points | None = field(default=None, repr=False)
+    _local: list[Points] = field(default_factory=list, repr=False)
+    peak: int = 0
+
+    def __post_init__(self) -> None:
+        if self.budget < 4 or self.window < 1 or not 0.0 < self.global_fraction < 1.0:
+            raise ValueError("memory needs budget >= 4, window >= 1 and 0 < global_fraction < 1")
+        self._global = Points.empty(self.n_features, self.n_objects)
+
+    @property
+    def global_budget(self) -> int:
+        return int(self.budget * self.global_fraction)
+
+    @property
+    def local_budget(self) -> int:
+        return self.budget - len(self._global)
+
+    @property
+    def per_frame(self) -> int:
+        """Points each propagated frame may add."""
+        return max(1, self.local_budget // self.window)
+
+    def __len__(self) -> int:
+        return len(self._global) + sum(len(p) for p in self._local)
+
+    def set_global(self, clicks: Points, samples: Points) -> None:
+        """Clicks first (the most recent ones if there are more than the global budget), then as many
+        mask samples as fit."""
+        room = self.global_budget
+        if len(clicks) > room:
+            clicks = clicks.take(np.arange(len(clicks) - room, len(clicks)))
+        samples = samples.take(np.arange(min(len(samples), room - len(clicks))))
+        self._global = Points.concat([clicks, samples])
+        self._local = []
+        self._track()
+
+    def add_frame(self, points: Points) -> None:
+        """Local memory: the newest frame's points in, the oldest frame out (beyond ``window``)."""
+        if len(points) > self.per_frame:
+            points = points.take(np.arange(self.per_frame))
+        self._local.append(points)
+        while len(self._local) > self.window or len(self) > self.budget:
+            self._local.pop(0)
+        self._track()
+
+    def move(self, flow: np.ndarray) -> None:
+        """Carry local points along a forward flow field (h, w, 2) given as (drow, dcol) per cell."""
+        h, w = flow.shape[:2]
+        for p in self._local:
+            r = np.clip(np.rint(p.pos[:, 0]).astype(int), 0, h - 1)
+            c = np.clip(np.rint(p.pos[:, 1]).astype(int), 0, w - 1)
+            p.pos = p.pos + flow[r, c]
+
+    def training(self) -> Points:
+        return Points.concat([self._global, *self._local])
+
+    def _track(self) -> None:
+        n = len(self)
+        if n > self.budget:  # a bug, not a user error: the bank promises this never happens
+            raise AssertionError(f"memory bank holds {n} points, over its budget of {self.budget}")
+        self.peak = max(self.peak, n)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(getattr(p, f).nbytes for p in [self._global, *self._local]
+                   for f in ("feat", "pos", "resid", "noise", "frame", "kind"))
+
+
+def sample_informative(prob: np.ndarray, n: int, rng: np.random.Generator, *, band: float = 3.0,
+                       min_share: float = 0.15, floor: float = 0.05, candidates: np.ndarray | None = None) -> np.ndarray:
+    """Flat indices of ``n`` locations of a (K, h, w) object-probability map, chosen by informativeness.
+
+    Labels are the argmax over [background, objects].  Each label present gets a quota proportional
+    to the square root of its area but at least ``min_share`` of ``n`` (small objects stay
+    represented); inside a quota, locations are drawn without replacement with weight
+    ``floor + uncertainty + near-boundary``, where uncertainty is 1 - the margin between the two most
+    likely labels and near-boundary is exp(-d / band) of the distance d to another label.
+    ``candidates`` (flat bool mask) restricts where points may come from.
+    """
+    K, h, w = prob.shape
+    full = np.concatenate([np.clip(1.0 - prob.max(0, keepdims=True), 0, 1), prob]) if K > 1 else \
+        np.concatenate([1.0 - prob, prob])
+    labels = full.argmax(0)
+    top2 = np.sort(full, axis=0)[-2:] if full.shape[0] > 1 else np.stack([np.zeros_like(prob[0]), full[0]])
+    uncertainty = 1.0 - (top2[1] - top2[0])
+    edge = np.zeros((h, w), bool)
+    edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
+    edge[:, :-1] |= labels[:, 1:] != labels[:, :-1]
+    edge[1:, :] |= labels[1:, :] != labels[:-1, :]
+    edge[:-1, :] |= labels[1:, :] != labels[:-1, :]
+    near = np.exp(-ndi.distance_transform_edt(~edge) / band) if edge.any() else np.zeros((h, w))
+    weight = (floor + uncertainty + near).ravel()
+    flat = labels.ravel()
+    ok = np.ones(h * w, bool) if candidates is None else np.asarray(candidates, bool).ravel()
+    present = [k for k in range(K + 1) if np.any((flat == k) & ok)]
+    if not present:
+        return np.zeros(0, np.int64)
+    area = np.array([np.count_nonzero((flat == k) & ok) for k in present], float)
+    share = np.sqrt(area) / np.sqrt(area).sum()
+    share = np.maximum(share, min(min_share, 1.0 / len(present)))
+    quota = np.floor(share / share.sum() * n).astype(int)
+    quota[np.argmax(area)] += n - quota.sum()
+    out = []
+    for k, q in zip(present, quota):
+        idx = np.flatnonzero((flat == k) & ok)
+        q = min(int(q), idx.size)
+        if q <= 0:
+            continue
+        p = weight[idx] / weight[idx].sum()
+        out.append(rng.choice(idx, size=q, replace=False, p=p))
+    return np.concatenate(out) if out else np.zeros(0, np.int64)

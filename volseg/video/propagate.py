@@ -1,0 +1,381 @@
+"""Video object masking: annotate a few frames (a mask, or clicks), get every frame's mask.
+
+    seg = VideoSegmenter(open_video("clip.mp4"))
+    seg.add_clicks([Click((120, 300), True, object=1, frame=0), Click((80, 40), True, object=2, frame=0)])
+    labels = seg.labels(17)                      # (H, W) uint8, object ids kept
+    changed = seg.add_clicks([Click((200, 310), False, object=1, frame=40)])   # a correction
+
+**Annotated frames** are the frames the user gave input on.  Their mask is exact: a given mask as
+is, or the interactive :class:`volseg.Session` on that frame (the 2D engine, at full resolution)
+with the frame's clicks, starting from the frame's current mask as a prior.
+
+**Propagation** runs from every annotated frame forward and backward until the next annotated
+frame (or the video's end); a frame between two annotated frames gets both passes, blended by
+distance in time.  One step of a pass, on a working grid ``scale`` times smaller per axis:
+
+1. prior: the previous frame's probability, pulled into this frame along DIS optical flow and
+   blurred; its latent ``m0 = prior_strength * (2 p - 1)`` is the GP's prior mean (the spatial
+   prior of the previous frame's mask);
+2. training points: the memory bank (:mod:`volseg.video.memory`) -- clicks and mask samples of
+   the two annotated frames bounding the stretch (global), samples of the last ``window``
+   propagated frames moved along the flow (local), each with noise growing with its distance in
+   time from the annotated frame its label descends from;
+3. GP posterior mean over the working grid (:mod:`volseg.video.gp`), probit, stored per frame;
+4. the frame adds its most informative points to the local memory.
+
+Masks at full resolution are the stored probability upsampled bilinearly and snapped to the
+frame's edges with a guided filter (:mod:`volseg.video.refine`).
+
+**Corrections**: clicks on frame t make t annotated (its mask is re-done with the clicks), and
+only the frames strictly between t's annotated neighbours are propagated again
+(:attr:`VideoSegmenter.last_changed`).
+
+Memory does not grow with the video: frames are decoded lazily, the memory bank has a fixed
+budget, and per-frame results live in a folder on disk (``workdir``), not in RAM.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import cv2
+import numpy as np
+
+from ..clicks import Click, validate_clicks
+from ..errors import ClickError, InputError
+from ..features import FilterBank
+from .features import Flow, FrameFeatures, Grid, warp
+from .gp import MemoryPosterior, probability
+from .memory import ANNOTATED, CLICK, PROPAGATED, MemoryBank, Points, sample_informative
+from .refine import to_labels, upsample
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    scale: float = 4.0                 # working grid = frame / scale per axis
+    budget: int = 800                  # memory bank points (global + local)
+    global_fraction: float = 0.5       # share of the budget for the annotated frames
+    window: int = 2                    # local memory: the last `window` propagated frames
+    feature_lengthscale: float = 0.5   # times sqrt(number of features)
+    spatial_lengthscale: float = 6.0   # working-grid pixels: the local-matching window
+    global_weight: float = 0.3         # weight of appearance-only (global) matching in the kernel
+    noise_click: float = 1e-3
+    noise_annotated: float = 0.05      # mask samples of annotated frames
+    noise_growth: float = 0.01         # extra noise per frame of distance from the annotated frame
+    noise_max: float = 1.0
+    prior_strength: float = 1.0        # |m0| of the previous frame's mask
+    prior_blur: float = 1.0            # working-grid pixels
+    flow: str = "ultrafast"            # DIS preset (ultrafast | fast | medium) or "none"
+    refine_radius: int = 8             # guided-filter radius in full-resolution pixels; 0: bilinear only
+    refine_eps: float = 1e-3
+    smoothing_scales: tuple = (0.0, 1.0, 2.0, 4.0, 8.0)  # filter bank on the working grid
+    gradient_scales: tuple = (1.0, 3.0)
+    hessian_scales: tuple = (2.0,)
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "VideoConfig":
+        data = dict(data or {})
+        names = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise InputError(f"unknown video setting(s) {unknown}; known: {sorted(names)}")
+        for k in ("smoothing_scales", "gradient_scales", "hessian_scales"):
+            if k in data and not isinstance(data[k], tuple):
+                data[k] = tuple(float(v) for v in (data[k] if isinstance(data[k], (list, tuple)) else [data[k]]))
+        return cls(**data)
+
+    def replace(self, **changes) -> "VideoConfig":
+        return VideoConfig.from_dict({**asdict(self), **changes})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Annotation:
+    """User input on one frame: clicks and/or a dense mask, and the frame's resulting label map."""
+
+    frame: int
+    labels: np.ndarray                  # (H, W) the frame's mask: exact output for this frame
+    clicks: list[Click] = field(default_factory=list)
+    dense: np.ndarray | None = None     # a mask the user gave (kept as the prior for later clicks)
+
+
+class _Store:
+    """Per-frame arrays in a folder (np.save), so results for long videos stay out of RAM."""
+
+    def __init__(self, workdir: str | Path | None) -> None:
+        self._own = workdir is None
+        self.root = Path(tempfile.mkdtemp(prefix="volseg-video-")) if workdir is None else Path(workdir)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def _p(self, key: str, t: int) -> Path:
+        return self.root / f"{key}_{t:06d}.npy"
+
+    def save(self, key: str, t: int, a: np.ndarray) -> None:
+        np.save(self._p(key, t), a)
+
+    def load(self, key: str, t: int) -> np.ndarray | None:
+        p = self._p(key, t)
+        return np.load(p) if p.is_file() else None
+
+    def drop(self, key: str, t: int) -> None:
+        self._p(key, t).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        if self._own:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+class VideoSegmenter:
+    def __init__(self, source, config: VideoConfig | dict | None = None, *, workdir: str | Path | None = None,
+                 cache_features: bool = False, session_features="filterbank", session_config=None) -> None:
+        self.source = source
+        self.config = config if isinstance(config, VideoConfig) else VideoConfig.from_dict(config)
+        cfg = self.config
+        self.T = len(source)
+        H, W = source.shape
+        self.grid = Grid.for_frame(H, W, cfg.scale)
+        bank = FilterBank(cfg.smoothing_scales, cfg.gradient_scales, cfg.hessian_scales)
+        self.features = FrameFeatures(self.grid, bank)
+        self.flow = None if cfg.flow == "none" else Flow(cfg.flow)
+        self.D = self.features.n_features
+        self.lf = cfg.feature_lengthscale * self.D ** 0.5
+        self.ls = cfg.spatial_lengthscale
+        self.objects: list[int] = []
+        self.annotations: dict[int, Annotation] = {}
+        self.store = _Store(workdir)
+        self.cache_features = cache_features
+        self.session_features, self.session_config = session_features, session_config
+        self._positions = self.grid.positions()
+        self.last_changed: list[int] = []
+        self.stats = {"frames_propagated": 0, "seconds": 0.0, "memory_peak": 0, "memory_bytes_peak": 0,
+                      "gp_points_max": 0}
+        self.features.fit_standardisation(source[0])  # one feature space for the whole video
+
+    # -- cleanup -----------------------------------------------------------------------------------
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> "VideoSegmenter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- annotation --------------------------------------------------------------------------------
+    def _add_objects(self, ids: Iterable[int]) -> None:
+        for i in sorted(set(int(v) for v in ids) - {0}):
+            if i not in self.objects:
+                self.objects.append(i)
+
+    def set_mask(self, frame: int, labels: np.ndarray, *, propagate: bool = True) -> list[int]:
+        """Give frame ``frame`` a dense mask (label map, object ids > 0); returns the frames recomputed."""
+        labels = np.asarray(labels)
+        if labels.shape != self.source.shape:
+            raise InputError(f"mask for frame {frame} has shape {labels.shape}, the video's frames are {self.source.shape}")
+        if not 0 <= frame < self.T:
+            raise ClickError(f"mask for frame {frame}: the video has {self.T} frames")
+        self._add_objects(np.unique(labels))
+        old = self.annotations.get(frame)
+        self.annotations[frame] = Annotation(frame, labels.astype(np.uint8 if labels.max() < 256 else np.uint16),
+                                             list(old.clicks) if old else [], dense=labels)
+        return self.update([frame]) if propagate else []
+
+    def session_for(self, frame: int):
+        """A :class:`volseg.Session` on ``frame`` whose prior is the frame's current mask (none if the frame
+        has no result yet); clicks added to it refine that mask at full resolution."""
+        from ..session import Session
+
+        s = Session(features=self.session_features, config=self.session_config)
+        prior = self.current_labels(frame)
+        s.set_image(self.source[frame], prior=prior if prior is not None and prior.any() else None)
+        return s
+
+    def annotate(self, frame: int, clicks: Sequence[Click], labels: np.ndarray) -> None:
+        """Record clicks on ``frame`` and the mask they produced (without propagating)."""
+        old = self.annotations.get(frame)
+        self._add_objects(c.object for c in clicks if c.positive)
+        self._add_objects(np.unique(labels))
+        self.annotations[frame] = Annotation(frame, np.asarray(labels), (list(old.clicks) if old else []) + list(clicks),
+                                             dense=old.dense if old else None)
+
+    def add_clicks(self, clicks: Sequence[Click], *, propagate: bool = True) -> list[int]:
+        """Clicks (each with a frame): redo each clicked frame's mask with a Session, then propagate.
+        Returns the frames whose result was recomputed."""
+        clicks = validate_clicks(clicks, self.source.shape, frames=self.T)
+        by_frame: dict[int, list[Click]] = {}
+        for c in clicks:
+            by_frame.setdefault(int(c.frame), []).append(c)
+        for t, cs in sorted(by_frame.items()):
+            old = self.annotations.get(t)
+            s = self.session_for(t)
+            for c in (old.clicks if old else []) + cs:  # earlier clicks on this frame still hold
+                s.add_click(c.position, c.positive, c.object)
+            self.annotate(t, cs, s.mask())
+        return self.update(list(by_frame)) if propagate else []
+
+    # -- results -----------------------------------------------------------------------------------
+    def _onehot(self, labels: np.ndarray) -> np.ndarray:
+        return np.stack([self.grid.shrink((labels == k).astype(np.float32)) for k in self.objects]) if self.objects \
+            else np.zeros((0, self.grid.h, self.grid.w), np.float32)
+
+    def probability(self, t: int) -> np.ndarray:
+        """(K, h, w) working-grid object probabilities of frame t (zeros where nothing reached it yet)."""
+        if t in self.annotations:
+            return self._onehot(self.annotations[t].labels)
+        p = self.store.load("p", t)
+        K = len(self.objects)
+        if p is None:
+            return np.zeros((K, self.grid.h, self.grid.w), np.float32)
+        p = p.astype(np.float32)
+        if p.shape[0] < K:  # an object that appeared after this frame was computed
+            p = np.concatenate([p, np.zeros((K - p.shape[0], *p.shape[1:]), np.float32)])
+        return p
+
+    def has_result(self, t: int) -> bool:
+        return t in self.annotations or self.store._p("p", t).is_file()
+
+    def current_labels(self, t: int) -> np.ndarray | None:
+        if t in self.annotations:
+            return self.annotations[t].labels
+        return self.labels(t) if self.has_result(t) else None
+
+    def labels(self, t: int, frame: np.ndarray | None = None) -> np.ndarray:
+        """(H, W) label map of frame t at full resolution (object ids kept; 0 background)."""
+        if t in self.annotations:
+            return self.annotations[t].labels
+        if not self.objects:
+            return np.zeros(self.source.shape, np.uint8)
+        frame = self.source[t] if frame is None else frame
+        up = upsample(self.probability(t), frame, radius=self.config.refine_radius, eps=self.config.refine_eps)
+        return to_labels(up, self.objects)
+
+    # -- propagation -------------------------------------------------------------------------------
+    def update(self, frames: Sequence[int]) -> list[int]:
+        """Re-propagate around the given annotated frames: each stretch between an annotated neighbour
+        (or the video's end) and them.  Returns the recomputed frames, sorted."""
+        t0 = time.perf_counter()
+        A = sorted(self.annotations)
+        stretches = set()
+        for a in frames:
+            if a not in self.annotations:
+                raise ClickError(f"frame {a} is not annotated")
+            i = A.index(a)
+            stretches.add((A[i - 1] if i > 0 else None, a))
+            stretches.add((a, A[i + 1] if i + 1 < len(A) else None))
+        changed: list[int] = []
+        for left, right in sorted(stretches, key=lambda s: (-1 if s[0] is None else s[0])):
+            changed += self._stretch(left, right)
+        self.stats["seconds"] += time.perf_counter() - t0
+        self.last_changed = sorted(set(changed))
+        return self.last_changed
+
+    def _stretch(self, left: int | None, right: int | None) -> list[int]:
+        """Propagate into the frames strictly between two annotated frames (None: the video's end)."""
+        lo = 0 if left is None else left + 1
+        hi = self.T if right is None else right
+        if lo >= hi:
+            return []
+        bounds = [a for a in (left, right) if a is not None]
+        if left is None:      # before the first annotated frame: backward only
+            for t, p in self._pass(right, lo - 1, -1, bounds):
+                self.store.save("p", t, p.astype(np.float16))
+        elif right is None:   # after the last one: forward only
+            for t, p in self._pass(left, hi, +1, bounds):
+                self.store.save("p", t, p.astype(np.float16))
+        else:                 # both ways, blended linearly in time
+            for t, p in self._pass(right, left, -1, bounds):
+                self.store.save("bwd", t, p.astype(np.float16))
+            for t, p in self._pass(left, right, +1, bounds):
+                w = (right - t) / (right - left)
+                back = self.store.load("bwd", t).astype(np.float32)
+                self.store.save("p", t, (w * p + (1.0 - w) * back).astype(np.float16))
+                self.store.drop("bwd", t)
+        return list(range(lo, hi))
+
+    def _frame_inputs(self, t: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.cache_features:
+            f, g = self.store.load("f", t), self.store.load("g", t)
+            if f is not None:
+                return f.astype(np.float32), g
+        f, g = self.features(self.source[t])
+        if self.cache_features:
+            self.store.save("f", t, f.astype(np.float16))
+            self.store.save("g", t, g)
+        return f, g
+
+    def _annotated_points(self, a: int, n_samples: int, rng: np.random.Generator) -> tuple[Points, Points]:
+        """Global memory from annotated frame a: its clicks, and informative samples of its mask."""
+        feats, _ = self._frame_inputs(a)
+        ann = self.annotations[a]
+        K, D = len(self.objects), self.D
+        flat = feats.reshape(-1, D)
+        cl = [c for c in ann.clicks]
+        if cl:
+            pos = self.grid.to_work([c.position for c in cl]).astype(np.float32)
+            cell = np.clip(np.rint(pos), 0, [self.grid.h - 1, self.grid.w - 1]).astype(int)
+            y = np.full((len(cl), K), -1.0, np.float32)
+            for i, c in enumerate(cl):
+                if c.positive:
+                    y[i, self.objects.index(c.object)] = 1.0
+            clicks = Points(feats[cell[:, 0], cell[:, 1]], pos, y, np.full(len(cl), self.config.noise_click, np.float32),
+                            np.full(len(cl), a, np.int32), np.full(len(cl), CLICK, np.int8))
+        else:
+            clicks = Points.empty(D, K)
+        p = self._onehot(ann.labels)
+        idx = sample_informative(p, n_samples, rng)
+        y = np.where(p.reshape(K, -1)[:, idx].T > 0.5, 1.0, -1.0).astype(np.float32)
+        samples = Points(flat[idx], self._positions[idx], y, np.full(idx.size, self.config.noise_annotated, np.float32),
+                         np.full(idx.size, a, np.int32), np.full(idx.size, ANNOTATED, np.int8))
+        return clicks, samples
+
+    def _pass(self, start: int, stop: int, step: int, bounds: Sequence[int]):
+        """Propagate from annotated frame ``start`` towards ``stop`` (exclusive); yields (t, (K, h, w) prob)."""
+        cfg = self.config
+        K, D = len(self.objects), self.D
+        rng = np.random.default_rng([cfg.seed, start, stop + 1])
+        bank = MemoryBank(cfg.budget, cfg.global_fraction, cfg.window, D, K)
+        clicks, samples = [], []
+        for a in bounds:
+            c, s = self._annotated_points(a, max(1, bank.global_budget // len(bounds)), rng)
+            clicks.append(c)
+            samples.append(s)
+        # interleave the two frames' samples so that truncation to the budget keeps both
+        order = np.argsort(np.concatenate([np.arange(len(s)) for s in samples]), kind="stable")
+        bank.set_global(Points.concat(clicks), Points.concat(samples).take(order))
+        gp = MemoryPosterior(cfg.global_weight)
+        prev_p = self.probability(start)
+        _, prev_g = self._frame_inputs(start)
+        pos_scaled = self._positions / self.ls
+        for t in range(start + step, stop, step):
+            feats, grey = self._frame_inputs(t)
+            prior = prev_p
+            if self.flow is not None:
+                prior = warp(prev_p, self.flow(grey, prev_g))
+                bank.move(self.flow(prev_g, grey))
+            if cfg.prior_blur > 0:
+                prior = np.stack([cv2.GaussianBlur(m, (0, 0), cfg.prior_blur) for m in prior])
+            m0 = (cfg.prior_strength * (2.0 * prior - 1.0)).reshape(K, -1).T
+            train = bank.training()
+            gp.fit(train.feat / self.lf, train.pos / self.ls, train.resid, train.noise, keep=train.keep)
+            flat = feats.reshape(-1, D)
+            lat = gp.latent(flat / self.lf, pos_scaled, m0)
+            p = probability(lat).T.reshape(K, self.grid.h, self.grid.w)
+            idx = sample_informative(p, bank.per_frame, rng)
+            y = np.where(p.reshape(K, -1)[:, idx].T > 0.5, 1.0, -1.0).astype(np.float32)
+            noise = min(cfg.noise_annotated + cfg.noise_growth * abs(t - start), cfg.noise_max)
+            bank.add_frame(Points(flat[idx], self._positions[idx], y - m0[idx], np.full(idx.size, noise, np.float32),
+                                  np.full(idx.size, t, np.int32), np.full(idx.size, PROPAGATED, np.int8)))
+            self.stats["frames_propagated"] += 1
+            self.stats["memory_peak"] = max(self.stats["memory_peak"], bank.peak)
+            self.stats["memory_bytes_peak"] = max(self.stats["memory_bytes_peak"], bank.nbytes)
+            self.stats["gp_points_max"] = max(self.stats["gp_points_max"], len(train))
+            yield t, p
+            prev_p, prev_g = p, grey
+
