@@ -32,10 +32,10 @@ def synthetic(shape, spacing=(0.8, 0.8, 1.0), seed=0):
     axes = [np.arange(n, dtype=np.float32) / n - 0.5 for n in shape]
     x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
     vol = np.full(shape, -1000.0, np.float32)
-    vol[(x / 0.45) ** 2 + (y / 0.35) ** 2 < 1] = 40.0
+    vol[np.broadcast_to((x / 0.45) ** 2 + (y / 0.35) ** 2 < 1, shape)] = 40.0
     organs = [((-0.12, 0.05, 0.0), (0.15, 0.12, 0.25), 90.0), ((0.15, -0.05, 0.05), (0.07, 0.07, 0.12), 250.0)]
     for (cx, cy, cz), (rx, ry, rz), hu in organs:
-        vol[((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 + ((z - cz) / rz) ** 2 < 1] = hu
+        vol[((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 + ((z - cz) / rz) ** 2 < 1] = hu  # broadcasts to 3D
     vol += rng.standard_normal(shape, dtype=np.float32) * 15.0
     truth = ((x + 0.12) / 0.15) ** 2 + ((y - 0.05) / 0.12) ** 2 + (z / 0.25) ** 2 < 1
     return vol, np.broadcast_to(truth, shape), spacing

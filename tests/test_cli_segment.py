@@ -15,6 +15,14 @@ def run(*argv):
 
 
 @pytest.fixture
+def wide_config(tmp_path):
+    """Tiny test images need a spatial lengthscale that lets two clicks cover a whole box."""
+    p = tmp_path / "wide.yaml"
+    p.write_text("gp:\n  spatial_fraction: 0.3\n")
+    return p
+
+
+@pytest.fixture
 def volume(tmp_path):
     """An oblique, anisotropic NIfTI volume with a bright box, and a clicks file in world coordinates."""
     rng = np.random.default_rng(0)
@@ -32,10 +40,11 @@ def volume(tmp_path):
     return path, clicks, affine
 
 
-def test_segment_3d_keeps_geometry_and_writes_provenance(tmp_path, volume):
+def test_segment_3d_keeps_geometry_and_writes_provenance(tmp_path, volume, wide_config):
     path, clicks, affine = volume
     out, prob, unc = tmp_path / "mask.nii.gz", tmp_path / "prob.nii.gz", tmp_path / "std.nii.gz"
-    assert run("segment", path, "--clicks", clicks, "--out", out, "--prob", prob, "--uncertainty", unc) == 0
+    assert run("segment", path, "--clicks", clicks, "--out", out, "--prob", prob, "--uncertainty", unc,
+               "--config", wide_config) == 0
     m = nib.load(out)
     np.testing.assert_allclose(m.affine, affine, atol=1e-5)
     mask = np.asarray(m.dataobj)
@@ -46,15 +55,16 @@ def test_segment_3d_keeps_geometry_and_writes_provenance(tmp_path, volume):
     rec = read_sidecar(out)
     assert rec["input_sha256"] and rec["clicks_sha256"] and len(rec["click_seconds"]) == 2
     assert rec["clicks"][0]["label"] == "positive" and rec["versions"]["torch"]
+    assert rec["parameters"]["spatial_fraction"] == 0.3
 
 
-def test_segment_2d_png_with_csv_clicks(tmp_path):
+def test_segment_2d_png_with_csv_clicks(tmp_path, wide_config):
     rgb = np.full((40, 50, 3), 30, np.uint8)
     rgb[10:30, 15:40] = (220, 200, 40)
     PILImage.fromarray(rgb).save(tmp_path / "img.png")
     (tmp_path / "c.csv").write_text("i,j,label\n20,27,positive\n2,2,negative\n")
     out = tmp_path / "mask.png"
-    assert run("segment", tmp_path / "img.png", "--clicks", tmp_path / "c.csv", "--out", out) == 0
+    assert run("segment", tmp_path / "img.png", "--clicks", tmp_path / "c.csv", "--out", out, "--config", wide_config) == 0
     mask = np.asarray(PILImage.open(out))
     assert mask.shape == (40, 50) and mask[20, 27] == 1 and mask[11:29, 16:39].mean() > 0.9
 

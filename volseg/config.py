@@ -14,11 +14,13 @@ class GPConfig:
     kernel: str = "rbf"                   # rbf | matern12 | matern32 | matern52
     outputscale: float = 1.0              # prior variance of the latent f
     noise: float = 1e-3                   # s2; lowered automatically if a click would lose its label
-    feature_lengthscale: float = 0.5      # times sqrt(number of features): features are standardised
+    feature_lengthscale: float = 1.0      # times sqrt(number of features): features are standardised
     spatial_lengthscale: float | None = None  # mm (pixels for rasters); None: spatial_fraction of the diagonal
-    spatial_fraction: float = 0.25
+    spatial_fraction: float = 0.1
     background_mean: float = -0.5         # prior mean without a prior mask: unclicked regions lean background
     prior_strength: float = 1.0           # prior mean is +-this inside/outside a prior mask
+    connected: bool = True                # mask keeps only regions connected to a positive click of their object
+    fill_holes: bool = True               # and fills enclosed holes that hold no negative click
     tolerance: float = 1e-7               # kernel values below this are treated as 0 for local updates
     memory_budget: str = "4GB"
     chunk_bytes: str = "256MB"

@@ -87,7 +87,7 @@ def evaluate_object(image: Image, gt: np.ndarray, options: EvalOptions) -> dict:
     session.set_image(image)
     set_image_s = time.perf_counter() - t0
     pred = np.zeros_like(gt)
-    clicks, dices, nsds, seconds = [], [], [], []
+    clicks, dices, nsds, seconds, predicted = [], [], [], [], []
     for _ in range(options.n_clicks):
         c = next_click(gt, pred, spacing)
         if c is None:  # nothing left to correct: the curve stays at its last value
@@ -99,6 +99,7 @@ def evaluate_object(image: Image, gt: np.ndarray, options: EvalOptions) -> dict:
         clicks.append({"position": [int(v) for v in c.voxel()], "positive": c.positive})
         dices.append(dice(gt, pred))
         nsds.append(nsd(gt, pred, spacing, options.tolerance))
+        predicted.append(int(pred.sum()))  # with voxels: tells over- from under-segmentation
     pad = options.n_clicks - len(dices)
     dices += [dices[-1] if dices else 1.0] * pad
     nsds += [nsds[-1] if nsds else 1.0] * pad
@@ -111,6 +112,7 @@ def evaluate_object(image: Image, gt: np.ndarray, options: EvalOptions) -> dict:
         "clicks": clicks,
         "dice": dices,
         "nsd": nsds,
+        "predicted_voxels": predicted,
         "seconds_per_click": seconds,
         "mean_seconds_per_click": float(np.mean(seconds)) if seconds else 0.0,
         "set_image_seconds": set_image_s,

@@ -156,7 +156,8 @@ class BackboneExtractor:
             raise InputError(f"{self.name} is a {self.backbone.spatial_dims}D model; the image is {image.ndim}D")
         n, D = int(np.prod(image.shape)), self.backbone.embed_dim
         dtype = np.float32 if n * D * 4 <= budget // 4 else np.float16
-        need = n * D * np.dtype(dtype).itemsize + n * 4 * 3 + image.array.nbytes
+        # the network output (float32, plus MONAI's weight map in 3D), the stored copy, the prior and the input
+        need = n * D * (4 + np.dtype(dtype).itemsize) + n * 4 * 3 + image.array.nbytes
         if need > budget:
             raise MemoryBudgetError(f"image of shape {image.shape} needs about {need / GIB:.1f} GiB for its {D} "
                                     f"learned features, over the memory budget of {budget / GIB:.1f} GiB")
@@ -181,14 +182,15 @@ class BackboneExtractor:
         roi = tuple(int(r) for r in self.model.get("roi_size", (64, 64, 64)))
         emb = sliding_window_inference(x, roi_size=roi, sw_batch_size=int(self.model.get("sw_batch_size", 1)),
                                        predictor=self.backbone.embed, overlap=float(self.model.get("overlap", 0.25)),
-                                       mode="gaussian")[0]
+                                       mode="gaussian", sw_device=self.device, device=torch.device("cpu"))[0]
         return self._finish(emb)
 
     def _finish(self, emb: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         from ..gp.differentiable import standardise
 
         emb = standardise(emb.float())
-        prior = self.backbone.prior_head(emb[None])[0]
+        head = self.backbone.prior_head
+        prior = head(emb[None].to(next(head.parameters()).device))[0]
         return emb.cpu().numpy(), prior.cpu().numpy()
 
 

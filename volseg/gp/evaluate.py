@@ -41,13 +41,16 @@ def slabs(box: Box, max_locations: int) -> Iterator[Box]:
 
 
 def evaluate_box(posterior: ExactPosterior, inputs: InputMap, prior_mean: Callable[[Box], torch.Tensor],
-                 box: Box, mean_out: torch.Tensor, var_out: torch.Tensor, *, max_bytes: int) -> None:
-    """Write the posterior mean (K, *box) and variance (*box) of ``box`` into the output maps."""
-    K = mean_out.shape[0]
+                 box: Box, mean_out: torch.Tensor | None, var_out: torch.Tensor | None, *, max_bytes: int) -> None:
+    """Write the posterior mean (K, *box) and/or variance (*box) of ``box`` into the output maps."""
+    K = mean_out.shape[0] if mean_out is not None else 1
     per = bytes_per_location(inputs.dim, posterior.n, K)
     for sub in slabs(box, max(1, max_bytes // per)):
         shape = tuple(s.stop - s.start for s in sub)
         z = inputs.box(sub)
-        mean, var = posterior.mean_var(z, prior_mean(sub))
-        mean_out[(slice(None),) + sub] = mean.T.reshape(K, *shape).to(mean_out.dtype)
-        var_out[sub] = var.reshape(shape).to(var_out.dtype)
+        m0 = prior_mean(sub) if mean_out is not None else z[:, :0]
+        mean, var = posterior.mean_var(z, m0, with_mean=mean_out is not None, with_var=var_out is not None)
+        if mean_out is not None:
+            mean_out[(slice(None),) + sub] = mean.T.reshape(K, *shape).to(mean_out.dtype)
+        if var_out is not None:
+            var_out[sub] = var.reshape(shape).to(var_out.dtype)

@@ -34,22 +34,28 @@ class InputMap:
     def dim(self) -> int:
         return self.n_features + self.ndim
 
-    def _assemble(self, feats: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-        pos = (index.to(self.dtype) - self._centre) * self._pos_scale
-        return torch.cat([feats.to(self.dtype) / self.feature_lengthscale, pos], dim=1)
-
     def at(self, voxels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """z at integer voxel indices (n, ndim)."""
         idx = torch.as_tensor(np.asarray(voxels), dtype=torch.long, device=self.device).reshape(-1, self.ndim)
-        feats = self.features[tuple(idx.T)]
-        return self._assemble(feats, idx)
+        z = torch.empty(idx.shape[0], self.dim, dtype=self.dtype, device=self.device)
+        z[:, : self.n_features] = self.features[tuple(idx.T)]
+        z[:, self.n_features:] = (idx.to(self.dtype) - self._centre) * self._pos_scale
+        z[:, : self.n_features] /= self.feature_lengthscale
+        return z
 
     def box(self, box: tuple[slice, ...]) -> torch.Tensor:
-        """z for every voxel of a box, in C order: (prod(box shape), dim)."""
-        feats = self.features[box].reshape(-1, self.n_features)
-        axes = [torch.arange(s.start, s.stop, device=self.device) for s in box]
-        index = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=-1).reshape(-1, self.ndim)
-        return self._assemble(feats, index)
+        """z for every voxel of a box, in C order: (prod(box shape), dim).  Written into one buffer:
+        positions broadcast from one arange per axis, so no coordinate grid is built."""
+        shape = tuple(s.stop - s.start for s in box)
+        z = torch.empty(shape + (self.dim,), dtype=self.dtype, device=self.device)
+        z[..., : self.n_features] = self.features[box]
+        z[..., : self.n_features] /= self.feature_lengthscale
+        for k, s in enumerate(box):
+            view = [1] * self.ndim
+            view[k] = shape[k]
+            ax = (torch.arange(s.start, s.stop, dtype=self.dtype, device=self.device) - self._centre[k]) * self._pos_scale[k]
+            z[..., self.n_features + k] = ax.view(view)
+        return z.view(-1, self.dim)
 
     def reach_voxels(self, radius: float) -> tuple[int, ...]:
         """Half-width in voxels, per axis, of the ball of kernel radius ``radius`` (in z units)."""

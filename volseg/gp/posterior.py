@@ -94,44 +94,46 @@ class ExactPosterior:
         return bool((self.noise * self.alpha).abs().max() < 1.0 - LABEL_MARGIN) if self.n else True
 
     def _refresh(self) -> None:
-        # float32 copies on the evaluation device; the centre keeps |z|^2 small in the matmul trick
+        # float32 copies on the evaluation device (inputs are standardised features and positions
+        # centred on the image, so |z|^2 stays small enough for the expanded-square trick in float32)
         dt, dev = self.compute_dtype, self.device
-        self.center = self.Z.mean(0) if self.n else torch.zeros(self.Z.shape[1] if self.Z.ndim == 2 else 0, dtype=torch.float64)
-        self._Zc = (self.Z - self.center).to(dev, dt)
         self._alpha = self.alpha.to(dev, dt)
         eye = torch.eye(self.n, dtype=torch.float64)
         Linv = torch.linalg.solve_triangular(self.L, eye, upper=False) if self.n else eye
         self._Linv = Linv.to(dev, dt)
-        self._center = self.center.to(dev, dt)
-        # the hot path as two matrix multiplies: [z, |z|^2, 1] @ B gives |z - Z_n|^2, and
+        # the hot path as two matrix multiplies: |z|^2 + |Z_n|^2 - 2 z.Z_n by one addmm, then
         # k @ [alpha | L^-T] gives the mean and the whitened row for the variance at once
-        Zc = self.Z - self.center
-        self._B = torch.cat([-2.0 * Zc.T, torch.ones(1, self.n, dtype=torch.float64),
-                             (Zc * Zc).sum(1)[None, :]]).to(dev, dt)
+        self._Zt2 = (-2.0 * self.Z.T).to(dev, dt).contiguous() if self.n else None
+        self._Zsq = (self.Z * self.Z).sum(1)[None, :].to(dev, dt) if self.n else None
         self._W = torch.cat([self.alpha, Linv.T], dim=1).to(dev, dt)
 
     # -- evaluation ----------------------------------------------------------------------------
     def kernel_to_train(self, z: torch.Tensor) -> torch.Tensor:
         """k(z, X) for a chunk of inputs (n, Dz) in the compute dtype."""
-        zc = z - self._center
-        d2 = torch.cat([zc, (zc * zc).sum(1, keepdim=True), torch.ones_like(zc[:, :1])], dim=1) @ self._B
+        d2 = torch.addmm(self._Zsq, z, self._Zt2)
+        d2 += torch.linalg.vector_norm(z, dim=1, keepdim=True).square_()
         return self.kernel.of_distance2(d2.clamp_min_(0.0))
 
-    def mean_var(self, z: torch.Tensor, m0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Posterior mean (n, K) and variance (n,) for a chunk; m0 (n, K) is the prior mean there."""
+    def mean_var(self, z: torch.Tensor, m0: torch.Tensor, *, with_mean: bool = True, with_var: bool = True
+                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Posterior mean (n, K) and variance (n,) for a chunk; m0 (n, K) is the prior mean there.
+        Either can be skipped: the mask needs only the mean, so the session defers the variance."""
         kdiag = self.kernel.outputscale
         if self.n == 0:
             return m0, torch.full((z.shape[0],), kdiag, dtype=z.dtype, device=z.device)
         K = self._alpha.shape[1]
-        mv = self.kernel_to_train(z) @ self._W
-        v = mv[:, K:]
+        kx = self.kernel_to_train(z)
+        if not with_var:
+            return m0 + kx @ self._alpha, None
+        mv = kx @ (self._W if with_mean else self._W[:, K:])
+        v = mv[:, K:] if with_mean else mv
         var = (kdiag - (v * v).sum(1)).clamp_min_(0.0)
-        return m0 + mv[:, :K], var
+        return (m0 + mv[:, :K] if with_mean else None), var
 
-    def flops_per_location(self, input_dim: int) -> int:
-        """Multiply-adds x2 of the two matrix products plus the elementwise kernel and variance work."""
+    def flops_per_location(self, input_dim: int, *, with_var: bool = True) -> int:
+        """Multiply-adds x2 of the matrix products plus the elementwise kernel (and variance) work."""
         n, K = self.n, self._alpha.shape[1]
-        return 2 * n * (input_dim + 2) + 2 * n * (K + n) + 4 * n + 2 * n + 3 * input_dim
+        return 2 * n * input_dim + 2 * n * (K + (n if with_var else 0)) + 4 * n + 2 * input_dim + (3 * n if with_var else 0)
 
 
 def _cholesky(A: torch.Tensor) -> torch.Tensor:

@@ -8,6 +8,7 @@ one feature space.  Flow is OpenCV's DIS optical flow (training-free) on the gre
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import cv2
@@ -26,7 +27,10 @@ class Grid:
     w: int
 
     @classmethod
-    def for_frame(cls, H: int, W: int, scale: float) -> "Grid":
+    def for_frame(cls, H: int, W: int, scale: float, min_side: int = 96) -> "Grid":
+        """Shrink by ``scale`` per axis, but keep the short side at least ``min_side`` (small videos
+        are not shrunk into a handful of cells)."""
+        scale = max(1.0, min(float(scale), min(H, W) / float(min_side)))
         return cls(H, W, max(2, int(round(H / scale))), max(2, int(round(W / scale))))
 
     @property
@@ -50,24 +54,37 @@ class Grid:
         return np.stack([r.ravel(), c.ravel()], 1).astype(np.float32)
 
 
+def make_bank(**settings) -> FilterBank:
+    """A FilterBank with the given settings, superpixels off unless asked for (SLIC costs more per frame
+    than everything else together); settings this FilterBank version does not have are ignored."""
+    known = {f.name for f in dataclasses.fields(FilterBank)}
+    settings = {"superpixel_sizes": (), **settings}
+    return FilterBank(**{k: v for k, v in settings.items() if k in known})
+
+
 class FrameFeatures:
     def __init__(self, grid: Grid, bank: FilterBank | None = None) -> None:
         self.grid = grid
-        self.bank = bank or FilterBank()
+        self.bank = bank or make_bank()
         self._params = None
-        self._mean = self._std = None
-
-    @property
-    def n_features(self) -> int:
-        return self.bank.n_features(2, 3)
+        self._mean = self._scale = None
+        self.n_features = 0
 
     def fit_standardisation(self, frame: np.ndarray) -> None:
+        """Mean and scale per feature from ``frame``, kept for every later frame; the bank's per-group
+        weights (its ARD lengthscales), where it has them, are folded into the scale."""
         small = self.grid.shrink(frame)
         self._params = self.bank.prepare(small)
-        raw = self.bank.raw(small, (1.0, 1.0), self._params).reshape(-1, self.n_features)
+        raw = self.bank.raw(small, (1.0, 1.0), self._params)
+        self.n_features = D = raw.shape[-1]
+        raw = raw.reshape(-1, D)
         self._mean = raw.mean(0)
         std = raw.std(0)
-        self._std = np.where(std > 1e-6, std, 1.0).astype(np.float32)
+        weights = getattr(self.bank, "weights", None)
+        w = np.asarray(weights(2, 3, raw.shape[0]), np.float32) if weights is not None else np.ones(D, np.float32)
+        if w.shape != (D,):
+            w = np.ones(D, np.float32)
+        self._scale = (w / np.where(std > 1e-6, std, 1.0)).astype(np.float32)
 
     def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(features (h, w, D) float32 standardised, grey (h, w) uint8 for the flow)."""
@@ -75,7 +92,7 @@ class FrameFeatures:
             self.fit_standardisation(frame)
         small = self.grid.shrink(frame)
         raw = self.bank.raw(small, (1.0, 1.0), self._params)
-        feats = (raw - self._mean) / self._std
+        feats = (raw - self._mean) * self._scale
         grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
         return feats.astype(np.float32, copy=False), grey
 

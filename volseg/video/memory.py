@@ -11,7 +11,7 @@ Two parts, after MA-Net's memory aggregation:
 The bound: ``global <= global_fraction * budget`` points (clicks first, then mask samples) and
 ``local <= budget - global`` points in all, ``local_budget // window`` per frame.  Every array
 is sized by these numbers, never by the video's length, so the bank uses at most
-``budget * (D + 2 + K + 3) * 4`` bytes (about 100 KB for 1,000 points of 21 features).
+``budget * (D + 2 + 2K + 3) * 4`` bytes (about 100 KB for 1,000 points of 19 features).
 
 Which points a frame contributes is decided by informativeness (:func:`sample_informative`):
 each label (background and every object) gets a quota, and within it points are drawn with
@@ -31,21 +31,25 @@ CLICK, ANNOTATED, PROPAGATED = 0, 1, 2
 
 @dataclass
 class Points:
-    """A set of training points: features (n, D), positions (n, 2) on the working grid,
-    residual targets (n, K), noise (n,), frame (n,), kind (n,)."""
+    """A set of training points: features (n, D), positions (n, 2) on the working grid, labels
+    (n, K) of +-1 per object, the prior mean m0 (n, K) the point had in its frame, noise (n,),
+    frame (n,), kind (n,)."""
 
     feat: np.ndarray
     pos: np.ndarray
-    resid: np.ndarray
+    y: np.ndarray
+    m0: np.ndarray
     noise: np.ndarray
     frame: np.ndarray
     kind: np.ndarray
 
+    FIELDS = ("feat", "pos", "y", "m0", "noise", "frame", "kind")
+
     @classmethod
     def empty(cls, n_features: int, n_objects: int) -> "Points":
         return cls(np.zeros((0, n_features), np.float32), np.zeros((0, 2), np.float32),
-                   np.zeros((0, n_objects), np.float32), np.zeros(0, np.float32), np.zeros(0, np.int32),
-                   np.zeros(0, np.int8))
+                   np.zeros((0, n_objects), np.float32), np.zeros((0, n_objects), np.float32),
+                   np.zeros(0, np.float32), np.zeros(0, np.int32), np.zeros(0, np.int8))
 
     def __len__(self) -> int:
         return int(self.feat.shape[0])
@@ -56,12 +60,11 @@ class Points:
         return self.kind == CLICK
 
     def take(self, idx) -> "Points":
-        return Points(self.feat[idx], self.pos[idx], self.resid[idx], self.noise[idx], self.frame[idx], self.kind[idx])
+        return Points(*(getattr(self, f)[idx] for f in self.FIELDS))
 
     @staticmethod
     def concat(parts: list["Points"]) -> "Points":
-        return Points(*(np.concatenate([getattr(p, f) for p in parts]) for f in
-                        ("feat", "pos", "resid", "noise", "frame", "kind")))
+        return Points(*(np.concatenate([getattr(p, f) for p in parts]) for f in Points.FIELDS))
 
 
 @dataclass
@@ -135,8 +138,7 @@ class MemoryBank:
 
     @property
     def nbytes(self) -> int:
-        return sum(getattr(p, f).nbytes for p in [self._global, *self._local]
-                   for f in ("feat", "pos", "resid", "noise", "frame", "kind"))
+        return sum(getattr(p, f).nbytes for p in [self._global, *self._local] for f in Points.FIELDS)
 
 
 def sample_informative(prob: np.ndarray, n: int, rng: np.random.Generator, *, band: float = 3.0,

@@ -47,8 +47,7 @@ import numpy as np
 
 from ..clicks import Click, validate_clicks
 from ..errors import ClickError, InputError
-from ..features import FilterBank
-from .features import Flow, FrameFeatures, Grid, warp
+from .features import Flow, FrameFeatures, Grid, make_bank, warp
 from .gp import MemoryPosterior, probability
 from .memory import ANNOTATED, CLICK, PROPAGATED, MemoryBank, Points, sample_informative
 from .refine import to_labels, upsample
@@ -56,7 +55,8 @@ from .refine import to_labels, upsample
 
 @dataclass(frozen=True)
 class VideoConfig:
-    scale: float = 4.0                 # working grid = frame / scale per axis
+    scale: float = 4.0                 # working grid = frame / scale per axis ...
+    min_side: int = 96                 # ... but its short side stays at least this (or the frame's)
     budget: int = 800                  # memory bank points (global + local)
     global_fraction: float = 0.5       # share of the budget for the annotated frames
     window: int = 2                    # local memory: the last `window` propagated frames
@@ -70,11 +70,13 @@ class VideoConfig:
     prior_strength: float = 1.0        # |m0| of the previous frame's mask
     prior_blur: float = 1.0            # working-grid pixels
     flow: str = "ultrafast"            # DIS preset (ultrafast | fast | medium) or "none"
-    refine_radius: int = 8             # guided-filter radius in full-resolution pixels; 0: bilinear only
+    refine_radius: float = 2.0         # guided-filter radius in working-grid pixels; 0: bilinear only
     refine_eps: float = 1e-3
     smoothing_scales: tuple = (0.0, 1.0, 2.0, 4.0, 8.0)  # filter bank on the working grid
     gradient_scales: tuple = (1.0, 3.0)
     hessian_scales: tuple = (2.0,)
+    roi_margin: int = 10               # working pixels around the prior's support where the GP is evaluated; -1: everywhere
+    targets: str = "label"             # "label": GP on +-1 labels, latent = m0 + GP; "residual": GP on y - m0
     seed: int = 0
 
     @classmethod
@@ -140,9 +142,11 @@ class VideoSegmenter:
         cfg = self.config
         self.T = len(source)
         H, W = source.shape
-        self.grid = Grid.for_frame(H, W, cfg.scale)
-        bank = FilterBank(cfg.smoothing_scales, cfg.gradient_scales, cfg.hessian_scales)
+        self.grid = Grid.for_frame(H, W, cfg.scale, cfg.min_side)
+        bank = make_bank(smoothing_scales=cfg.smoothing_scales, gradient_scales=cfg.gradient_scales,
+                         hessian_scales=cfg.hessian_scales)
         self.features = FrameFeatures(self.grid, bank)
+        self.features.fit_standardisation(source[0])  # one feature space for the whole video
         self.flow = None if cfg.flow == "none" else Flow(cfg.flow)
         self.D = self.features.n_features
         self.lf = cfg.feature_lengthscale * self.D ** 0.5
@@ -156,7 +160,6 @@ class VideoSegmenter:
         self.last_changed: list[int] = []
         self.stats = {"frames_propagated": 0, "seconds": 0.0, "memory_peak": 0, "memory_bytes_peak": 0,
                       "gp_points_max": 0}
-        self.features.fit_standardisation(source[0])  # one feature space for the whole video
 
     # -- cleanup -----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -253,7 +256,8 @@ class VideoSegmenter:
         if not self.objects:
             return np.zeros(self.source.shape, np.uint8)
         frame = self.source[t] if frame is None else frame
-        up = upsample(self.probability(t), frame, radius=self.config.refine_radius, eps=self.config.refine_eps)
+        radius = int(round(self.config.refine_radius * max(self.grid.factor)))
+        up = upsample(self.probability(t), frame, radius=radius, eps=self.config.refine_eps)
         return to_labels(up, self.objects)
 
     # -- propagation -------------------------------------------------------------------------------
@@ -324,16 +328,26 @@ class VideoSegmenter:
             for i, c in enumerate(cl):
                 if c.positive:
                     y[i, self.objects.index(c.object)] = 1.0
-            clicks = Points(feats[cell[:, 0], cell[:, 1]], pos, y, np.full(len(cl), self.config.noise_click, np.float32),
+            clicks = Points(feats[cell[:, 0], cell[:, 1]], pos, y, np.zeros_like(y), np.full(len(cl), self.config.noise_click, np.float32),
                             np.full(len(cl), a, np.int32), np.full(len(cl), CLICK, np.int8))
         else:
             clicks = Points.empty(D, K)
         p = self._onehot(ann.labels)
         idx = sample_informative(p, n_samples, rng)
         y = np.where(p.reshape(K, -1)[:, idx].T > 0.5, 1.0, -1.0).astype(np.float32)
-        samples = Points(flat[idx], self._positions[idx], y, np.full(idx.size, self.config.noise_annotated, np.float32),
+        samples = Points(flat[idx], self._positions[idx], y, np.zeros_like(y), np.full(idx.size, self.config.noise_annotated, np.float32),
                          np.full(idx.size, a, np.int32), np.full(idx.size, ANNOTATED, np.int8))
         return clicks, samples
+
+    def _roi(self, prior: np.ndarray) -> np.ndarray:
+        """Where the object can be in this frame: the prior's support grown by ``roi_margin`` working pixels
+        (the whole grid if the margin is negative or nothing is left of the prior)."""
+        m = self.config.roi_margin
+        support = (prior > 0.05).any(0)
+        if m < 0 or not support.any():
+            return np.ones(support.shape, bool)
+        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * m + 1, 2 * m + 1))
+        return cv2.dilate(support.astype(np.uint8), k) > 0
 
     def _pass(self, start: int, stop: int, step: int, bounds: Sequence[int]):
         """Propagate from annotated frame ``start`` towards ``stop`` (exclusive); yields (t, (K, h, w) prob)."""
@@ -352,7 +366,8 @@ class VideoSegmenter:
         gp = MemoryPosterior(cfg.global_weight)
         prev_p = self.probability(start)
         _, prev_g = self._frame_inputs(start)
-        pos_scaled = self._positions / self.ls
+        h, w = self.grid.h, self.grid.w
+        row_coords, col_coords = np.arange(h) / self.ls, np.arange(w) / self.ls
         for t in range(start + step, stop, step):
             feats, grey = self._frame_inputs(t)
             prior = prev_p
@@ -361,17 +376,26 @@ class VideoSegmenter:
                 bank.move(self.flow(prev_g, grey))
             if cfg.prior_blur > 0:
                 prior = np.stack([cv2.GaussianBlur(m, (0, 0), cfg.prior_blur) for m in prior])
-            m0 = (cfg.prior_strength * (2.0 * prior - 1.0)).reshape(K, -1).T
+            m0 = cfg.prior_strength * (2.0 * prior.reshape(K, -1).T - 1.0)
+            roi = self._roi(prior)
+            idx = np.flatnonzero(roi)
             train = bank.training()
-            gp.fit(train.feat / self.lf, train.pos / self.ls, train.resid, train.noise, keep=train.keep)
+            resid = train.y - train.m0 if cfg.targets == "residual" else train.y
+            gp.fit(train.feat / self.lf, train.pos / self.ls, resid, train.noise, keep=train.keep)
             flat = feats.reshape(-1, D)
-            lat = gp.latent(flat / self.lf, pos_scaled, m0)
-            p = probability(lat).T.reshape(K, self.grid.h, self.grid.w)
-            idx = sample_informative(p, bank.per_frame, rng)
-            y = np.where(p.reshape(K, -1)[:, idx].T > 0.5, 1.0, -1.0).astype(np.float32)
+            lat = gp.latent(flat[idx] / self.lf, idx // w, idx % w, row_coords, col_coords,
+                            m0[idx] if cfg.targets == "residual" else np.zeros((idx.size, K), np.float32))
+            if cfg.targets != "residual":
+                lat += m0[idx]
+            p = np.zeros((h * w, K), np.float32)  # outside the region of interest: background
+            p[idx] = probability(lat)
+            p = p.T.reshape(K, h, w)
+            pick = sample_informative(p, bank.per_frame, rng, candidates=roi)
+            y = np.where(p.reshape(K, -1)[:, pick].T > 0.5, 1.0, -1.0).astype(np.float32)
             noise = min(cfg.noise_annotated + cfg.noise_growth * abs(t - start), cfg.noise_max)
-            bank.add_frame(Points(flat[idx], self._positions[idx], y - m0[idx], np.full(idx.size, noise, np.float32),
-                                  np.full(idx.size, t, np.int32), np.full(idx.size, PROPAGATED, np.int8)))
+            bank.add_frame(Points(flat[pick], self._positions[pick], y, m0[pick].astype(np.float32),
+                                  np.full(pick.size, noise, np.float32), np.full(pick.size, t, np.int32),
+                                  np.full(pick.size, PROPAGATED, np.int8)))
             self.stats["frames_propagated"] += 1
             self.stats["memory_peak"] = max(self.stats["memory_peak"], bank.peak)
             self.stats["memory_bytes_peak"] = max(self.stats["memory_bytes_peak"], bank.nbytes)

@@ -1,0 +1,218 @@
+"""Video object masking on generated videos (moving shapes with known masks)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from volseg.clicks import Click, save_clicks
+from volseg.errors import ClickError, InputError, OutputExistsError
+from volseg.eval.video_metrics import jaccard
+from volseg.io.video import FolderFrames, MaskWriter, open_video, write_video
+from volseg.video import MemoryBank, VideoConfig, VideoSegmenter
+from volseg.video.memory import Points, sample_informative
+from volseg.video.synthetic import ArrayFrames, moving_shapes
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    return moving_shapes(20, 64, 96, seed=0)
+
+
+def ious(seg, labels, k):
+    return [jaccard(labels[t] == k, seg.labels(t) == k) for t in range(len(labels))]
+
+
+# -- reading and writing -------------------------------------------------------------------------
+def test_mp4_written_by_cv2_reads_back_through_decord(tmp_path, shapes):
+    frames, _ = shapes
+    path = write_video(tmp_path / "clip.mp4", frames, fps=10)
+    src = open_video(path)
+    assert len(src) == 20 and src.shape == (64, 96)
+    back = np.stack([src[t] for t in (0, 7, 19, 3)])  # out of order and backwards: chunk cache
+    err = np.abs(back.astype(int) - frames[[0, 7, 19, 3]].astype(int)).mean()
+    assert err < 12, f"decoded frames differ from the written ones by {err:.1f} on average"
+    with pytest.raises(IndexError):
+        src[20]
+
+
+def test_folder_of_frames_natural_order(tmp_path, shapes):
+    import cv2
+
+    frames, _ = shapes
+    for t in (0, 1, 2, 10):  # 10 must come after 2
+        cv2.imwrite(str(tmp_path / f"{t}.png"), frames[t][..., ::-1])
+    src = open_video(tmp_path)
+    assert isinstance(src, FolderFrames) and src.names == ["0", "1", "2", "10"]
+    assert np.array_equal(src[3], frames[10])
+
+
+def test_unreadable_inputs_are_input_errors(tmp_path):
+    with pytest.raises(InputError):
+        open_video(tmp_path / "missing.mp4")
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    with pytest.raises(InputError):
+        open_video(tmp_path / "bad.mp4")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(InputError):
+        open_video(tmp_path / "empty")
+
+
+def test_masks_are_palette_pngs_with_object_ids(tmp_path, shapes):
+    from PIL import Image as PILImage
+
+    frames, labels = shapes
+    src = ArrayFrames(frames[:2], path=tmp_path / "in")
+    w = MaskWriter(tmp_path / "out", src)
+    lab = np.where(labels[0] == 2, 7, labels[0] * 3).astype(np.uint8)  # ids 3 and 7
+    p = w.write(0, lab)
+    with PILImage.open(p) as im:
+        assert im.mode == "P"
+        assert np.array_equal(np.asarray(im), lab)
+        assert im.getpalette()[3:6] == [128, 0, 0]  # DAVIS colour of id 1
+    with pytest.raises(OutputExistsError):
+        w.write(0, lab)
+
+
+# -- propagation ----------------------------------------------------------------------------------
+def test_propagation_follows_both_objects_from_a_mask(shapes):
+    frames, labels = shapes
+    with VideoSegmenter(ArrayFrames(frames)) as seg:
+        changed = seg.set_mask(0, labels[0])
+        assert changed == list(range(1, 20))
+        for k in (1, 2):
+            j = ious(seg, labels, k)
+            assert min(j) > 0.8, f"object {k}: IoU per frame {np.round(j, 2)}"
+
+
+def test_propagation_from_clicks_backward_and_forward(shapes):
+    frames, labels = shapes
+    disk = np.argwhere(labels[10] == 1).mean(0)
+    square = np.argwhere(labels[10] == 2)
+    clicks = [Click(tuple(disk), True, 1, 10), Click(tuple(square.mean(0)), True, 2, 10),
+              Click(tuple(square.min(0) + 2), True, 2, 10), Click(tuple(square.max(0) - 2), True, 2, 10),
+              Click((2.0, 48.0), False, 1, 10)]
+    with VideoSegmenter(ArrayFrames(frames)) as seg:
+        changed = seg.add_clicks(clicks)
+        assert changed == [t for t in range(20) if t != 10]  # both directions from the annotated frame
+        for c in clicks:  # clicked pixels keep their label on their frame
+            assert (seg.labels(10)[c.voxel()] == c.object) == c.positive
+        for k in (1, 2):
+            j = ious(seg, labels, k)
+            assert min(j) > 0.8, f"object {k}: IoU per frame {np.round(j, 2)}"
+
+
+def test_memory_stays_within_budget_on_a_long_video():
+    frames, labels = moving_shapes(200, 40, 60, seed=1, step=1.0)
+    cfg = VideoConfig(budget=120, window=3, min_side=40)
+    with VideoSegmenter(ArrayFrames(frames), cfg) as seg:
+        seg.set_mask(0, labels[0])
+        assert seg.stats["frames_propagated"] == 199
+        assert 0 < seg.stats["memory_peak"] <= 120
+        assert seg.stats["gp_points_max"] <= 120
+        assert np.mean(ious(seg, labels, 1)[150:]) > 0.7  # and it still tracks at the end
+
+
+def test_memory_bank_never_exceeds_budget():
+    rng = np.random.default_rng(0)
+    bank = MemoryBank(budget=50, global_fraction=0.4, window=2, n_features=3, n_objects=1)
+
+    def pts(n, kind=2):
+        return Points(rng.random((n, 3), np.float32), rng.random((n, 2), np.float32), np.ones((n, 1), np.float32),
+                      np.zeros((n, 1), np.float32), np.full(n, 0.1, np.float32), np.zeros(n, np.int32),
+                      np.full(n, kind, np.int8))
+
+    bank.set_global(pts(5, kind=0), pts(100, kind=1))
+    assert len(bank) == 20 and bank.training().keep.sum() == 5  # global budget 20, clicks first
+    for _ in range(30):
+        bank.add_frame(pts(40))
+        assert len(bank) <= 50
+    assert bank.peak <= 50 and len(bank._local) == 2
+
+
+def test_informative_sampling_balances_labels_and_prefers_boundaries():
+    p = np.zeros((1, 60, 60), np.float32)
+    p[0, 20:30, 20:30] = 1.0  # a small object: 100 of 3,600 cells
+    idx = sample_informative(p, 200, np.random.default_rng(0))
+    assert len(set(idx.tolist())) == idx.size == 200
+    inside = p.ravel()[idx] > 0.5
+    assert inside.sum() >= 25  # about its 15% quota, not its 3% area share
+    r, c = np.divmod(idx[~inside], 60)
+    near = (np.abs(r - 24.5) < 12) & (np.abs(c - 24.5) < 12)
+    assert near.mean() > 0.3  # background points crowd around the object's edge (13% of the area)
+
+
+def test_correction_changes_only_frames_between_annotated_neighbours():
+    frames, labels = moving_shapes(24, 64, 96, seed=2)
+    with VideoSegmenter(ArrayFrames(frames)) as seg:
+        for t in (0, 8, 16):
+            seg.set_mask(t, labels[t], propagate=False)
+        seg.update([0, 8, 16])
+        before = [seg.labels(t).copy() for t in range(24)]
+        # a wrong negative click in the middle of the disk on frame 12 makes a visible change
+        where = tuple(np.argwhere(labels[12] == 1).mean(0))
+        changed = seg.add_clicks([Click(where, False, 1, 12)])
+        assert changed == [9, 10, 11, 13, 14, 15]
+        after = [seg.labels(t) for t in range(24)]
+        assert seg.labels(12)[Click(where, False, 1, 12).voxel()] == 0
+        assert not np.array_equal(before[12], after[12])
+        for t in range(24):
+            if not 9 <= t <= 15:
+                assert np.array_equal(before[t], after[t]), f"frame {t} changed"
+        assert any(not np.array_equal(before[t], after[t]) for t in (11, 13))
+
+
+def test_click_errors(shapes):
+    frames, labels = shapes
+    with VideoSegmenter(ArrayFrames(frames)) as seg:
+        with pytest.raises(ClickError):
+            seg.add_clicks([Click((5.0, 5.0), True, 1, None)])
+        with pytest.raises(ClickError):
+            seg.add_clicks([Click((5.0, 5.0), True, 1, 20)])
+        with pytest.raises(ClickError):
+            seg.add_clicks([Click((64.0, 5.0), True, 1, 0)])
+        with pytest.raises(InputError):
+            seg.set_mask(0, labels[0][:10])
+
+
+def test_config_rejects_unknown_settings():
+    with pytest.raises(InputError):
+        VideoConfig.from_dict({"bugdet": 10})
+    assert VideoConfig.from_dict({"smoothing_scales": [0, 1]}).smoothing_scales == (0.0, 1.0)
+
+
+# -- command line -------------------------------------------------------------------------------
+def test_cli_propagate_writes_masks_overlay_and_sidecar(tmp_path, shapes):
+    from PIL import Image as PILImage
+
+    from volseg.video.cli import main
+
+    frames, labels = shapes
+    video = write_video(tmp_path / "clip.mp4", frames)
+    first = tmp_path / "first.png"
+    PILImage.fromarray(labels[0]).save(first)
+    clicks = tmp_path / "clicks.json"
+    save_clicks([Click(tuple(np.argwhere(labels[19] == 1).mean(0)), True, 1, 19)], clicks)
+    out = tmp_path / "masks"
+    rc = main(["propagate", str(video), "--clicks", str(clicks), "--mask", f"0={first}", "--out", str(out),
+               "--overlay", str(tmp_path / "overlay.mp4"), "--quiet"])
+    assert rc == 0
+    pngs = sorted(out.glob("*.png"))
+    assert [p.stem for p in pngs] == [f"{t:05d}" for t in range(20)]
+    got = np.stack([np.asarray(PILImage.open(p)) for p in pngs])
+    assert PILImage.open(pngs[5]).mode == "P" and set(np.unique(got)) <= {0, 1, 2}
+    assert min(jaccard(labels[t] == 1, got[t] == 1) for t in range(20)) > 0.75
+    assert (tmp_path / "overlay.mp4").stat().st_size > 0
+    assert len(open_video(tmp_path / "overlay.mp4")) == 20
+    record = json.loads((out / "propagate.json").read_text())
+    assert record["annotated_frames"] == [0, 19] and record["memory"]["memory_peak"] <= record["config"]["budget"]
+    # existing masks are kept unless --overwrite; bad input is exit code 2 with a message
+    assert main(["propagate", str(video), "--clicks", str(clicks), "--out", str(out), "--quiet"]) == 2
+    assert main(["propagate", str(video), "--clicks", str(clicks), "--out", str(out), "--quiet", "--overwrite"]) == 0
+    nofr = tmp_path / "noframe.json"
+    save_clicks([Click((5.0, 5.0), True, 1, None)], nofr)
+    assert main(["propagate", str(video), "--clicks", str(nofr), "--out", str(tmp_path / "o2")]) == 2
+    assert main(["propagate", str(video), "--out", str(tmp_path / "o3")]) == 2
+    assert main(["propagate", str(video), "--clicks", str(clicks), "--out", str(tmp_path / "o4"),
+                 "--option", "nonsense=1"]) == 2
