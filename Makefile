@@ -8,7 +8,6 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --upgrade --quiet pip
 	# constraints.txt pins torch to the local CPU wheel; the library itself only asks for torch>=2.1
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,ray]'
 	touch $(STAMP)

@@ -61,8 +61,8 @@ def test_scales_are_in_millimetres():
 
 
 def test_budget_is_respected_and_large_maps_go_half_precision():
-    img = Image.from_array(noisy_volume((64, 64, 64)))
+    img = Image.from_array(noisy_volume((48, 48, 48)))
     with pytest.raises(MemoryBudgetError, match="memory budget"):
-        compute_features(FilterBank(), img, budget=4 << 20)
-    f = compute_features(FilterBank(superpixel_sizes=()), img, budget=36 << 20)
+        compute_features(FilterBank(), img, budget=1 << 20)
+    f = compute_features(FilterBank(superpixel_sizes=()), img, budget=16 << 20)
     assert f.dtype == np.float16

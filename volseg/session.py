@@ -23,7 +23,7 @@ import torch
 
 from .clicks import Click, make_click, validate_clicks
 from .config import GPConfig
-from .errors import ClickError, InputError, VolsegError
+from .errors import ClickError, InputError, MemoryBudgetError, VolsegError
 from .features import get_extractor, parse_bytes
 from .gp.evaluate import Box, evaluate_box
 from .gp.inputs import InputMap
@@ -94,8 +94,16 @@ class Session:
         img.check_finite()
         self.image = img
         budget = parse_bytes(self.config.memory_budget)
+        # the cached maps (mean for one object, variance) and one evaluation chunk come off the top;
+        # the features get what is left, and say so if it is not enough
+        n = int(np.prod(img.shape))
+        maps = 2 * n * 4 + parse_bytes(self.config.chunk_bytes)
+        if maps + img.array.nbytes >= budget:
+            raise MemoryBudgetError(
+                f"image of shape {img.shape} needs {(maps + img.array.nbytes) / 2**30:.2f} GiB for its posterior maps "
+                f"alone, over the memory budget of {budget / 2**30:.2f} GiB (raise --memory-budget or crop the image)")
         t0 = time.perf_counter()
-        feats = self.extractor.features(img, budget=budget)
+        feats = self.extractor.features(img, budget=budget - maps)
         self.feature_seconds = time.perf_counter() - t0
         feats = torch.as_tensor(feats).to(self.device)
         # a learned prior-mean head (GPCIS) gives m0(x) so the first click already has a shape to refine

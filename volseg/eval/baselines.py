@@ -107,7 +107,7 @@ class GrabCutMethod(Method):
 
     name = "grabcut"
 
-    def __init__(self, radius: float = 5.0, iterations: int = 5, pr_fg_radius: float = 0.0):
+    def __init__(self, radius: float = 5.0, iterations: int = 5, pr_fg_radius: float = 20.0):
         self.radius, self.iterations, self.pr_fg_radius = float(radius), int(iterations), float(pr_fg_radius)
         self.image: np.ndarray | None = None
 

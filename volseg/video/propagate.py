@@ -76,6 +76,8 @@ class VideoConfig:
     gradient_scales: tuple = (1.0, 3.0)
     hessian_scales: tuple = (2.0,)
     roi_margin: int = 10               # working pixels around the prior's support where the GP is evaluated; -1: everywhere
+    prior_mode: str = "linear"         # m0 = s (2p - 1) ("linear") or s Phi^-1(p) ("probit")
+    components: bool = False           # drop object parts not touching the previous frame's mask
     targets: str = "label"             # "label": GP on +-1 labels, latent = m0 + GP; "residual": GP on y - m0
     seed: int = 0
 
@@ -339,6 +341,17 @@ class VideoSegmenter:
                          np.full(idx.size, a, np.int32), np.full(idx.size, ANNOTATED, np.int8))
         return clicks, samples
 
+    def _prior_mean(self, prior: np.ndarray) -> np.ndarray:
+        """m0 (h*w, K) from the warped previous probability: linear, s (2p - 1), or probit, s Phi^-1(p)."""
+        cfg = self.config
+        K = prior.shape[0]
+        p = prior.reshape(K, -1).T
+        if cfg.prior_mode == "probit":
+            from scipy.special import ndtri
+
+            return (cfg.prior_strength * ndtri(np.clip(p, 0.02, 0.98))).astype(np.float32)
+        return (cfg.prior_strength * (2.0 * p - 1.0)).astype(np.float32)
+
     def _roi(self, prior: np.ndarray) -> np.ndarray:
         """Where the object can be in this frame: the prior's support grown by ``roi_margin`` working pixels
         (the whole grid if the margin is negative or nothing is left of the prior)."""
@@ -376,7 +389,7 @@ class VideoSegmenter:
                 bank.move(self.flow(prev_g, grey))
             if cfg.prior_blur > 0:
                 prior = np.stack([cv2.GaussianBlur(m, (0, 0), cfg.prior_blur) for m in prior])
-            m0 = cfg.prior_strength * (2.0 * prior.reshape(K, -1).T - 1.0)
+            m0 = self._prior_mean(prior)
             roi = self._roi(prior)
             idx = np.flatnonzero(roi)
             train = bank.training()
@@ -390,6 +403,8 @@ class VideoSegmenter:
             p = np.zeros((h * w, K), np.float32)  # outside the region of interest: background
             p[idx] = probability(lat)
             p = p.T.reshape(K, h, w)
+            if cfg.components:
+                p = _drop_detached(p, prior)
             pick = sample_informative(p, bank.per_frame, rng, candidates=roi)
             y = np.where(p.reshape(K, -1)[:, pick].T > 0.5, 1.0, -1.0).astype(np.float32)
             noise = min(cfg.noise_annotated + cfg.noise_growth * abs(t - start), cfg.noise_max)
@@ -403,3 +418,16 @@ class VideoSegmenter:
             yield t, p
             prev_p, prev_g = p, grey
 
+
+def _drop_detached(p: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """Zero each object's connected pieces (p > 1/2) that do not overlap its warped previous mask:
+    a new blob away from the object is a look-alike in the background, not the object."""
+    out = p.copy()
+    for k in range(p.shape[0]):
+        n, comp = cv2.connectedComponents((p[k] > 0.5).astype(np.uint8), connectivity=8)
+        if n <= 2:
+            continue
+        touching = np.unique(comp[(prior[k] > 0.5) & (comp > 0)])
+        detached = np.isin(comp, touching, invert=True) & (comp > 0)
+        out[k][detached] = 0.0
+    return out

@@ -5,35 +5,61 @@ import numpy as np
 from scipy import ndimage as ndi
 
 
+class ShapesVideo:
+    """Frame t of a generated video, made on request (so a long or large video costs no memory):
+    object 1 a red disk sweeping the upper half left and right, object 2 a blue square doing the
+    opposite in the lower half, on smooth green-grey texture with per-frame pixel noise."""
+
+    def __init__(self, n_frames: int = 20, height: int = 64, width: int = 96, *, seed: int = 0, step: float = 1.5) -> None:
+        rng = np.random.default_rng(seed)
+        small = (max(8, height // 4), max(8, width // 4))  # texture made small and enlarged: cheap at any size
+        tex = ndi.gaussian_filter(rng.standard_normal((*small, 3)), (0.75, 0.75, 0))
+        tex = ndi.zoom(tex, (height / small[0], width / small[1], 1), order=1)[:height, :width]
+        tex = (tex - tex.min()) / (np.ptp(tex) + 1e-9)
+        self.background = (np.array([90, 130, 80]) + 60 * (tex - 0.5)).astype(np.float32)
+        self.n, self.shape, self.seed, self.step = n_frames, (height, width), seed, step
+        self.names = [f"{t:05d}" for t in range(n_frames)]
+        self.fps = 10.0
+        from pathlib import Path
+
+        self.path = Path(".")
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _geometry(self, t: int):
+        H, W = self.shape
+        radius, half = 0.15 * H, 0.13 * H
+        span = max(1.0, W - 2 * radius - 4)
+        u = (t * self.step) % (2 * span)
+        x1 = 2 + radius + (u if u < span else 2 * span - u)
+        return (0.3 * H, x1, radius), (0.72 * H, W - 1 - x1, half)
+
+    def labels(self, t: int) -> np.ndarray:
+        H, W = self.shape
+        (cy1, x1, radius), (cy2, x2, half) = self._geometry(t)
+        r, c = np.ogrid[0:H, 0:W]
+        out = np.zeros((H, W), np.uint8)
+        out[(r - cy1) ** 2 + (c - x1) ** 2 <= radius ** 2] = 1
+        out[(np.abs(r - cy2) <= half) & (np.abs(c - x2) <= half)] = 2
+        return out
+
+    def __getitem__(self, t: int) -> np.ndarray:
+        if not 0 <= t < self.n:
+            raise IndexError(t)
+        lab = self.labels(t)
+        img = self.background.copy()
+        img[lab == 1] = [200, 50, 45]
+        img[lab == 2] = [40, 60, 190]
+        img += np.random.default_rng([self.seed, t]).normal(0, 6, img.shape).astype(np.float32)
+        return np.clip(img, 0, 255).astype(np.uint8)
+
+
 def moving_shapes(n_frames: int = 20, height: int = 64, width: int = 96, *, seed: int = 0,
                   step: float = 1.5) -> tuple[np.ndarray, np.ndarray]:
-    """(frames (T, H, W, 3) uint8 RGB, labels (T, H, W) uint8): object 1 a red disk moving right,
-    object 2 a blue square moving left then back, on smooth green-grey texture with pixel noise."""
-    rng = np.random.default_rng(seed)
-    tex = ndi.gaussian_filter(rng.standard_normal((height, width, 3)), (3, 3, 0))
-    tex = (tex - tex.min()) / (np.ptp(tex) + 1e-9)
-    background = np.array([90, 130, 80]) + 60 * (tex - 0.5)
-    r, c = np.mgrid[0:height, 0:width]
-    radius, half = 0.15 * height, 0.13 * height
-    frames = np.empty((n_frames, height, width, 3), np.uint8)
-    labels = np.zeros((n_frames, height, width), np.uint8)
-    span = max(1.0, width - 2 * radius - 4)
-    for t in range(n_frames):
-        # the disk sweeps the upper half left to right and back; the square the lower half the other way
-        x1 = 2 + radius + (t * step) % (2 * span) if (t * step) % (2 * span) < span else 2 + radius + 2 * span - (t * step) % (2 * span)
-        cy1 = 0.3 * height
-        x2 = width - 1 - x1
-        cy2 = 0.72 * height
-        disk = (r - cy1) ** 2 + (c - x1) ** 2 <= radius ** 2
-        square = (np.abs(r - cy2) <= half) & (np.abs(c - x2) <= half)
-        img = background.copy()
-        img[disk] = [200, 50, 45]
-        img[square] = [40, 60, 190]
-        img += rng.normal(0, 6, img.shape)
-        frames[t] = np.clip(img, 0, 255).astype(np.uint8)
-        labels[t][disk] = 1
-        labels[t][square] = 2
-    return frames, labels
+    """(frames (T, H, W, 3) uint8 RGB, labels (T, H, W) uint8) of a :class:`ShapesVideo`."""
+    v = ShapesVideo(n_frames, height, width, seed=seed, step=step)
+    return np.stack([v[t] for t in range(n_frames)]), np.stack([v.labels(t) for t in range(n_frames)])
 
 
 class ArrayFrames:

@@ -1,0 +1,120 @@
+"""DAVIS-2016 dev benchmark of video propagation: semi-supervised and interactive, speed and memory.
+
+    python benchmarks/davis_dev.py [--root ../shared/data/dev/video/davis2016] [--out /tmp/davis_dev]
+                                   [--threads 1] [--rounds 8] [--clicks-per-round 5] [--option KEY=VALUE ...]
+
+Each (mode, sequence) runs in its own process (``volseg eval-video``), so its peak RSS is its own
+(``os.wait4``'s ``ru_maxrss``).  Then a long generated 480p video (100 and 400 frames) is propagated
+to show that peak memory does not grow with the number of frames.  Writes ``OUT/benchmark.md``.
+
+Threads: BLAS/OpenMP/OpenCV thread counts are set before numpy loads (``--threads``).  On a shared,
+oversubscribed machine 1 thread per process is faster than 2 (OpenBLAS threads spin).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_child(cmd: list[str], env: dict, log: Path) -> tuple[int, float, float]:
+    """(exit code, seconds, peak RSS MiB) of a child process."""
+    t0 = time.perf_counter()
+    with log.open("a") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=REPO)
+        _, status, usage = os.wait4(proc.pid, 0)
+    return os.waitstatus_to_exitcode(status), time.perf_counter() - t0, usage.ru_maxrss / 1024.0
+
+
+LONG_VIDEO = """
+import sys, time, json
+from volseg.video.synthetic import ShapesVideo
+from volseg.video import VideoSegmenter, VideoConfig
+n = int(sys.argv[1]); opts = json.loads(sys.argv[2])
+src = ShapesVideo(n, 480, 854, seed=0, step=3.0)
+t0 = time.perf_counter()
+with VideoSegmenter(src, VideoConfig.from_dict(opts)) as seg:
+    seg.set_mask(0, src.labels(0))
+    for t in range(n):
+        seg.labels(t)
+    print(json.dumps({"frames": n, "seconds": time.perf_counter() - t0, "memory": seg.stats}))
+"""
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", default=str(REPO / ".." / "shared" / "data" / "dev" / "video" / "davis2016"))
+    ap.add_argument("--out", default="/tmp/volseg_davis_dev")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--clicks-per-round", type=int, default=5)
+    ap.add_argument("--modes", nargs="+", default=["semi", "interactive"])
+    ap.add_argument("--option", action="append", default=[])
+    ap.add_argument("--long", nargs="*", type=int, default=[100, 400], help="frame counts of the long 480p video")
+    args = ap.parse_args(argv)
+    root, out = Path(args.root), Path(args.out)
+    if not root.is_dir():
+        print(f"no DAVIS data at {root}", file=sys.stderr)
+        return 1
+    out.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads),
+               MKL_NUM_THREADS=str(args.threads), OPENCV_FOR_THREADS_NUM=str(args.threads),
+               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    log = out / "benchmark.log"
+    seqs = sorted(p.name for p in (root / "JPEGImages").iterdir() if p.is_dir() and p.name != "480p") or None
+    opts = sum((["--option", o] for o in args.option), [])
+    rows, load = [], []
+    for mode in args.modes:
+        for seq in seqs:
+            cmd = [sys.executable, "-m", "volseg.video.cli", "eval-video", "--root", str(root), "--sequences", seq,
+                   "--mode", mode, "--out", str(out / mode), "--overwrite", "--rounds", str(args.rounds),
+                   "--clicks-per-round", str(args.clicks_per_round), *opts]
+            load.append(os.getloadavg()[0])
+            rc, sec, rss = run_child(cmd, env, log)
+            rows.append({"mode": mode, "sequence": seq, "rc": rc, "seconds": sec, "peak_rss_mib": rss})
+            print(f"{mode:12s} {seq:12s} rc={rc} {sec:6.1f}s peak RSS {rss:6.0f} MiB", flush=True)
+    # tables over all sequences from the per-sequence JSON files just written
+    sys.path.insert(0, str(REPO))
+    from volseg.eval.run_video import evaluate
+    from volseg.video.cli import video_config
+
+    config = video_config(None, args.option)
+    md = [f"# DAVIS-2016 dev ({', '.join(seqs)})", "",
+          f"threads per process: {args.threads}; load average at the starts: {min(load):.1f}-{max(load):.1f} "
+          f"on {os.cpu_count()} CPUs", "", f"config: `{json.dumps(config.to_dict())}`", ""]
+    for mode in args.modes:
+        s = evaluate(root, out / mode, mode=mode, config=config, rounds=args.rounds, progress=False)
+        md += [f"## {mode}", "", s["table"], ""]
+        if mode == "interactive":
+            md += ["| round | J | F | J&F |", "|---|---|---|---|"]
+            md += [f"| {r['round']} | {100 * r['J']:.1f} | {100 * r['F']:.1f} | {100 * r['JF']:.1f} |" for r in s["rounds"]]
+            md += [""]
+    md += ["## peak RSS per process", "", "| mode | sequence | seconds | peak RSS MiB |", "|---|---|---|---|"]
+    md += [f"| {r['mode']} | {r['sequence']} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} |" for r in rows]
+    if args.long:
+        md += ["", "## generated 480p video, memory against length", "",
+               "| frames | seconds | fps (incl. labels) | memory bank peak | peak RSS MiB |", "|---|---|---|---|---|"]
+        for n in args.long:
+            res = out / f"long_{n}.json"
+            cmd = [sys.executable, "-c", LONG_VIDEO, str(n), json.dumps(config.to_dict())]
+            with res.open("w") as f:
+                t0 = time.perf_counter()
+                proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.DEVNULL, cwd=REPO)
+                _, status, usage = os.wait4(proc.pid, 0)
+            r = json.loads(res.read_text().strip().splitlines()[-1])
+            rss = usage.ru_maxrss / 1024.0
+            md.append(f"| {n} | {r['seconds']:.1f} | {n / r['seconds']:.1f} | {r['memory']['memory_peak']} | {rss:.0f} |")
+            print(f"long video {n} frames: {r['seconds']:.1f}s, peak RSS {rss:.0f} MiB", flush=True)
+    (out / "benchmark.md").write_text("\n".join(md) + "\n")
+    print("\n".join(md))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
