@@ -149,3 +149,12 @@ def test_prior_refinement(tmp_path, volume):
     out = tmp_path / "mask.nii.gz"
     assert run("segment", path, "--clicks", clicks, "--out", out, "--prior", tmp_path / "prior.nii.gz") == 0
     assert (np.asarray(nib.load(out).dataobj) == prior).mean() > 0.97
+
+
+def test_leftover_sidecar_of_an_interrupted_run_is_replaced(tmp_path, volume):
+    """The mask is renamed into place last; a sidecar without its mask is an interrupted job's leftover."""
+    path, clicks, _ = volume
+    out = tmp_path / "mask.nii.gz"
+    (tmp_path / "mask.json").write_text("{}")
+    assert run("segment", path, "--clicks", clicks, "--out", out) == 0
+    assert out.exists() and read_sidecar(out)["input_sha256"]

@@ -143,3 +143,14 @@ def test_gp_method_through_session():
     rec = run2d.evaluate_sample(m, img, (mask > 0).astype(np.int8), max_clicks=3)
     assert len(rec["ious"]) >= 1 and all(0 <= v <= 1 for v in rec["ious"])
     assert len(m.session.clicks) == len(rec["clicks"])  # one click added per prediction, never replayed
+
+
+def test_cli_gp_with_settings_file(berkeley, tmp_path):
+    pytest.importorskip("volseg.session")
+    cfg = tmp_path / "gp.yaml"
+    cfg.write_text("spatial_fraction: 0.3\n")
+    out = tmp_path / "out"
+    assert run("--dataset", "Berkeley", "--root", berkeley, "--method", "gp", "--config", cfg, "--out", out,
+               "--max-clicks", 2, "--max-instances", 1) == 0
+    rec = json.loads((out / "instances" / "Berkeley_gp_100.json").read_text())
+    assert rec["config"]["gp"]["spatial_fraction"] == 0.3 and rec["config"]["features"] == "filterbank"

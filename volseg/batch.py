@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import os
 import time
@@ -147,7 +148,15 @@ def expected_parameters(options: BatchOptions) -> dict:
     from .config import GPConfig
 
     cfg = options.config if isinstance(options.config, GPConfig) else GPConfig.from_dict(options.config)
-    return {"features": str(options.features), **cfg.to_dict()}
+    return {"features": str(options.features), **_effective_config(str(options.features), cfg)}
+
+
+@functools.lru_cache(maxsize=8)
+def _effective_config(features: str, config) -> dict:
+    # the Session merges a learned backbone's own GP settings into the config: ask it, as segment_file will
+    from .session import Session
+
+    return Session(features=features, device="cpu", config=config).config.to_dict()
 
 
 def up_to_date(row: CaseRow, options: BatchOptions) -> tuple[bool, str]:

@@ -13,10 +13,10 @@ from .errors import InputError
 class GPConfig:
     kernel: str = "rbf"                   # rbf | matern12 | matern32 | matern52
     outputscale: float = 1.0              # prior variance of the latent f
-    noise: float = 1e-3                   # s2; lowered automatically if a click would lose its label
+    noise: float = 0.1                    # s2; lowered automatically if a click would lose its label
     feature_lengthscale: float = 1.0      # times sqrt(number of features): features are standardised
     spatial_lengthscale: float | None = None  # mm (pixels for rasters); None: spatial_fraction of the diagonal
-    spatial_fraction: float = 0.1
+    spatial_fraction: float | None = None  # None: 0.1 for 2D images, 0.05 for volumes (objects fill less of a volume)
     background_mean: float = -0.5         # prior mean without a prior mask: unclicked regions lean background
     prior_strength: float = 1.0           # prior mean is +-this inside/outside a prior mask
     connected: bool = True                # mask keeps only regions connected to a positive click of their object
@@ -41,6 +41,10 @@ class GPConfig:
             raise InputError(f"config file {p} does not exist")
         data = yaml.safe_load(p.read_text()) or {}
         return cls.from_dict(data.get("gp", data))
+
+    def spatial_fraction_for(self, ndim: int) -> float:
+        # tuned on Berkeley (2D photos, objects ~17% of the image) and on the dev MR/CT volumes
+        return self.spatial_fraction if self.spatial_fraction is not None else (0.1 if ndim == 2 else 0.05)
 
     def replace(self, **changes) -> "GPConfig":
         return GPConfig.from_dict({**asdict(self), **{k: v for k, v in changes.items() if v is not None}})

@@ -28,7 +28,8 @@ def segment_file(image: str | Path, clicks: str | Path, out: str | Path, *, prob
     """Segment ``image`` from ``clicks``; write the mask to ``out`` (+ optional maps); return the provenance record."""
     inputs = tuple(p for p in (image, clicks, prior) if p is not None)
     outputs = [Path(p) for p in (out, prob, uncertainty) if p is not None]
-    outputs.append(sidecar_path(out))
+    if Path(out).exists():  # a sidecar without its mask is the leftover of an interrupted run: replace it
+        outputs.append(sidecar_path(out))
     if len({o.resolve() for o in outputs}) != len(outputs):
         raise ClickError("output paths must differ from each other")  # e.g. --prob equal to --out
     for o in outputs:
@@ -50,7 +51,8 @@ def segment_file(image: str | Path, clicks: str | Path, out: str | Path, *, prob
         prob_map = np.zeros(img.shape, dtype=np.float32)
     unc_map = session.uncertainty() if uncertainty is not None else None
 
-    written = {"mask": str(write_mask(mask, img, out, overwrite=overwrite))}
+    # the mask is renamed into place last: its presence (with a matching sidecar) marks a finished job
+    written = {"mask": str(out)}
     if prob is not None:
         written["probability"] = str(write_probability(prob_map, img, prob, overwrite=overwrite))
     if uncertainty is not None:
@@ -78,4 +80,5 @@ def segment_file(image: str | Path, clicks: str | Path, out: str | Path, *, prob
         "versions": versions(),
     }
     write_sidecar(out, record, inputs=inputs)
+    write_mask(mask, img, out, overwrite=overwrite)
     return record

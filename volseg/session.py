@@ -110,7 +110,7 @@ class Session:
         head = getattr(self.extractor, "last_prior_mean", None)
         self._learned_mean = None if head is None else torch.as_tensor(np.asarray(head, dtype=np.float32), device=self.device)
         d_f = int(feats.shape[-1])
-        self.spatial_lengthscale = self.config.spatial_lengthscale or self.config.spatial_fraction * float(
+        self.spatial_lengthscale = self.config.spatial_lengthscale or self.config.spatial_fraction_for(img.ndim) * float(
             np.linalg.norm(np.asarray(img.shape) * np.asarray(img.spacing)))
         self.inputs = InputMap(feats, img.spacing, feature_lengthscale=self.config.feature_lengthscale * d_f ** 0.5,
                                spatial_lengthscale=self.spatial_lengthscale)

@@ -21,6 +21,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder (instances/, summaries, report, plot)")
     p.add_argument("--features", default="filterbank", help="GP features: filterbank or a .ckpt path (default filterbank)")
     p.add_argument("--device", default="cpu", help="GP device (default cpu)")
+    p.add_argument("--config", default=None, help="GP settings YAML (see configs/default.yaml)")
     p.add_argument("--max-instances", type=int, default=None, metavar="N", help="only the first N instances")
     p.add_argument("--max-clicks", type=int, default=20, metavar="K", help="clicks per instance (default 20)")
     p.add_argument("--split", default=None, help="SBD/PascalVOC split list to read (default val; all files if absent)")
@@ -98,6 +99,10 @@ def handler(args: argparse.Namespace) -> int:
         raise InputError(f"--max-clicks must be between 1 and 100, got {args.max_clicks}")
     ds = dataset_name(args.dataset)
     options = parse_options(args.option, methods)
+    if args.config and "gp" in options:
+        from ..config import GPConfig
+
+        options["gp"]["config"] = GPConfig.from_yaml(args.config)
 
     from .datasets import load_samples
 

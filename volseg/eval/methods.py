@@ -55,7 +55,10 @@ class GPMethod(Method):
         return np.asarray(self.session.probability(object=1), dtype=np.float32)
 
     def config(self) -> dict:
-        return {"method": self.name, "features": str(self.features), "device": self.device, **self.options}
+        # the resolved GP settings, so a resumed run cannot mix results from changed defaults
+        gp = self.session.config.to_dict() if hasattr(self.session.config, "to_dict") else {}
+        opts = {k: v for k, v in self.options.items() if k != "config"}
+        return {"method": self.name, "features": str(self.features), "device": self.device, **opts, "gp": gp}
 
 
 def method_names() -> list[str]:

@@ -89,7 +89,7 @@ class FolderFrames(FrameSource):
         a = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if a is None:
             raise InputError(f"cannot read frame {p}")
-        return np.ascontiguousarray(a[..., ::-1])  # OpenCV decodes BGR
+        return cv2.cvtColor(a, cv2.COLOR_BGR2RGB)  # OpenCV decodes BGR
 
     def _decode(self, lo: int, hi: int) -> np.ndarray:
         return np.stack([self._check(self._read(p), f"frame {p}") for p in self.files[lo:hi]])

@@ -55,8 +55,16 @@ class MemoryPosterior:
         self.n = 0
 
     def gram(self, F: np.ndarray, P: np.ndarray) -> np.ndarray:
-        F, P = F.astype(np.float64), P.astype(np.float64)
-        return rbf(sq_dist(F, F)) * (self.wg + (1.0 - self.wg) * rbf(sq_dist(P, P)))
+        """K (N, N) in float64; distances in float32 (the noise on the diagonal, >= 1e-3 for all but
+        clicks, dwarfs their rounding), centred first so |f|^2 stays small."""
+        F = np.asarray(F, np.float32)
+        F = F - F.mean(0)
+        K = rbf(sq_dist(F, F)).astype(np.float64)
+        if self.wg < 1.0:
+            P = np.asarray(P, np.float64)
+            K *= self.wg + (1.0 - self.wg) * rbf(sq_dist(P, P))
+        np.fill_diagonal(K, 1.0)
+        return K
 
     def fit(self, F: np.ndarray, P: np.ndarray, R: np.ndarray, noise: np.ndarray,
             keep: np.ndarray | None = None) -> "MemoryPosterior":
@@ -80,7 +88,8 @@ class MemoryPosterior:
             noise[bad] = np.maximum(noise[bad] * 0.01, MIN_NOISE)  # conflicting points: interpolate the clicks harder
         self.noise = noise
         self.alpha = alpha.astype(np.float32)
-        self.F = np.ascontiguousarray(F, np.float32)
+        self.center = np.asarray(F, np.float32).mean(0)  # keeps |f|^2 small in the matmul trick
+        self.F = np.ascontiguousarray(F - self.center, np.float32)
         self.P = np.ascontiguousarray(P, np.float32)
         self._F2 = (self.F * self.F).sum(1)
         self._P2 = (self.P * self.P).sum(1)
@@ -102,15 +111,16 @@ class MemoryPosterior:
         e_row = ((1.0 - self.wg) * np.exp(-0.5 * (np.asarray(row_coords, np.float32)[:, None] - self.P[None, :, 0]) ** 2)).astype(np.float32)
         e_col = np.exp(-0.5 * (np.asarray(col_coords, np.float32)[:, None] - self.P[None, :, 1]) ** 2).astype(np.float32)
         for a in range(0, n, self.chunk):
-            f = F[a:a + self.chunk].astype(np.float32, copy=False)
+            f = F[a:a + self.chunk].astype(np.float32, copy=False) - self.center
             fa = np.concatenate([f, np.ones((f.shape[0], 1), np.float32), (f * f).sum(1, keepdims=True)], 1)
             k = fa @ X
             np.minimum(k, 0.0, out=k)  # the exponent is -|d|^2/2 <= 0 up to rounding
             np.exp(k, out=k)
-            ks = e_row[rows[a:a + self.chunk]]
-            ks *= e_col[cols[a:a + self.chunk]]
-            ks += self.wg
-            k *= ks
+            if self.wg < 1.0:
+                ks = e_row[rows[a:a + self.chunk]]
+                ks *= e_col[cols[a:a + self.chunk]]
+                ks += self.wg
+                k *= ks
             out[a:a + self.chunk] += k @ self.alpha
         return out
 

@@ -51,6 +51,7 @@ from .features import Flow, FrameFeatures, Grid, make_bank, warp
 from .gp import MemoryPosterior, probability
 from .memory import ANNOTATED, CLICK, PROPAGATED, MemoryBank, Points, sample_informative
 from .refine import to_labels, upsample
+from .threads import limited_threads
 
 
 @dataclass(frozen=True)
@@ -60,14 +61,14 @@ class VideoConfig:
     budget: int = 800                  # memory bank points (global + local)
     global_fraction: float = 0.5       # share of the budget for the annotated frames
     window: int = 2                    # local memory: the last `window` propagated frames
-    feature_lengthscale: float = 0.5   # times sqrt(number of features)
-    spatial_lengthscale: float = 6.0   # working-grid pixels: the local-matching window
-    global_weight: float = 0.3         # weight of appearance-only (global) matching in the kernel
+    feature_lengthscale: float = 0.35  # times sqrt(number of features)
+    spatial_lengthscale: float = 6.0   # working-grid pixels: the spatial kernel's window (if global_weight < 1)
+    global_weight: float = 1.0         # weight of appearance-only matching in the kernel (1: no spatial term)
     noise_click: float = 1e-3
     noise_annotated: float = 0.05      # mask samples of annotated frames
     noise_growth: float = 0.01         # extra noise per frame of distance from the annotated frame
     noise_max: float = 1.0
-    prior_strength: float = 1.0        # |m0| of the previous frame's mask
+    prior_strength: float = 0.5        # |m0| of the previous frame's mask
     prior_blur: float = 1.0            # working-grid pixels
     flow: str = "ultrafast"            # DIS preset (ultrafast | fast | medium) or "none"
     refine_radius: float = 2.0         # guided-filter radius in working-grid pixels; 0: bilinear only
@@ -77,9 +78,25 @@ class VideoConfig:
     hessian_scales: tuple = (2.0,)
     roi_margin: int = 10               # working pixels around the prior's support where the GP is evaluated; -1: everywhere
     prior_mode: str = "linear"         # m0 = s (2p - 1) ("linear") or s Phi^-1(p) ("probit")
-    components: bool = False           # drop object parts not touching the previous frame's mask
+    components: bool = True            # drop object parts not touching the previous frame's mask
     targets: str = "label"             # "label": GP on +-1 labels, latent = m0 + GP; "residual": GP on y - m0
+    threads: int = 1                   # BLAS / OpenCV threads while propagating (0: library default); see threads.py
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.scale >= 1, "scale must be 1 or more"), (self.budget >= 8, "budget must be 8 points or more"),
+            (0 < self.global_fraction < 1, "global_fraction must be between 0 and 1"),
+            (self.window >= 1, "window must be 1 or more"), (0 <= self.global_weight <= 1, "global_weight must be in [0, 1]"),
+            (self.feature_lengthscale > 0 and self.spatial_lengthscale > 0, "lengthscales must be positive"),
+            (min(self.noise_click, self.noise_annotated) > 0 and self.noise_growth >= 0, "noise levels must be positive"),
+            (self.flow in ("ultrafast", "fast", "medium", "none"), "flow must be ultrafast, fast, medium or none"),
+            (self.prior_mode in ("linear", "probit"), "prior_mode must be linear or probit"),
+            (self.targets in ("label", "residual"), "targets must be label or residual"),
+        ]
+        bad = [msg for ok, msg in checks if not ok]
+        if bad:
+            raise InputError("video settings: " + "; ".join(bad))
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "VideoConfig":
@@ -259,13 +276,18 @@ class VideoSegmenter:
             return np.zeros(self.source.shape, np.uint8)
         frame = self.source[t] if frame is None else frame
         radius = int(round(self.config.refine_radius * max(self.grid.factor)))
-        up = upsample(self.probability(t), frame, radius=radius, eps=self.config.refine_eps)
+        with limited_threads(self.config.threads):
+            up = upsample(self.probability(t), frame, radius=radius, eps=self.config.refine_eps)
         return to_labels(up, self.objects)
 
     # -- propagation -------------------------------------------------------------------------------
     def update(self, frames: Sequence[int]) -> list[int]:
         """Re-propagate around the given annotated frames: each stretch between an annotated neighbour
         (or the video's end) and them.  Returns the recomputed frames, sorted."""
+        with limited_threads(self.config.threads):
+            return self._update(frames)
+
+    def _update(self, frames: Sequence[int]) -> list[int]:
         t0 = time.perf_counter()
         A = sorted(self.annotations)
         stretches = set()
@@ -366,6 +388,10 @@ class VideoSegmenter:
         """Propagate from annotated frame ``start`` towards ``stop`` (exclusive); yields (t, (K, h, w) prob)."""
         cfg = self.config
         K, D = len(self.objects), self.D
+        if K == 0:  # only negative clicks so far: every frame is background
+            for t in range(start + step, stop, step):
+                yield t, np.zeros((0, self.grid.h, self.grid.w), np.float32)
+            return
         rng = np.random.default_rng([cfg.seed, start, stop + 1])
         bank = MemoryBank(cfg.budget, cfg.global_fraction, cfg.window, D, K)
         clicks, samples = [], []
