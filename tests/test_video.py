@@ -216,3 +216,68 @@ def test_cli_propagate_writes_masks_overlay_and_sidecar(tmp_path, shapes):
     assert main(["propagate", str(video), "--out", str(tmp_path / "o3")]) == 2
     assert main(["propagate", str(video), "--clicks", str(clicks), "--out", str(tmp_path / "o4"),
                  "--option", "nonsense=1"]) == 2
+
+
+# -- pieces -------------------------------------------------------------------------------------------
+def test_memory_posterior_matches_the_engine_posterior():
+    """With one noise level and appearance-only matching, the video GP is the engine's ExactPosterior."""
+    import torch
+
+    from volseg.gp.kernels import RBF
+    from volseg.gp.posterior import ExactPosterior
+    from volseg.video.gp import MemoryPosterior
+
+    rng = np.random.default_rng(0)
+    F = rng.standard_normal((40, 5)).astype(np.float32)
+    y = np.sign(F[:, :1] + 0.1).astype(np.float32)
+    Q = rng.standard_normal((30, 5)).astype(np.float32)
+    ours = MemoryPosterior(global_weight=1.0).fit(F, np.zeros((40, 2), np.float32), y, np.full(40, 0.1))
+    got = ours.latent(Q, np.zeros(30, int), np.zeros(30, int), np.zeros(1), np.zeros(1), np.zeros((30, 1), np.float32))
+    ref = ExactPosterior(RBF(), noise=0.1).fit(torch.from_numpy(F).double(), torch.from_numpy(y).double(),
+                                               torch.zeros(40, 1, dtype=torch.float64))
+    want, _ = ref.mean_var(torch.from_numpy(Q), torch.zeros(30, 1))
+    assert np.allclose(got, want.numpy(), atol=1e-4)
+
+
+def test_clicks_keep_their_label_under_conflict():
+    from volseg.video.gp import MemoryPosterior
+
+    F = np.zeros((3, 2), np.float32)  # three points at the same place, the click disagreeing with two
+    y = np.array([[1.0], [-1.0], [-1.0]], np.float32)
+    gp = MemoryPosterior(1.0).fit(F, np.zeros((3, 2), np.float32), y, np.array([1e-3, 0.05, 0.05]),
+                                  keep=np.array([True, False, False]))
+    assert gp.latent(F[:1], np.zeros(1, int), np.zeros(1, int), np.zeros(1), np.zeros(1), np.zeros((1, 1)))[0, 0] > 0
+
+
+def test_fast_features_equal_the_filter_bank():
+    from volseg.video.features import fast_raw, make_bank
+
+    frames, _ = moving_shapes(1, 48, 64, seed=4)
+    bank = make_bank()
+    params = bank.prepare(frames[0])
+    assert np.allclose(fast_raw(bank, frames[0], params), bank.raw(frames[0], (1.0, 1.0), params), atol=1e-4)
+
+
+def test_thread_limit_is_restored():
+    import cv2
+
+    from volseg.video.threads import _openblas, limited_threads
+
+    before = [g() for _, g in _openblas()], cv2.getNumThreads()
+    with limited_threads(1):
+        assert all(g() == 1 for _, g in _openblas()) and cv2.getNumThreads() == 1
+    assert ([g() for _, g in _openblas()], cv2.getNumThreads()) == before
+
+
+def test_guided_upsampling_snaps_to_edges():
+    from volseg.video.refine import upsample
+
+    frame = np.zeros((64, 64, 3), np.uint8)
+    frame[:, 30:] = 255  # an edge at column 30
+    coarse = np.zeros((1, 16, 16), np.float32)
+    coarse[0, :, 8:] = 1.0  # the same edge, blurred by 4x upsampling
+    up = upsample(coarse, frame, radius=4, eps=1e-4)[0]
+    bilinear = upsample(coarse, frame, radius=0)[0]
+    assert up.shape == (64, 64)
+    truth = frame[..., 0] > 0
+    assert ((up > 0.5) ^ truth).sum() < ((bilinear > 0.5) ^ truth).sum()

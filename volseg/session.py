@@ -238,7 +238,8 @@ class Session:
             Z = self.inputs.at(voxels) if len(train) else torch.zeros(0, self.inputs.dim)
             self.posterior.fit(Z, self._targets(train, objects), self._prior_mean_at(voxels, objects).double())
             changed_point = None
-        self.clicks, self._train_clicks, self._train_voxels = list(clicks), train, [tuple(v) for v in voxels]
+        self.clicks, self._train_clicks = list(clicks), train
+        self._train_voxels = [tuple(int(x) for x in v) for v in voxels]
         self.objects, self._objects_fitted = objects, list(objects)
         if changed_point is None or self.posterior.noise != self.posterior.requested_noise \
                 or alpha_before.shape[0] < common or self.posterior.alpha.shape[0] < common:
@@ -273,7 +274,7 @@ class Session:
         Zs = self.posterior.Z[:common]
         w = torch.cholesky_solve(self.kernel(Zs, z_point), self.posterior.L[:common, :common])[:, 0] if common else moved.double()
         hit = moved | (w.abs() > tol)
-        centres = [tuple(int(v) for v in point)] + [self._train_voxels_all(i) for i in torch.nonzero(hit)[:, 0].tolist()]
+        centres = [tuple(int(v) for v in point)] + [self._train_voxels[i] for i in torch.nonzero(hit)[:, 0].tolist()]
         reach = self.inputs.reach_voxels(radius)
         boxes = _merge_boxes([tuple(slice(max(0, c - r), min(n, c + r + 1)) for c, r, n in zip(cen, reach, self.image.shape))
                               for cen in centres])
@@ -301,9 +302,6 @@ class Session:
             evaluate_box(self.posterior, self.inputs, None, box, None, self._var, max_bytes=self._max_bytes())
         self._stale_var = []
         return self._var
-
-    def _train_voxels_all(self, i: int) -> tuple[int, ...]:
-        return tuple(int(v) for v in self._train_voxels[i])
 
     # -- outputs ---------------------------------------------------------------------------------
     def _channel(self, object: int) -> int:

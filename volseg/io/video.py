@@ -140,9 +140,8 @@ class MaskWriter:
         self.out = Path(out)
         if self.out.exists() and not self.out.is_dir():
             raise OutputExistsError(f"output {self.out} exists and is not a folder")
-        src = source.path.resolve()
-        if self.out.resolve() == src or (src.is_dir() and self.out.resolve() in src.parents):
-            raise OutputExistsError(f"output folder {self.out} would mix masks into the input frames {source.path}")
+        if self.out.resolve() == Path(source.path).resolve():
+            raise OutputExistsError(f"output folder {self.out} is the input frame folder; masks would mix with the frames")
         self.out.mkdir(parents=True, exist_ok=True)
         self.source, self.overwrite = source, overwrite
         # only the shape of ``like`` is used: a zero-stride view costs no memory

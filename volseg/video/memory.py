@@ -105,7 +105,7 @@ class MemoryBank:
         room = self.global_budget
         if len(clicks) > room:
             clicks = clicks.take(np.arange(len(clicks) - room, len(clicks)))
-        samples = samples.take(np.arange(min(len(samples), room - len(clicks))))
+        samples = samples.take(_spread(len(samples), room - len(clicks)))
         self._global = Points.concat([clicks, samples])
         self._local = []
         self._track()
@@ -113,7 +113,7 @@ class MemoryBank:
     def add_frame(self, points: Points) -> None:
         """Local memory: the newest frame's points in, the oldest frame out (beyond ``window``)."""
         if len(points) > self.per_frame:
-            points = points.take(np.arange(self.per_frame))
+            points = points.take(_spread(len(points), self.per_frame))
         self._local.append(points)
         while len(self._local) > self.window or len(self) > self.budget:
             self._local.pop(0)
@@ -183,4 +183,9 @@ def sample_informative(prob: np.ndarray, n: int, rng: np.random.Generator, *, ba
             continue
         p = weight[idx] / weight[idx].sum()
         out.append(rng.choice(idx, size=q, replace=False, p=p))
-    return np.concatenate(out) if out else np.zeros(0, np.int64)
+    return rng.permutation(np.concatenate(out)) if out else np.zeros(0, np.int64)
+
+
+def _spread(n: int, k: int) -> np.ndarray:
+    """k of n indices, evenly spread (all of them if k >= n)."""
+    return np.arange(n) if k >= n else np.linspace(0, n - 1, max(k, 0)).round().astype(int)

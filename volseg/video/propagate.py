@@ -202,7 +202,7 @@ class VideoSegmenter:
         if labels.shape != self.source.shape:
             raise InputError(f"mask for frame {frame} has shape {labels.shape}, the video's frames are {self.source.shape}")
         if not 0 <= frame < self.T:
-            raise ClickError(f"mask for frame {frame}: the video has {self.T} frames")
+            raise InputError(f"mask for frame {frame}: the video has {self.T} frames")
         self._add_objects(np.unique(labels))
         old = self.annotations.get(frame)
         self.annotations[frame] = Annotation(frame, labels.astype(np.uint8 if labels.max() < 256 else np.uint16),
