@@ -526,3 +526,15 @@ def test_dev_volumes_and_labels_share_grids(tmp_path):
     for case in ("brain1", "brain2", "breast1"):
         img = read_image(d / "pyradiomics" / f"{case}_image.nrrd")
         read_mask(d / "pyradiomics" / f"{case}_label.nrrd", like=img)
+
+
+def test_outputs_get_the_mode_of_a_new_file(tmp_path):
+    import os
+
+    from volseg.io.atomic import atomic_path
+
+    with atomic_path(tmp_path / "x.txt") as tmp:
+        open(tmp, "w").write("x")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "x.txt").stat().st_mode & 0o777 == 0o666 & ~mask

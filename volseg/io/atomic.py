@@ -27,6 +27,13 @@ def _suffix(p: Path) -> str:
     return "".join(p.suffixes[-2:]) if p.name.endswith(".nii.gz") else p.suffix
 
 
+def _share_like_a_new_file(path) -> None:
+    """mkstemp makes 0600 files; give the output the mode a plain open() would (0666 less the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[str]:
     """Yield a temporary path in the target's folder; on success rename it onto ``path``."""
@@ -36,6 +43,7 @@ def atomic_path(path: str | Path) -> Iterator[str]:
     os.close(fd)
     try:
         yield tmp
+        _share_like_a_new_file(tmp)
         os.replace(tmp, p)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -57,6 +65,7 @@ def atomic_files(path: str | Path) -> Iterator[Path]:
     try:
         yield tmp
         for f in sorted(tmp.iterdir(), key=lambda f: f.name == p.name):
+            _share_like_a_new_file(f)
             os.replace(f, p.parent / f.name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -183,20 +183,24 @@ def overlay(frame: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.nda
 
 class OverlayWriter:
     """An mp4 (OpenCV ``mp4v``) of the frames with their masks; where OpenCV has no mp4 encoder, a folder
-    of JPEGs named after the video instead (``out.mp4`` -> ``out_overlay/``), reported by ``.kind``."""
+    of JPEGs named after the video instead (``out.mp4`` -> ``out_overlay/``), reported by ``.kind``.
+    The video is written to a temporary file beside the target and renamed onto it when closed."""
 
     def __init__(self, path: str | Path, shape: Sequence[int], fps: float, *, overwrite: bool = False) -> None:
+        import os
+        import tempfile
+
         import cv2
 
         self.path = check_output(path, overwrite=overwrite)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp_ctx = atomic_path(self.path)
-        self._tmp = self._tmp_ctx.__enter__()
+        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp.mp4", dir=self.path.parent)
+        os.close(fd)
         h, w = int(shape[0]), int(shape[1])
         self._writer = cv2.VideoWriter(self._tmp, cv2.VideoWriter_fourcc(*"mp4v"), float(fps or 24.0), (w, h))
         self.kind = "mp4"
         if not self._writer.isOpened():
-            self._tmp_ctx.__exit__(None, None, None)  # nothing written: drop the temporary
+            os.unlink(self._tmp)
             self._writer = None
             self.kind = "jpeg-folder"
             self.folder = self.path.with_name(self.path.name.split(".")[0] + "_overlay")
@@ -214,11 +218,13 @@ class OverlayWriter:
         self._n += 1
 
     def close(self) -> Path:
-        if self._writer is not None:
-            self._writer.release()
-            self._tmp_ctx.__exit__(None, None, None)  # renames the finished file onto the target
-            return self.path
-        return self.folder
+        import os
+
+        if self._writer is None:
+            return self.folder
+        self._writer.release()
+        os.replace(self._tmp, self.path)
+        return self.path
 
 
 def write_video(path: str | Path, frames: Sequence[np.ndarray] | np.ndarray, fps: float = 10.0) -> Path:
