@@ -52,7 +52,9 @@ class GPMethod(Method):
             done = []
         for c in clicks[len(done):]:
             self.session.add_click(c.position, positive=c.positive, object=c.object)
-        return np.asarray(self.session.probability(object=1), dtype=np.float32)
+        # the session's mask is what a user gets (posterior sign plus the click-anchored topology
+        # clean-up); it needs no variance, so the timing is that of an interactive click
+        return (self.session.mask() == 1).astype(np.float32)
 
     def config(self) -> dict:
         # the resolved GP settings, so a resumed run cannot mix results from changed defaults

@@ -116,7 +116,29 @@ def hessian_eigenvalues(x: np.ndarray, sigma: float, spacing: np.ndarray) -> np.
             order[a] += 1
             order[b] += 1
             elems.append(ndi.gaussian_filter(x, sigma / spacing, order=order) * (sigma * sigma) / (spacing[a] * spacing[b]))
-    return hessian_matrix_eigvals(elems)
+    return symmetric_eigenvalues(elems, d)
+
+
+def symmetric_eigenvalues(elems: list[np.ndarray], d: int) -> np.ndarray:
+    """Eigenvalues (decreasing) of a field of symmetric d x d matrices given as their upper triangle
+    (skimage's order).  Closed forms for d = 2 and 3 -- a batched eigvalsh is ~10x slower on a volume."""
+    if d == 2:
+        a, b, c = elems
+        half_tr, root = (a + c) / 2, np.sqrt(((a - c) / 2) ** 2 + b * b)
+        return np.stack([half_tr + root, half_tr - root])
+    if d != 3:
+        return hessian_matrix_eigvals(elems)
+    a11, a12, a13, a22, a23, a33 = (e.astype(np.float64) for e in elems)
+    # trigonometric solution of the characteristic cubic (symmetric matrices have real roots)
+    q = (a11 + a22 + a33) / 3
+    b11, b22, b33 = a11 - q, a22 - q, a33 - q
+    p = np.sqrt((b11 * b11 + b22 * b22 + b33 * b33 + 2 * (a12 * a12 + a13 * a13 + a23 * a23)) / 6)
+    safe = np.where(p > 1e-12, p, 1.0)
+    det = (b11 * (b22 * b33 - a23 * a23) - a12 * (a12 * b33 - a23 * a13) + a13 * (a12 * a23 - b22 * a13)) / safe ** 3
+    phi = np.arccos(np.clip(det / 2, -1.0, 1.0)) / 3
+    e1 = q + 2 * p * np.cos(phi)
+    e3 = q + 2 * p * np.cos(phi + 2 * np.pi / 3)
+    return np.stack([e1, 3 * q - e1 - e3, e3]).astype(np.float32)
 
 
 def superpixel_means(channels: np.ndarray, size: float, spacing: np.ndarray, compactness: float) -> np.ndarray:

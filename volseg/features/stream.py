@@ -57,9 +57,9 @@ def compute_features(bank, image: Image, *, budget: int, slab_bytes: int | None 
         b = min(a + thick, shape[0])
         lo, hi = max(0, a - halo), min(shape[0], b + halo)
         f = bank.raw(image.array[lo:hi], image.spacing, params)[a - lo: a - lo + (b - a)]
-        flat = f.reshape(-1, D).astype(np.float64)
-        total += flat.sum(0)
-        total2 += (flat * flat).sum(0)
+        flat = f.reshape(-1, D)
+        total += flat.sum(0, dtype=np.float64)  # float64 accumulators, no float64 copy of the slab
+        total2 += np.einsum("ij,ij->j", flat, flat, dtype=np.float64)
         out[a:b] = f
     mean = total / n
     std = np.sqrt(np.maximum(total2 / n - mean * mean, 0.0))
