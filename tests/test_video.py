@@ -186,7 +186,7 @@ def test_config_rejects_unknown_settings():
 def test_cli_propagate_writes_masks_overlay_and_sidecar(tmp_path, shapes):
     from PIL import Image as PILImage
 
-    from volseg.video.cli import main
+    from volseg.cli import main
 
     frames, labels = shapes
     video = write_video(tmp_path / "clip.mp4", frames)

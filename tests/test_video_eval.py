@@ -129,7 +129,7 @@ def test_eval_video_semi_and_interactive(tmp_path):
 
 def test_eval_video_layout_without_480p_and_errors(tmp_path):
     from volseg.eval.run_video import davis_dirs, sequences
-    from volseg.video.cli import main
+    from volseg.cli import main
 
     root = make_davis(tmp_path / "d", layout_480p=False, n=5)
     assert davis_dirs(root)[0] == root / "JPEGImages"

@@ -155,23 +155,3 @@ def eval_handler(args: argparse.Namespace) -> int:
     print(f"J {100 * summary['J']:.1f}  F {100 * summary['F']:.1f}  J&F {100 * summary['JF']:.1f}  "
           f"(peak RSS {summary['peak_rss_mib']:.0f} MiB); results in {args.out}")
     return 0
-
-
-def main(argv=None) -> int:
-    """Standalone entry for the two commands (the project's ``volseg`` CLI wires them through register)."""
-    import sys
-
-    from ..errors import VolsegError
-
-    parser = argparse.ArgumentParser(prog="volseg")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except VolsegError as e:
-        print(f"volseg: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
