@@ -112,8 +112,9 @@ class Session:
         d_f = int(feats.shape[-1])
         self.spatial_lengthscale = self.config.spatial_lengthscale or self.config.spatial_fraction_for(img.ndim) * float(
             np.linalg.norm(np.asarray(img.shape) * np.asarray(img.spacing)))
-        self.inputs = InputMap(feats, img.spacing, feature_lengthscale=self.config.feature_lengthscale * d_f ** 0.5,
-                               spatial_lengthscale=self.spatial_lengthscale)
+        # the features are ours: divide them by their lengthscale once here rather than on every click
+        feats.mul_(1.0 / (self.config.feature_lengthscale * d_f ** 0.5))
+        self.inputs = InputMap(feats, img.spacing, feature_lengthscale=1.0, spatial_lengthscale=self.spatial_lengthscale)
         self._set_prior(prior)
         self.reset()
         return self
@@ -157,7 +158,7 @@ class Session:
         if self._prior_labels is None:
             if self._learned_mean is not None:
                 return self._learned_mean[box].reshape(n, 1).expand(n, len(objects)).clone()
-            return torch.full((n, len(objects)), self.config.background_mean, device=self.device)
+            return torch.full((1, len(objects)), self.config.background_mean, device=self.device)  # broadcast
         lab = self._prior_labels[box].reshape(n, 1)
         ids = torch.as_tensor(objects, device=self.device)[None, :]
         return torch.where(lab == ids, s, -s).to(torch.float32)

@@ -49,7 +49,8 @@ class InputMap:
         shape = tuple(s.stop - s.start for s in box)
         z = torch.empty(shape + (self.dim,), dtype=self.dtype, device=self.device)
         z[..., : self.n_features] = self.features[box]
-        z[..., : self.n_features] /= self.feature_lengthscale
+        if self.feature_lengthscale != 1.0:
+            z[..., : self.n_features] /= self.feature_lengthscale
         for k, s in enumerate(box):
             view = [1] * self.ndim
             view[k] = shape[k]

@@ -30,8 +30,11 @@ class RBF:
         return self.outputscale * torch.exp(-0.5 * squared_distance(a, b))
 
     def of_distance2(self, d2: torch.Tensor) -> torch.Tensor:
-        # consumes d2: in place on the hot path (a chunk of locations x clicks), out of place under autograd
-        out = torch.exp(d2.mul_(-0.5)) if not d2.requires_grad else torch.exp(-0.5 * d2)
+        return self.outputscale * torch.exp(-0.5 * d2)
+
+    def of_neg_half_distance2(self, h: torch.Tensor) -> torch.Tensor:
+        """k from h = -|z - z'|^2 / 2, consuming h in place: the hot path's single elementwise pass."""
+        out = h.exp_()  # h <= 0 up to rounding, and exp of a rounding error is 1 to float precision
         return out.mul_(self.outputscale) if self.outputscale != 1.0 else out
 
     def radius(self, tol: float) -> float:
@@ -56,6 +59,9 @@ class Matern:
 
     def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return self.of_distance2(squared_distance(a, b))
+
+    def of_neg_half_distance2(self, h: torch.Tensor) -> torch.Tensor:
+        return self.of_distance2(h.mul_(-2.0).clamp_min_(0.0))
 
     def of_distance2(self, d2: torch.Tensor) -> torch.Tensor:
         r = torch.sqrt(d2 + 1e-12) * math.sqrt(2.0 * self.nu)

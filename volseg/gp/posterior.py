@@ -101,34 +101,38 @@ class ExactPosterior:
         eye = torch.eye(self.n, dtype=torch.float64)
         Linv = torch.linalg.solve_triangular(self.L, eye, upper=False) if self.n else eye
         self._Linv = Linv.to(dev, dt)
-        # the hot path as two matrix multiplies: |z|^2 + |Z_n|^2 - 2 z.Z_n by one addmm, then
-        # k @ [alpha | L^-T] gives the mean and the whitened row for the variance at once
-        self._Zt2 = (-2.0 * self.Z.T).to(dev, dt).contiguous() if self.n else None
-        self._Zsq = (self.Z * self.Z).sum(1)[None, :].to(dev, dt) if self.n else None
+        # the hot path as two matrix multiplies: [z, |z|^2, 1] @ B = -|z - Z_n|^2 / 2 in one product,
+        # then k @ [alpha | L^-T] gives the mean and the whitened row for the variance at once
+        if self.n:
+            self._B = torch.cat([self.Z.T, torch.full((1, self.n), -0.5, dtype=torch.float64),
+                                 -0.5 * (self.Z * self.Z).sum(1)[None, :]]).to(dev, dt)
         self._W = torch.cat([self.alpha, Linv.T], dim=1).to(dev, dt)
 
     # -- evaluation ----------------------------------------------------------------------------
     def kernel_to_train(self, z: torch.Tensor) -> torch.Tensor:
         """k(z, X) for a chunk of inputs (n, Dz) in the compute dtype."""
-        d2 = torch.addmm(self._Zsq, z, self._Zt2)
-        d2 += torch.linalg.vector_norm(z, dim=1, keepdim=True).square_()
-        return self.kernel.of_distance2(d2.clamp_min_(0.0))
+        n, d = z.shape
+        za = torch.empty(n, d + 2, dtype=z.dtype, device=z.device)
+        za[:, :d] = z
+        torch.linalg.vector_norm(z, dim=1, out=za[:, d]).square_()
+        za[:, d + 1] = 1.0
+        return self.kernel.of_neg_half_distance2(za @ self._B)
 
     def mean_var(self, z: torch.Tensor, m0: torch.Tensor, *, with_mean: bool = True, with_var: bool = True
                  ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Posterior mean (n, K) and variance (n,) for a chunk; m0 (n, K) is the prior mean there.
+        """Posterior mean (n, K) and variance (n,) for a chunk; m0 (n, K) or (1, K) is the prior mean there.
         Either can be skipped: the mask needs only the mean, so the session defers the variance."""
         kdiag = self.kernel.outputscale
         if self.n == 0:
-            return m0, torch.full((z.shape[0],), kdiag, dtype=z.dtype, device=z.device)
+            return m0.expand(z.shape[0], -1), torch.full((z.shape[0],), kdiag, dtype=z.dtype, device=z.device)
         K = self._alpha.shape[1]
         kx = self.kernel_to_train(z)
         if not with_var:
-            return m0 + kx @ self._alpha, None
+            return torch.addmm(m0, kx, self._alpha), None  # m0 may be one row, broadcast
         mv = kx @ (self._W if with_mean else self._W[:, K:])
         v = mv[:, K:] if with_mean else mv
         var = (kdiag - (v * v).sum(1)).clamp_min_(0.0)
-        return (m0 + mv[:, :K] if with_mean else None), var
+        return (mv[:, :K].add_(m0) if with_mean else None), var
 
     def flops_per_location(self, input_dim: int, *, with_var: bool = True) -> int:
         """Multiply-adds x2 of the matrix products plus the elementwise kernel (and variance) work."""
