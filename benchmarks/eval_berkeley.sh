@@ -14,7 +14,7 @@ METHODS="${METHODS:-gp random-walker grabcut}"
 [ -d "$DATA" ] || { echo "Berkeley dev data not found at $DATA (set VOLSEG_DEV_DATA)" >&2; exit 1; }
 export OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1  # one core per method process
 mkdir -p "$OUT"
-run() { "$PY" -m volseg.eval.run2d eval --dataset Berkeley --root "$DATA" --method "$1" --out "$OUT" --no-progress "${@:2}" \
+run() { "$PY" -m volseg eval --dataset Berkeley --root "$DATA" --method "$1" --out "$OUT" --no-progress "${@:2}" \
           > "$OUT/log_$1.txt" 2>&1 && echo "done: $1" || { echo "FAILED: $1 (see $OUT/log_$1.txt)" >&2; return 1; }; }
 pids=()
 for m in $METHODS; do

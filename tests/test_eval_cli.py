@@ -1,7 +1,5 @@
 """`volseg eval` end to end on a tiny generated Berkeley-layout dataset; baselines; resume."""
 import json
-import os
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,7 +8,8 @@ import pytest
 from volseg.clicks import Click
 from volseg.eval import run2d
 from volseg.eval.baselines import GrabCutMethod, RandomWalkerMethod, seed_labels
-from volseg.eval.cli2d import main, parse_options
+from volseg.cli import main
+from volseg.eval.cli2d import parse_options
 from volseg.errors import InputError
 
 H, W = 40, 48

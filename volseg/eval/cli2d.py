@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import argparse
 import inspect
-import sys
 from typing import Any
 
-from ..errors import InputError, VolsegError
+from ..errors import InputError
 from .datasets import READERS
 
 HELP = "run the RITM click robot on a 2D benchmark and report NoC/NoF/mIoU/SPC"
@@ -119,15 +118,3 @@ def handler(args: argparse.Namespace) -> int:
     if ds in written:
         print(f"report: {written[ds]}  plot: {written[ds].parent / f'miou_{ds}.png'}")
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry point (``python -m volseg.eval.run2d``) until the main CLI wires ``eval`` in."""
-    parser = argparse.ArgumentParser(prog="volseg")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except VolsegError as e:
-        print(f"volseg: error: {e}", file=sys.stderr)
-        return 2

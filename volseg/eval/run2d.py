@@ -136,10 +136,3 @@ def run_eval(
     write_summary(out, summary)
     return summary
 
-
-if __name__ == "__main__":
-    import sys
-
-    from .cli2d import main
-
-    sys.exit(main())

@@ -19,7 +19,6 @@ as a dict; ``model`` says which network), ``state_dict``, ``prior_head``, ``gp_c
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
