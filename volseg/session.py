@@ -116,6 +116,7 @@ class Session:
         feats.mul_(1.0 / (self.config.feature_lengthscale * d_f ** 0.5))
         self.inputs = InputMap(feats, img.spacing, feature_lengthscale=1.0, spatial_lengthscale=self.spatial_lengthscale)
         self._set_prior(prior)
+        self._edges = None  # image-edge weights for the boundary cut, computed on first use
         self.reset()
         return self
 
@@ -327,10 +328,27 @@ class Session:
             return np.zeros(img.shape, dtype=dtype)
         best, arg = self._mean.max(0)
         ids = torch.as_tensor(self.objects, device=self.device)
-        labels = torch.where(best > 0, ids[arg], 0).cpu().numpy().astype(dtype)
+        fg = self._snap_to_edges(best.cpu().numpy())
+        labels = np.where(fg, ids[arg].cpu().numpy(), 0).astype(dtype)
         if self._prior_labels is None and self._prior_prob is None:  # a prior may have several parts
             labels = self._clean_topology(labels)
         return labels
+
+    def _snap_to_edges(self, latent: np.ndarray) -> np.ndarray:
+        """Foreground (any object) from the largest latent mean, moved onto image edges by a minimum
+        cut where the image is small enough (:mod:`volseg.boundary`); clicked voxels are hard constraints."""
+        cfg = self.config
+        strength = cfg.edge_strength_for(latent.ndim)
+        if strength <= 0 or latent.size > cfg.edge_max_locations:
+            return latent > 0
+        from . import boundary
+
+        if self._edges is None:  # once per image
+            self._edges = boundary.edge_weights(boundary.contrast_channels(self.image.array), self.image.spacing)
+        return boundary.cut(latent, self._edges, strength=strength, band=cfg.edge_band,
+                            reach=cfg.edge_reach, spacing=self.image.spacing,
+                            positives=[c.voxel() for c in self._train_clicks if c.positive],
+                            negatives=[c.voxel() for c in self._train_clicks if not c.positive])
 
     def _clean_topology(self, labels: np.ndarray) -> np.ndarray:
         """The GP says 'looks like the object'; topology says 'is the object that was clicked'.

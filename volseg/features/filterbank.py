@@ -15,10 +15,12 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import ndimage as ndi
+import torch
 from skimage.color import rgb2lab
 from skimage.feature import hessian_matrix_eigvals
 from skimage.segmentation import slic
+
+from .scale_space import MAX_FACTOR, gaussian_derivatives
 
 TRUNCATE = 4.0  # scipy's default Gaussian truncation, in sigmas; also the halo a slab needs
 
@@ -52,7 +54,8 @@ class FilterBank:
 
     def halo(self, spacing: Sequence[float]) -> tuple[int, ...]:
         s = max(self.smoothing_scales + self.gradient_scales + self.hessian_scales)
-        return tuple(int(math.ceil(TRUNCATE * s / sp)) + 1 for sp in spacing)
+        # the Gaussian's reach, plus one coarse block for the pyramid's interpolation, plus the differences
+        return tuple(int(math.ceil(TRUNCATE * s / sp)) + MAX_FACTOR + 2 for sp in spacing)
 
     def superpixels_for(self, n_voxels: int) -> tuple[float, ...]:
         return self.superpixel_sizes if n_voxels <= self.superpixel_max_voxels else ()
@@ -90,33 +93,37 @@ class FilterBank:
         to be a single slab (``params["superpixels"]``, set by :meth:`prepare`)."""
         ch = self.channels(array, params)
         sp = np.asarray(spacing, dtype=np.float64)
+        d = ch.ndim - 1
+        zero = (0,) * d
+        first = [tuple(_unit(d, k)) for k in range(d)]
+        second = [tuple(int(i == a) + int(i == b) for i in range(d)) for a in range(d) for b in range(a, d)]
+        # the luminance is smoothed once per scale; its derivatives at that scale come from the same pass
+        wanted: dict[float, list[tuple[int, ...]]] = {}
+        for s in self.smoothing_scales:
+            if s:
+                wanted.setdefault(s, []).append(zero)
+        for s in self.gradient_scales:
+            wanted.setdefault(s, []).extend(first)
+        for s in self.hessian_scales:
+            wanted.setdefault(s, []).extend(second)
+        lum = {s: dict(zip(orders, gaussian_derivatives(ch[..., 0], s / sp, orders))) for s, orders in wanted.items()}
         out = []
         for c in range(ch.shape[-1]):
             x = ch[..., c]
-            out += [x if s == 0 else ndi.gaussian_filter(x, s / sp) for s in self.smoothing_scales]
-        lum = ch[..., 0]
+            for s in self.smoothing_scales:
+                out.append(x if s == 0 else lum[s][zero] if c == 0 else gaussian_derivatives(x, s / sp, [zero])[0])
         for s in self.gradient_scales:
             # derivatives per mm, not per voxel, so anisotropic grids agree with isotropic ones
-            grads = [ndi.gaussian_filter(lum, s / sp, order=_unit(lum.ndim, k)) / sp[k] for k in range(lum.ndim)]
+            grads = [lum[s][o] / sp[k] for k, o in enumerate(first)]
             out.append(np.sqrt(sum(g * g for g in grads)) * s)
         for s in self.hessian_scales:
-            out += list(hessian_eigenvalues(lum, s, sp))
+            # scale-normalised (times sigma^2), per mm^2
+            elems = [lum[s][o] * (s * s) / np.prod([sp[i] ** n for i, n in enumerate(o)]) for o in second]
+            out += list(symmetric_eigenvalues(elems, d))
         for size in params.get("superpixels", ()):
             out += list(superpixel_means(ch, size, sp, self.compactness))
-        return np.stack(out, axis=-1).astype(np.float32, copy=False)
-
-
-def hessian_eigenvalues(x: np.ndarray, sigma: float, spacing: np.ndarray) -> np.ndarray:
-    """Scale-normalised Hessian eigenvalues (decreasing), derivatives in mm; n-D."""
-    d = x.ndim
-    elems = []
-    for a in range(d):
-        for b in range(a, d):
-            order = [0] * d
-            order[a] += 1
-            order[b] += 1
-            elems.append(ndi.gaussian_filter(x, sigma / spacing, order=order) * (sigma * sigma) / (spacing[a] * spacing[b]))
-    return symmetric_eigenvalues(elems, d)
+        # torch's stack interleaves the feature planes with both cores, numpy's with one
+        return torch.stack([torch.from_numpy(np.ascontiguousarray(o, dtype=np.float32)) for o in out], -1).numpy()
 
 
 def symmetric_eigenvalues(elems: list[np.ndarray], d: int) -> np.ndarray:
@@ -128,17 +135,18 @@ def symmetric_eigenvalues(elems: list[np.ndarray], d: int) -> np.ndarray:
         return np.stack([half_tr + root, half_tr - root])
     if d != 3:
         return hessian_matrix_eigvals(elems)
-    a11, a12, a13, a22, a23, a33 = (e.astype(np.float64) for e in elems)
-    # trigonometric solution of the characteristic cubic (symmetric matrices have real roots)
+    # trigonometric solution of the characteristic cubic (symmetric matrices have real roots), in
+    # float32 torch: multi-threaded, and a feature needs no more than float32's 7 digits
+    a11, a12, a13, a22, a23, a33 = (torch.from_numpy(np.ascontiguousarray(e, dtype=np.float32)) for e in elems)
     q = (a11 + a22 + a33) / 3
     b11, b22, b33 = a11 - q, a22 - q, a33 - q
-    p = np.sqrt((b11 * b11 + b22 * b22 + b33 * b33 + 2 * (a12 * a12 + a13 * a13 + a23 * a23)) / 6)
-    safe = np.where(p > 1e-12, p, 1.0)
+    p = torch.sqrt((b11 * b11 + b22 * b22 + b33 * b33 + 2 * (a12 * a12 + a13 * a13 + a23 * a23)) / 6)
+    safe = torch.where(p > 1e-12, p, torch.ones_like(p))
     det = (b11 * (b22 * b33 - a23 * a23) - a12 * (a12 * b33 - a23 * a13) + a13 * (a12 * a23 - b22 * a13)) / safe ** 3
-    phi = np.arccos(np.clip(det / 2, -1.0, 1.0)) / 3
-    e1 = q + 2 * p * np.cos(phi)
-    e3 = q + 2 * p * np.cos(phi + 2 * np.pi / 3)
-    return np.stack([e1, 3 * q - e1 - e3, e3]).astype(np.float32)
+    phi = torch.arccos(torch.clamp(det / 2, -1.0, 1.0)) / 3
+    e1 = q + 2 * p * torch.cos(phi)
+    e3 = q + 2 * p * torch.cos(phi + 2 * math.pi / 3)
+    return torch.stack([e1, 3 * q - e1 - e3, e3]).numpy()
 
 
 def superpixel_means(channels: np.ndarray, size: float, spacing: np.ndarray, compactness: float) -> np.ndarray:

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import MemoryBudgetError
 from ..image import Image
+from .scale_space import MAX_FACTOR
 
 GIB = 1024 ** 3
 
@@ -47,14 +48,16 @@ def compute_features(bank, image: Image, *, budget: int, slab_bytes: int | None 
     plane = n // shape[0]
     # a slab's temporaries: the filtered stack plus scipy's float64-free work arrays, ~3x features
     slab_bytes = slab_bytes or max(budget - store_bytes - image.array.nbytes, 64 * 1024 ** 2) // 2
+    # slabs start on pyramid block boundaries so they see the same coarse grid as the whole volume
     thick = max(1, int(slab_bytes // (plane * D * 4 * 3)) - 2 * halo)
+    thick = max(MAX_FACTOR, thick - thick % MAX_FACTOR)
     if params.get("superpixels"):
         thick = shape[0]  # superpixels are not local: one slab (prepare allows them only for small images)
     out = np.empty(shape + (D,), dtype=dtype)
     total, total2 = np.zeros(D), np.zeros(D)
     for a in range(0, shape[0], thick):
         b = min(a + thick, shape[0])
-        lo, hi = max(0, a - halo), min(shape[0], b + halo)
+        lo, hi = max(0, a - halo) // MAX_FACTOR * MAX_FACTOR, min(shape[0], b + halo)
         f = bank.raw(image.array[lo:hi], image.spacing, params)[a - lo: a - lo + (b - a)]
         flat = f.reshape(-1, D)
         total += flat.sum(0, dtype=np.float64)  # float64 accumulators, no float64 copy of the slab

@@ -1,0 +1,72 @@
+"""The edge-aware minimum cut that turns the GP posterior into a mask (volseg.boundary)."""
+import itertools
+
+import numpy as np
+import pytest
+from scipy.special import log_ndtr
+
+from volseg import Session
+from volseg.boundary import contrast_channels, cut, edge_weights
+
+
+def energy(fg, latent, weights, strength):
+    unary = np.where(fg, -log_ndtr(latent), -log_ndtr(-latent)).sum()
+    pair = sum((strength * w * (np.diff(fg.astype(int), axis=a) != 0)).sum() for a, w in enumerate(weights))
+    return unary + pair
+
+
+def test_cut_is_the_minimum_energy_labelling():
+    rng = np.random.default_rng(0)
+    latent = rng.normal(0, 1, (3, 4))
+    weights = edge_weights(rng.normal(0, 1, (3, 4, 1)), (1.0, 1.0))
+    got = cut(latent, weights, strength=0.8, band=np.inf, reach=np.inf)
+    best = min((np.array(bits, bool).reshape(3, 4) for bits in itertools.product([0, 1], repeat=12)),
+               key=lambda fg: energy(fg, latent, weights, 0.8))
+    assert energy(got, latent, weights, 0.8) == pytest.approx(energy(best, latent, weights, 0.8), abs=1e-2)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_boundary_moves_onto_the_image_edge(ndim):
+    shape = (24,) * (ndim - 1) + (40,)
+    image = np.zeros(shape + (1,), np.float32)
+    image[..., 20:, 0] = 1.0                     # the object's edge is at column 20
+    cols = np.arange(40, dtype=np.float64)
+    latent = np.broadcast_to((cols - 16.5) / 6.0, shape).copy()  # the posterior's edge is at 16.5
+    fg = cut(latent, edge_weights(image, (1.0,) * ndim), strength=15.0)
+    assert (fg[..., 20:].all() and not fg[..., :20].any())
+
+
+def test_clicked_locations_keep_their_label():
+    latent = np.full((10, 10), 1.0)
+    fg = cut(latent, edge_weights(np.zeros((10, 10, 1)), (1.0, 1.0)), strength=50.0, band=5.0,
+             negatives=[(5, 5)], positives=[(0, 0)])
+    assert not fg[5, 5] and fg[0, 0]
+
+
+def test_contrast_channels_are_lab_for_rgb():
+    rgb = np.zeros((2, 2, 3), np.uint8)
+    rgb[0, 0] = 255
+    lab = contrast_channels(rgb)
+    assert lab[0, 0, 0] == pytest.approx(100.0, abs=0.5) and lab[1, 1, 0] == pytest.approx(0.0, abs=0.5)
+
+
+def test_session_mask_follows_the_edge_and_can_be_switched_off():
+    """A bright square on a dark ground: one click inside; the cut puts the mask on the square's edge."""
+    img = np.zeros((64, 64), np.float32)
+    img[16:48, 16:48] = 1.0
+    img += np.random.default_rng(1).normal(0, 0.05, img.shape).astype(np.float32)
+    truth = np.zeros(img.shape, bool)
+    truth[16:48, 16:48] = True
+
+    def iou(mask):
+        return (mask & truth).sum() / (mask | truth).sum()
+
+    masks = {}
+    for strength in (0.0, 15.0):
+        s = Session(edge_strength=strength)
+        s.set_image(img)
+        s.add_click((32, 32), positive=True)
+        s.add_click((5, 5), positive=False)
+        masks[strength] = s.mask() == 1
+        assert masks[strength][32, 32] and not masks[strength][5, 5]
+    assert iou(masks[15.0]) >= iou(masks[0.0]) and iou(masks[15.0]) > 0.95
