@@ -23,6 +23,7 @@ from skimage.segmentation import slic
 from .scale_space import MAX_FACTOR, gaussian_derivatives
 
 TRUNCATE = 4.0  # scipy's default Gaussian truncation, in sigmas; also the halo a slab needs
+TEMPORARIES = 10  # float32 maps a slab needs besides its D features: channels, one scale's derivatives, work arrays
 
 
 @dataclass(frozen=True)
@@ -88,42 +89,45 @@ class FilterBank:
         return np.clip((a - params["lo"]) / (params["hi"] - params["lo"]), -0.5, 1.5)
 
     def raw(self, array: np.ndarray, spacing: Sequence[float], params: dict) -> np.ndarray:
-        """Unstandardised features (*spatial, D) of a slab (with its halo) or a whole image.
+        """Unstandardised features (*spatial, D) of a slab (with its halo) or a whole image, in the
+        order of :meth:`weights`.  Each feature is written into the result as soon as it is made and
+        its intermediates dropped, so a slab holds about D + 10 float32 maps (:data:`TEMPORARIES`).
         Superpixels are the one non-local part: they are used only when the image is small enough
         to be a single slab (``params["superpixels"]``, set by :meth:`prepare`)."""
         ch = self.channels(array, params)
         sp = np.asarray(spacing, dtype=np.float64)
-        d = ch.ndim - 1
+        d, C = ch.ndim - 1, ch.shape[-1]
+        S, G = len(self.smoothing_scales), len(self.gradient_scales)
         zero = (0,) * d
         first = [tuple(_unit(d, k)) for k in range(d)]
         second = [tuple(int(i == a) + int(i == b) for i in range(d)) for a in range(d) for b in range(a, d)]
-        # the luminance is smoothed once per scale; its derivatives at that scale come from the same pass
-        wanted: dict[float, list[tuple[int, ...]]] = {}
-        for s in self.smoothing_scales:
-            if s:
-                wanted.setdefault(s, []).append(zero)
-        for s in self.gradient_scales:
-            wanted.setdefault(s, []).extend(first)
-        for s in self.hessian_scales:
-            wanted.setdefault(s, []).extend(second)
-        lum = {s: dict(zip(orders, gaussian_derivatives(ch[..., 0], s / sp, orders))) for s, orders in wanted.items()}
-        out = []
-        for c in range(ch.shape[-1]):
-            x = ch[..., c]
-            for s in self.smoothing_scales:
-                out.append(x if s == 0 else lum[s][zero] if c == 0 else gaussian_derivatives(x, s / sp, [zero])[0])
-        for s in self.gradient_scales:
+        sizes = params.get("superpixels", ())
+        out = np.empty(ch.shape[:-1] + (C * S + G + d * len(self.hessian_scales) + C * len(sizes),), np.float32)
+        for c in range(C):
+            for i, s in enumerate(self.smoothing_scales):
+                out[..., c * S + i] = ch[..., c] if s == 0 else gaussian_derivatives(ch[..., c], s / sp, [zero])[0]
+        lum = ch[..., 0]
+        for g, s in enumerate(self.gradient_scales):
             # derivatives per mm, not per voxel, so anisotropic grids agree with isotropic ones
-            grads = [lum[s][o] / sp[k] for k, o in enumerate(first)]
-            out.append(np.sqrt(sum(g * g for g in grads)) * s)
-        for s in self.hessian_scales:
+            grads = gaussian_derivatives(lum, s / sp, first)
+            for k, x in enumerate(grads):
+                x *= np.float32(s / sp[k])  # scale-normalised
+            out[..., C * S + g] = np.sqrt(sum(x * x for x in grads))
+            del grads
+        for h, s in enumerate(self.hessian_scales):
             # scale-normalised (times sigma^2), per mm^2
-            elems = [lum[s][o] * (s * s) / np.prod([sp[i] ** n for i, n in enumerate(o)]) for o in second]
-            out += list(symmetric_eigenvalues(elems, d))
-        for size in params.get("superpixels", ()):
-            out += list(superpixel_means(ch, size, sp, self.compactness))
-        # torch's stack interleaves the feature planes with both cores, numpy's with one
-        return torch.stack([torch.from_numpy(np.ascontiguousarray(o, dtype=np.float32)) for o in out], -1).numpy()
+            elems = gaussian_derivatives(lum, s / sp, second)
+            for o, x in zip(second, elems):
+                x *= np.float32(s * s / np.prod([sp[i] ** n for i, n in enumerate(o)]))
+            col = C * S + G + h * d
+            for lo in range(0, ch.shape[0], max(1, ch.shape[0] // 8)):  # pointwise: in chunks, few temporaries
+                part = slice(lo, lo + max(1, ch.shape[0] // 8))
+                out[part, ..., col: col + d] = np.moveaxis(symmetric_eigenvalues([e[part] for e in elems], d), 0, -1)
+            del elems
+        col = C * S + G + d * len(self.hessian_scales)
+        for j, size in enumerate(sizes):
+            out[..., col + j * C: col + (j + 1) * C] = np.moveaxis(superpixel_means(ch, size, sp, self.compactness), 0, -1)
+        return out
 
 
 def symmetric_eigenvalues(elems: list[np.ndarray], d: int) -> np.ndarray:

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import MemoryBudgetError
 from ..image import Image
+from .filterbank import TEMPORARIES
 from .scale_space import MAX_FACTOR
 
 GIB = 1024 ** 3
@@ -46,10 +47,12 @@ def compute_features(bank, image: Image, *, budget: int, slab_bytes: int | None 
     params = bank.prepare(image.array)
     halo = bank.halo(image.spacing)[0]
     plane = n // shape[0]
-    # a slab's temporaries: the filtered stack plus scipy's float64-free work arrays, ~3x features
-    slab_bytes = slab_bytes or max(budget - store_bytes - image.array.nbytes, 64 * 1024 ** 2) // 2
+    # a slab holds its features and a few temporaries (FilterBank.raw); what the stored map and the
+    # image leave of the budget goes to slabs, which are thick enough that the halo stays a minor cost
+    per_voxel = 4 * (D + TEMPORARIES)
+    slab_bytes = slab_bytes or max(budget - store_bytes - image.array.nbytes - 64 * 1024 ** 2, 64 * 1024 ** 2)
     # slabs start on pyramid block boundaries so they see the same coarse grid as the whole volume
-    thick = max(1, int(slab_bytes // (plane * D * 4 * 3)) - 2 * halo)
+    thick = max(1, int(slab_bytes // (plane * per_voxel)) - 2 * halo)
     thick = max(MAX_FACTOR, thick - thick % MAX_FACTOR)
     if params.get("superpixels"):
         thick = shape[0]  # superpixels are not local: one slab (prepare allows them only for small images)
