@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from scipy import ndimage as ndi
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import breadth_first_order, maximum_flow
 from scipy.special import log_ndtr
@@ -42,7 +43,7 @@ def contrast_channels(array: np.ndarray) -> np.ndarray:
     return array.astype(np.float32, copy=False)
 
 
-def cut(latent: np.ndarray, weights: list[np.ndarray], *, strength: float, band: float = 1.5, reach: float = 8.0,
+def cut(latent: np.ndarray, weights: list[np.ndarray], *, strength: float, band: float = 1.5, reach: float = 20.0,
         spacing: Sequence[float] | None = None, positives: Sequence[tuple[int, ...]] = (),
         negatives: Sequence[tuple[int, ...]] = ()) -> np.ndarray:
     """Foreground (bool, latent's shape) of the minimum cut.
@@ -75,9 +76,9 @@ def cut(latent: np.ndarray, weights: list[np.ndarray], *, strength: float, band:
         cols += [q[both], p[both]]
         caps += [wa[both], wa[both]]
         # a free location next to a fixed one pays the edge if it takes the other label
-        for free_side, fixed_side in ((p, q), (q, p)):
+        for free_side, fixed_side, fixed_label in ((p, q, fg[hi]), (q, p, fg[lo])):
             m = (free_side >= 0) & (fixed_side < 0)
-            fixed_fg = (fg[hi] if fixed_side is q else fg[lo]).ravel()[m]
+            fixed_fg = fixed_label.ravel()[m]
             np.add.at(cost_bg, free_side[m][fixed_fg], wa[m][fixed_fg])
             np.add.at(cost_fg, free_side[m][~fixed_fg], wa[m][~fixed_fg])
     source, sink = n, n + 1
@@ -93,17 +94,15 @@ def cut(latent: np.ndarray, weights: list[np.ndarray], *, strength: float, band:
     residual.data[residual.data < 0] = 0
     residual.eliminate_zeros()
     # the source side of the minimum cut: everything still reachable from the source
-    reach = breadth_first_order(residual, source, directed=True, return_predecessors=False)
+    reached = breadth_first_order(residual, source, directed=True, return_predecessors=False)
     side = np.zeros(n + 2, dtype=bool)
-    side[reach] = True
+    side[reached] = True
     fg[free] = side[:n]
     return fg
 
 
 def near_boundary(fg: np.ndarray, reach: float, spacing: Sequence[float] | None = None) -> np.ndarray:
     """Locations within ``reach`` (in the units of ``spacing``) of the boundary of ``fg``."""
-    from scipy import ndimage as ndi
-
     edge = fg ^ ndi.binary_erosion(fg, border_value=1)
     edge |= ~fg & ndi.binary_dilation(fg)
     if not edge.any():

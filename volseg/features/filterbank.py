@@ -119,9 +119,9 @@ class FilterBank:
             elems = gaussian_derivatives(lum, s / sp, second)
             for o, x in zip(second, elems):
                 x *= np.float32(s * s / np.prod([sp[i] ** n for i, n in enumerate(o)]))
-            col = C * S + G + h * d
-            for lo in range(0, ch.shape[0], max(1, ch.shape[0] // 8)):  # pointwise: in chunks, few temporaries
-                part = slice(lo, lo + max(1, ch.shape[0] // 8))
+            col, step = C * S + G + h * d, max(1, ch.shape[0] // 8)
+            for lo in range(0, ch.shape[0], step):  # pointwise, so in chunks: few temporaries at a time
+                part = slice(lo, lo + step)
                 out[part, ..., col: col + d] = np.moveaxis(symmetric_eigenvalues([e[part] for e in elems], d), 0, -1)
             del elems
         col = C * S + G + d * len(self.hessian_scales)
