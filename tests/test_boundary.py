@@ -70,3 +70,11 @@ def test_session_mask_follows_the_edge_and_can_be_switched_off():
         masks[strength] = s.mask() == 1
         assert masks[strength][32, 32] and not masks[strength][5, 5]
     assert iou(masks[15.0]) >= iou(masks[0.0]) and iou(masks[15.0]) > 0.95
+
+
+def test_cut_is_on_for_images_and_off_for_volumes_unless_asked():
+    from volseg.config import GPConfig
+
+    assert GPConfig().edge_strength_for(2) == 15.0 and GPConfig().edge_strength_for(3) == 0.0
+    assert GPConfig(edge_strength=5.0).edge_strength_for(3) == 5.0
+    assert GPConfig(edge_strength=0.0).edge_strength_for(2) == 0.0
