@@ -7,17 +7,10 @@ The data stays where it is: volseg never copies it into the repository.  This on
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+from volseg.provenance import file_sha256
 
 
 def main() -> int:
@@ -37,7 +30,7 @@ def main() -> int:
             continue
         f = root / rel
         checked += 1
-        if not f.is_file() or f.stat().st_size != int(size) or sha256(f) != digest:
+        if not f.is_file() or f.stat().st_size != int(size) or file_sha256(f) != digest:
             bad += 1
             print(f"MISMATCH {rel}")
     print(f"{checked} files checked, {bad} mismatched")
