@@ -22,6 +22,8 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import breadth_first_order, maximum_flow
 from scipy.special import log_ndtr
 
+from .features.filterbank import looks_rgb, rgb_to_lab
+
 CAPACITY_SCALE = 1000.0  # scipy's max-flow needs integer capacities: costs are kept to 1e-3
 
 
@@ -35,12 +37,7 @@ def edge_weights(channels: np.ndarray, spacing: Sequence[float]) -> list[np.ndar
 
 def contrast_channels(array: np.ndarray) -> np.ndarray:
     """(*spatial, C) channels whose Euclidean differences are perceptual: CIE Lab for RGB, else as is."""
-    if array.shape[-1] == 3 and array.min(initial=0) >= 0 and array.max(initial=0) <= 255:
-        from skimage.color import rgb2lab
-
-        rgb = array / 255.0 if array.max(initial=0) > 1.5 else array
-        return rgb2lab(np.clip(rgb, 0.0, 1.0)).astype(np.float32)
-    return array.astype(np.float32, copy=False)
+    return rgb_to_lab(array) if looks_rgb(array) else array.astype(np.float32, copy=False)
 
 
 def cut(latent: np.ndarray, weights: list[np.ndarray], *, strength: float, band: float = 1.5, reach: float = 20.0,

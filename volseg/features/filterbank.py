@@ -47,7 +47,7 @@ class FilterBank:
         a = array.reshape(-1, array.shape[-1])
         sample = a[:: max(1, a.shape[0] // 2_000_000)].astype(np.float32)
         sp = self.superpixels_for(a.shape[0])
-        if array.shape[-1] == 3 and _looks_rgb(sample):
+        if looks_rgb(sample):
             return {"colour": "lab", "superpixels": sp}
         lo, hi = np.percentile(sample, [0.5, 99.5], axis=0)
         return {"colour": "none", "lo": lo.astype(np.float32), "hi": np.maximum(hi, lo + 1e-6).astype(np.float32),
@@ -81,11 +81,9 @@ class FilterBank:
     # -- the filters -----------------------------------------------------------------------------
     def channels(self, array: np.ndarray, params: dict) -> np.ndarray:
         """(*spatial, C) channels on a comparable scale (about 0..1)."""
-        a = array.astype(np.float32, copy=False)
         if params["colour"] == "lab":
-            rgb = a / 255.0 if a.max(initial=0) > 1.5 else a
-            lab = rgb2lab(np.clip(rgb, 0.0, 1.0)).astype(np.float32)
-            return lab / np.array([100.0, 128.0, 128.0], dtype=np.float32)
+            return rgb_to_lab(array) / np.array([100.0, 128.0, 128.0], dtype=np.float32)
+        a = array.astype(np.float32, copy=False)
         return np.clip((a - params["lo"]) / (params["hi"] - params["lo"]), -0.5, 1.5)
 
     def raw(self, array: np.ndarray, spacing: Sequence[float], params: dict) -> np.ndarray:
@@ -171,5 +169,13 @@ def _unit(ndim: int, k: int) -> list[int]:
     return o
 
 
-def _looks_rgb(sample: np.ndarray) -> bool:
-    return float(sample.min()) >= 0.0 and float(sample.max()) <= 255.0
+def looks_rgb(array: np.ndarray) -> bool:
+    """Three channels with values in 0..255 (or 0..1): read as an RGB photograph."""
+    return array.shape[-1] == 3 and float(array.min(initial=0)) >= 0.0 and float(array.max(initial=0)) <= 255.0
+
+
+def rgb_to_lab(array: np.ndarray) -> np.ndarray:
+    """CIE Lab (L in 0..100), float32, of RGB in 0..255 or 0..1."""
+    a = array.astype(np.float32, copy=False)
+    rgb = a / 255.0 if a.max(initial=0) > 1.5 else a
+    return rgb2lab(np.clip(rgb, 0.0, 1.0)).astype(np.float32)

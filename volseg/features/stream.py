@@ -51,8 +51,8 @@ def compute_features(bank, image: Image, *, budget: int, slab_bytes: int | None 
     # image leave of the budget goes to slabs, which are thick enough that the halo stays a minor cost
     per_voxel = 4 * (D + TEMPORARIES)
     slab_bytes = slab_bytes or max(budget - store_bytes - image.array.nbytes - 64 * 1024 ** 2, 64 * 1024 ** 2)
-    # slabs start on pyramid block boundaries so they see the same coarse grid as the whole volume
     thick = max(1, int(slab_bytes // (plane * per_voxel)) - 2 * halo)
+    # slabs start on pyramid block boundaries so they see the same coarse grid as the whole volume
     thick = max(MAX_FACTOR, thick - thick % MAX_FACTOR)
     if params.get("superpixels"):
         thick = shape[0]  # superpixels are not local: one slab (prepare allows them only for small images)
