@@ -6,7 +6,7 @@ import pytest
 from scipy.special import log_ndtr
 
 from volseg import Session
-from volseg.boundary import contrast_channels, cut, edge_weights
+from volseg.boundary import ColourModel, contrast_channels, cut, edge_weights
 
 
 def energy(fg, latent, weights, strength):
@@ -78,3 +78,48 @@ def test_cut_is_on_for_images_and_off_for_volumes_unless_asked():
     assert GPConfig().edge_strength_for(2) == 15.0 and GPConfig().edge_strength_for(3) == 0.0
     assert GPConfig(edge_strength=5.0).edge_strength_for(3) == 5.0
     assert GPConfig(edge_strength=0.0).edge_strength_for(2) == 0.0
+
+
+def test_colour_model_prefers_the_colours_seen_inside():
+    rng = np.random.default_rng(2)
+    image = rng.normal(0, 0.02, (40, 40, 3)).astype(np.float32)
+    image[:20, :, 0] += 1.0                           # the object (top half) is red, the ground grey
+    labelled = np.zeros((40, 40), bool)
+    labelled[:20, :20] = True                         # the labelling found only half of the object
+    ratio = ColourModel(image).log_ratio(labelled)
+    assert ratio[:20, 20:].min() > 0.5                # the rest of the object looks like the object
+    assert ratio[20:].max() < -1.0                    # the ground does not
+    assert np.abs(ratio).max() <= 4.0                 # clipped: never outweighs a confident posterior
+
+
+def test_appearance_term_moves_an_unsure_region_to_the_object_it_looks_like():
+    image = np.zeros((10, 20, 1), np.float32)
+    image[:, 8:12] = 1.0                              # the object spans columns 0-11 in colour ...
+    image[:, :8] = 1.0
+    latent = np.where(np.arange(20) < 8, 1.0, -0.3) * np.ones((10, 1))  # ... the GP is sure of 0-7 only
+    weights = edge_weights(image, (1.0, 1.0))
+    without = cut(latent, weights, strength=0.1)
+    ratio = ColourModel(image).log_ratio(latent > 0)
+    with_colour = cut(latent, weights, strength=0.1, appearance=0.5 * ratio)
+    assert not without[:, 8:12].any() and with_colour[:, :12].all() and not with_colour[:, 12:].any()
+
+
+def test_session_appearance_term_recovers_a_part_the_gp_is_unsure_of():
+    """A red disc on grey, clicked once inside near its left edge and once outside: far from the
+    click the GP leans to background, the colour model (fitted to the GP's own mask) pulls the
+    rest of the disc in; without it the mask stays smaller."""
+    yy, xx = np.mgrid[:64, :96]
+    disc = (yy - 32) ** 2 + (xx - 48) ** 2 < 26 ** 2
+    img = np.full((64, 96, 3), 128, np.uint8)
+    img[disc] = (200, 30, 30)
+    img += np.random.default_rng(0).integers(0, 10, img.shape, dtype=np.uint8)  # a camera's noise
+    sizes = {}
+    for weight in (0.0, 0.5):
+        s = Session(appearance_weight=weight)
+        s.set_image(img)
+        s.add_click((32, 26), positive=True)
+        s.add_click((5, 5), positive=False)
+        m = s.mask() == 1
+        assert m[32, 26] and not m[5, 5] and not (m & ~disc).any()
+        sizes[weight] = int(m.sum())
+    assert sizes[0.5] > sizes[0.0]

@@ -11,6 +11,10 @@ within ``reach`` (mm; pixels for rasters) of the posterior's current boundary.  
 keep the posterior's label and enter the graph as terminal costs of their band neighbours, so the
 graph is a thin shell around the boundary and the cut costs a fraction of a full-image one.
 Clicked locations are hard constraints: they keep the label that was clicked.
+
+An optional appearance term adds a colour model's log-likelihood ratio to the unaries, the model
+refitted to the GP's own labelling at every click (GrabCut's idea, with the GP in place of its
+iterations): where the posterior is unsure, colours seen inside the object pull toward it.
 """
 from __future__ import annotations
 
@@ -42,7 +46,7 @@ def contrast_channels(array: np.ndarray) -> np.ndarray:
 
 def cut(latent: np.ndarray, weights: list[np.ndarray], *, strength: float, band: float = 1.5, reach: float = 20.0,
         spacing: Sequence[float] | None = None, positives: Sequence[tuple[int, ...]] = (),
-        negatives: Sequence[tuple[int, ...]] = ()) -> np.ndarray:
+        negatives: Sequence[tuple[int, ...]] = (), appearance: np.ndarray | None = None) -> np.ndarray:
     """Foreground (bool, latent's shape) of the minimum cut.
 
     ``latent``: GP latent mean (foreground where > 0; probability Phi(latent));  ``weights`` from
@@ -63,6 +67,10 @@ def cut(latent: np.ndarray, weights: list[np.ndarray], *, strength: float, band:
     lat = latent[free].astype(np.float64)
     # terminal costs: source side = foreground, so a source edge carries the cost of background
     cost_bg, cost_fg = -log_ndtr(-lat), -log_ndtr(lat)  # -log P(background), -log P(foreground)
+    if appearance is not None:  # log P(colour | fg) / P(colour | bg): a positive ratio makes background dearer
+        r = appearance[free].astype(np.float64)
+        cost_bg += np.maximum(r, 0)
+        cost_fg += np.maximum(-r, 0)
     rows, cols, caps = [], [], []
     for a, w in enumerate(weights):
         lo = tuple(slice(0, -1) if i == a else slice(None) for i in range(latent.ndim))
@@ -105,3 +113,34 @@ def near_boundary(fg: np.ndarray, reach: float, spacing: Sequence[float] | None 
     if not edge.any():
         return np.zeros_like(fg)
     return ndi.distance_transform_edt(~edge, sampling=spacing) <= reach
+
+
+
+class ColourModel:
+    """The colour model GrabCut fits, as joint histograms so a refit costs two bincounts:
+    ``log_ratio(fg)`` = log P(c | fg) - log P(c | bg) per location, from the histograms of the
+    channels inside and outside ``fg``, smoothed by one bin and clipped to +-``clip``.  The
+    quantisation (``bins`` bins over the widest channel's range, fewer when there are many channels,
+    so the table stays below 2^20 cells) is done once per image."""
+
+    def __init__(self, channels: np.ndarray, *, bins: int = 40, clip: float = 4.0) -> None:
+        flat = channels.reshape(-1, channels.shape[-1])
+        bins = max(2, min(bins, int(2 ** (20 / flat.shape[1]))))
+        # one bin width for all channels (the widest range over bins): Lab distances stay perceptual
+        # and a channel that barely varies is not blown up into noise
+        lo = flat.min(0)
+        step = max(float((flat.max(0) - lo).max()) / bins, 1e-6)
+        q = np.clip(((flat - lo) / step).astype(np.int64), 0, bins - 1)
+        self.shape = (bins,) * flat.shape[1]
+        self.code = np.ravel_multi_index(tuple(q.T), self.shape).reshape(channels.shape[:-1])
+        self.clip = clip
+
+    def log_ratio(self, fg: np.ndarray) -> np.ndarray:
+        code, cells = self.code.ravel(), int(np.prod(self.shape))
+        dens = []
+        for inside in (fg.ravel(), ~fg.ravel()):
+            h = np.bincount(code[inside], minlength=cells).reshape(self.shape).astype(np.float64)
+            h = ndi.gaussian_filter(h, 1.0, mode="constant") + 1e-3  # unseen colours: no opinion
+            dens.append(h / h.sum())
+        ratio = np.clip(np.log(dens[0] / dens[1]), -self.clip, self.clip).astype(np.float32)
+        return ratio.ravel()[self.code]

@@ -116,7 +116,7 @@ class Session:
         feats.mul_(1.0 / (self.config.feature_lengthscale * d_f ** 0.5))
         self.inputs = InputMap(feats, img.spacing, feature_lengthscale=1.0, spatial_lengthscale=self.spatial_lengthscale)
         self._set_prior(prior)
-        self._edges = None  # image-edge weights for the boundary cut, computed on first use
+        self._edges = None  # edge weights and colour model for the boundary cut, made on first use
         self.reset()
         return self
 
@@ -344,11 +344,17 @@ class Session:
         from . import boundary
 
         if self._edges is None:  # once per image
-            self._edges = boundary.edge_weights(boundary.contrast_channels(self.image.array), self.image.spacing)
-        return boundary.cut(latent, self._edges, strength=strength, band=cfg.edge_band,
+            channels = boundary.contrast_channels(self.image.array)
+            self._edges = boundary.edge_weights(channels, self.image.spacing), boundary.ColourModel(channels)
+        weights, colours = self._edges
+        appearance = None
+        if cfg.appearance_weight > 0:  # refitted to the GP's labelling, as GrabCut refits to its last mask
+            appearance = cfg.appearance_weight * colours.log_ratio(latent > 0)
+        return boundary.cut(latent, weights, strength=strength, band=cfg.edge_band,
                             reach=cfg.edge_reach, spacing=self.image.spacing,
                             positives=[c.voxel() for c in self._train_clicks if c.positive],
-                            negatives=[c.voxel() for c in self._train_clicks if not c.positive])
+                            negatives=[c.voxel() for c in self._train_clicks if not c.positive],
+                            appearance=appearance)
 
     def _clean_topology(self, labels: np.ndarray) -> np.ndarray:
         """The GP says 'looks like the object'; topology says 'is the object that was clicked'.
