@@ -131,3 +131,20 @@ def test_differentiable_posterior_matches_engine():
     (mean.sum() + var.sum()).backward()
     assert emb.grad is not None and torch.isfinite(emb.grad).all()
     assert hyper.log_feature_lengthscale.grad is not None and hyper.log_spatial_fraction.grad is not None
+
+
+def test_packaged_2d_model_loads_by_name_and_keeps_clicked_labels():
+    """The shipped checkpoint (volseg/models/learned2d.ckpt): found by name, small, with its card,
+    and a click on a photo-like image keeps its label under it."""
+    from volseg.features import PACKAGED_MODELS
+
+    path = PACKAGED_MODELS["learned2d"]
+    assert path.stat().st_size < 20 * 2**20 and (path.parent / "README.md").is_file()
+    ex = get_extractor("learned2d")
+    assert ex.backbone.spatial_dims == 2 and ex.gp_config["outputscale"] > 0
+    s = Session(features="learned2d")
+    s.set_image(rgb_image())
+    s.add_click((20, 27), True)
+    s.add_click((5, 5), False)
+    mask = s.mask()
+    assert mask[20, 27] == 1 and mask[5, 5] == 0 and s.uncertainty().min() >= 0

@@ -171,3 +171,17 @@ def test_bad_inputs_are_named():
             Session(device="cuda")
         else:
             raise VolsegError("CUDA available; nothing to check")
+
+
+def test_default_config_file_mirrors_the_settings():
+    """configs/default.yaml lists every GPConfig setting with its default, so it can be edited as is."""
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from volseg.config import GPConfig
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+    assert GPConfig.from_yaml(path) == GPConfig()
+    import yaml
+
+    assert set(yaml.safe_load(path.read_text())["gp"]) == set(asdict(GPConfig()))

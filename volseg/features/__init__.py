@@ -6,16 +6,20 @@ from pathlib import Path
 from .filterbank import FilterBank
 from .stream import compute_features, parse_bytes
 
+# checkpoints that ship inside the package, by name (model card: volseg/models/README.md)
+PACKAGED_MODELS = {"learned2d": Path(__file__).resolve().parents[1] / "models" / "learned2d.ckpt"}
+
 
 def get_extractor(spec="filterbank", device: str = "cpu"):
-    """'filterbank', a FeatureExtractor object, or a path to a learned-backbone checkpoint (.ckpt)."""
+    """'filterbank', a packaged model's name ('learned2d'), a FeatureExtractor object, or a path to a
+    learned-backbone checkpoint (.ckpt)."""
     if not isinstance(spec, (str, Path)):
         return spec
     if spec == "filterbank":
         return FilterBank()
     from .backbones import load_backbone  # torch/monai networks only when asked for
 
-    return load_backbone(spec, device=device)
+    return load_backbone(PACKAGED_MODELS.get(str(spec), spec), device=device)
 
 
 __all__ = ["FilterBank", "compute_features", "get_extractor", "parse_bytes"]
