@@ -72,11 +72,13 @@ def main(argv=None) -> int:
     rows, load = [], []
     for mode in args.modes:
         for seq in seqs:
-            cmd = [sys.executable, "-m", "volseg.video.cli", "eval-video", "--root", str(root), "--sequences", seq,
+            cmd = [sys.executable, "-m", "volseg", "eval-video", "--root", str(root), "--sequences", seq,
                    "--mode", mode, "--out", str(out / mode), "--overwrite", "--rounds", str(args.rounds),
                    "--clicks-per-round", str(args.clicks_per_round), *opts]
             load.append(os.getloadavg()[0])
             rc, sec, rss = run_child(cmd, env, log)
+            if rc == 0 and not (out / mode / f"{seq}_{mode}.json").is_file():
+                rc = 1  # a child that wrote nothing did not run the evaluation (its RSS would be an import's)
             rows.append({"mode": mode, "sequence": seq, "rc": rc, "seconds": sec, "peak_rss_mib": rss})
             print(f"{mode:12s} {seq:12s} rc={rc} {sec:6.1f}s peak RSS {rss:6.0f} MiB", flush=True)
     # tables over all sequences from the per-sequence JSON files just written
