@@ -113,3 +113,32 @@ def test_cli_registers_train():
     register(p.add_subparsers(dest="command"))
     args = p.parse_args(["train", "--config", "c.yaml", "--steps", "3"])
     assert args.command == "train" and args.steps == 3 and callable(args.func)
+
+
+def test_heldout_pairs_script_writes_the_validation_split(tmp_path):
+    """data_scripts/heldout_pairs.py lists exactly the cases training holds out, as an eval3d pairs CSV."""
+    import subprocess
+    import sys
+
+    import nibabel as nib
+    import yaml
+
+    from volseg.train.data import find_pairs, split
+
+    root = tmp_path / "hippo"
+    for sub in ("images", "labels"):
+        (root / sub).mkdir(parents=True)
+    for i in range(12):
+        vol = np.zeros((6, 7, 5), np.uint8)
+        vol[2:4, 2:5, 1:3] = 1
+        for sub in ("images", "labels"):
+            nib.save(nib.Nifti1Image(vol, np.eye(4)), str(root / sub / f"case_{i:03d}.nii.gz"))
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(yaml.safe_dump({"model": {"spatial_dims": 3}, "data": {"roots": [str(root)], "val_fraction": 0.25}}))
+    out = tmp_path / "held.csv"
+    script = Path(__file__).resolve().parents[1] / "data_scripts" / "heldout_pairs.py"
+    subprocess.run([sys.executable, str(script), str(cfg), str(out)], check=True, capture_output=True)
+    rows = out.read_text().splitlines()
+    _, held = split(find_pairs(root, 3), 0.25)
+    assert rows[0] == "image,label" and len(rows) == 1 + len(held) == 4
+    assert [r.split(",")[0] for r in rows[1:]] == [str(p.image.resolve()) for p in held]
