@@ -15,6 +15,17 @@ def energy(fg, latent, weights, strength):
     return unary + pair
 
 
+def clicked_mask(image, inside, outside, **settings):
+    """Object mask after one positive and one negative click; both clicks keep their label."""
+    s = Session(**settings)
+    s.set_image(image)
+    s.add_click(inside, positive=True)
+    s.add_click(outside, positive=False)
+    m = s.mask() == 1
+    assert m[inside] and not m[outside]
+    return m
+
+
 def test_cut_is_the_minimum_energy_labelling():
     rng = np.random.default_rng(0)
     latent = rng.normal(0, 1, (3, 4))
@@ -61,14 +72,7 @@ def test_session_mask_follows_the_edge_and_can_be_switched_off():
     def iou(mask):
         return (mask & truth).sum() / (mask | truth).sum()
 
-    masks = {}
-    for strength in (0.0, 15.0):
-        s = Session(edge_strength=strength)
-        s.set_image(img)
-        s.add_click((32, 32), positive=True)
-        s.add_click((5, 5), positive=False)
-        masks[strength] = s.mask() == 1
-        assert masks[strength][32, 32] and not masks[strength][5, 5]
+    masks = {strength: clicked_mask(img, (32, 32), (5, 5), edge_strength=strength) for strength in (0.0, 15.0)}
     assert iou(masks[15.0]) >= iou(masks[0.0]) and iou(masks[15.0]) > 0.95
 
 
@@ -115,11 +119,7 @@ def test_session_appearance_term_recovers_a_part_the_gp_is_unsure_of():
     img += np.random.default_rng(0).integers(0, 10, img.shape, dtype=np.uint8)  # a camera's noise
     sizes = {}
     for weight in (0.0, 0.5):
-        s = Session(appearance_weight=weight)
-        s.set_image(img)
-        s.add_click((32, 26), positive=True)
-        s.add_click((5, 5), positive=False)
-        m = s.mask() == 1
-        assert m[32, 26] and not m[5, 5] and not (m & ~disc).any()
+        m = clicked_mask(img, (32, 26), (5, 5), appearance_weight=weight)
+        assert not (m & ~disc).any()
         sizes[weight] = int(m.sum())
     assert sizes[0.5] > sizes[0.0]
