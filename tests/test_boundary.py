@@ -6,7 +6,7 @@ import pytest
 from scipy.special import log_ndtr
 
 from volseg import Session
-from volseg.boundary import ColourModel, contrast_channels, cut, edge_weights
+from volseg.boundary import ColourModel, contrast_channels, cut, edge_weights, restore_collapsed
 
 
 def energy(fg, latent, weights, strength):
@@ -123,3 +123,25 @@ def test_session_appearance_term_recovers_a_part_the_gp_is_unsure_of():
         assert not (m & ~disc).any()
         sizes[weight] = int(m.sum())
     assert sizes[0.5] > sizes[0.0]
+
+
+def test_an_object_the_gp_found_is_not_cut_down_to_its_click():
+    """A flat, noise-free disc clicked near its edge: every cut edge costs the full pairwise weight,
+    so the plain cut would keep the clicked pixel alone; the mask keeps at least the GP's own part."""
+    yy, xx = np.mgrid[:64, :96]
+    disc = (yy - 32) ** 2 + (xx - 48) ** 2 < 26 ** 2
+    img = np.full((64, 96, 3), 128, np.uint8)
+    img[disc] = (200, 30, 30)
+    m = clicked_mask(img, (32, 26), (5, 5), appearance_weight=0.0)
+    assert m.sum() > 100 and not (m & ~disc).any()
+
+
+def test_restore_collapsed_only_where_the_cut_left_almost_nothing():
+    gp = np.zeros((10, 20), bool)
+    gp[2:8, 2:8] = gp[2:8, 12:18] = True
+    cut_fg = gp.copy()
+    cut_fg[2:8, 2:8] = False
+    cut_fg[4, 4] = True                      # the first part collapsed onto its click
+    cut_fg[2, 12:18] = False                 # the second lost a row: a moved boundary, kept
+    out = restore_collapsed(cut_fg.copy(), gp, [(4, 4), (5, 15)])
+    assert out[2:8, 2:8].all() and not out[2, 12:18].any() and out[3:8, 12:18].all()

@@ -10,7 +10,8 @@ Only the *uncertain band* is cut: locations whose latent mean lies within ``band
 within ``reach`` (mm; pixels for rasters) of the posterior's current boundary.  The rest
 keep the posterior's label and enter the graph as terminal costs of their band neighbours, so the
 graph is a thin shell around the boundary and the cut costs a fraction of a full-image one.
-Clicked locations are hard constraints: they keep the label that was clicked.
+Clicked locations are hard constraints: they keep the label that was clicked, and the part of
+the GP's mask around a positive click is never cut to almost nothing (:func:`restore_collapsed`).
 
 An optional appearance term adds a colour model's log-likelihood ratio to the unaries, the model
 refitted to the GP's own labelling at every click (GrabCut's idea, with the GP in place of its
@@ -103,6 +104,22 @@ def cut(latent: np.ndarray, weights: list[np.ndarray], *, strength: float, band:
     side = np.zeros(n + 2, dtype=bool)
     side[reached] = True
     fg[free] = side[:n]
+    return restore_collapsed(fg, latent > 0, positives)
+
+
+def restore_collapsed(fg: np.ndarray, gp_fg: np.ndarray, positives: Sequence[tuple[int, ...]],
+                      min_fraction: float = 0.1) -> np.ndarray:
+    """The cut may move a boundary, not erase an object: where the part around a positive click is
+    left with less than ``min_fraction`` of the GP's own part there, the GP's part comes back.
+    (Graph cuts shrink what they are unsure of: in a flat, noise-free region every cut edge costs
+    the full pairwise weight, and a weakly supported object can collapse onto its click.)"""
+    if not positives:
+        return fg
+    gp_parts, _ = ndi.label(gp_fg)
+    cut_parts, _ = ndi.label(fg)
+    for v in positives:
+        if gp_parts[v] and (cut_parts == cut_parts[v]).sum() < min_fraction * (gp_parts == gp_parts[v]).sum():
+            fg |= gp_parts == gp_parts[v]
     return fg
 
 
