@@ -178,10 +178,10 @@ def test_default_config_file_mirrors_the_settings():
     from dataclasses import asdict
     from pathlib import Path
 
+    import yaml
+
     from volseg.config import GPConfig
 
     path = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
     assert GPConfig.from_yaml(path) == GPConfig()
-    import yaml
-
     assert set(yaml.safe_load(path.read_text())["gp"]) == set(asdict(GPConfig()))

@@ -132,7 +132,6 @@ def near_boundary(fg: np.ndarray, reach: float, spacing: Sequence[float] | None 
     return ndi.distance_transform_edt(~edge, sampling=spacing) <= reach
 
 
-
 class ColourModel:
     """The colour model GrabCut fits, as joint histograms so a refit costs two bincounts:
     ``log_ratio(fg)`` = log P(c | fg) - log P(c | bg) per location, from the histograms of the

@@ -116,7 +116,7 @@ class Session:
         feats.mul_(1.0 / (self.config.feature_lengthscale * d_f ** 0.5))
         self.inputs = InputMap(feats, img.spacing, feature_lengthscale=1.0, spatial_lengthscale=self.spatial_lengthscale)
         self._set_prior(prior)
-        self._edges = None  # edge weights and colour model for the boundary cut, made on first use
+        self._cut_terms = None  # edge weights and colour model for the boundary cut, made on first use
         self.reset()
         return self
 
@@ -343,10 +343,10 @@ class Session:
             return latent > 0
         from . import boundary
 
-        if self._edges is None:  # once per image
+        if self._cut_terms is None:  # once per image
             channels = boundary.contrast_channels(self.image.array)
-            self._edges = boundary.edge_weights(channels, self.image.spacing), boundary.ColourModel(channels)
-        weights, colours = self._edges
+            self._cut_terms = boundary.edge_weights(channels, self.image.spacing), boundary.ColourModel(channels)
+        weights, colours = self._cut_terms
         appearance = None
         if cfg.appearance_weight > 0:  # refitted to the GP's labelling, as GrabCut refits to its last mask
             appearance = cfg.appearance_weight * colours.log_ratio(latent > 0)
