@@ -65,6 +65,16 @@ def problem(n=9, m=40, dim=5, K=2, seed=0):
     return Z, Y, M0, Q, m0q
 
 
+@pytest.mark.parametrize("kernel", [RBF(), Matern(2.5)])
+def test_far_kernel_values_are_never_subnormal(kernel):
+    """Subnormal floats cost CPUs 20-30x; far-apart kernel values (and their products) must stay normal."""
+    a, b = torch.zeros(1, 3), torch.tensor([[0.5, 0, 0], [9.0, 0, 0], [40.0, 0, 0], [400.0, 0, 0]])
+    tiny = torch.finfo(torch.float32).tiny
+    for k in (kernel(a, b), kernel.of_neg_half_distance2(-0.5 * (b * b).sum(1)[None].clone()) if isinstance(kernel, RBF) else kernel(b, a).T):
+        assert (k >= 1e-6 * tiny ** 0.5).all() and (k * k >= tiny).all()
+        assert k[0, 0] > 0.8 and k[0, -1] < 1e-14
+
+
 @pytest.mark.parametrize("name", ["rbf", "matern52"])
 def test_exact_posterior_matches_dense(name):
     Z, Y, M0, Q, m0q = problem()

@@ -27,7 +27,7 @@ class GPConfig:
     edge_reach: float = 20.0              # ... and within this many mm (pixels) of the GP's boundary
     edge_max_locations: int = 4_000_000   # ... on images up to this size (a whole CT keeps the GP's own mask)
     appearance_weight: float = 0.5        # ... plus this times a colour model's log-likelihood ratio (GrabCut-like)
-    tolerance: float = 1e-7               # kernel values below this are treated as 0 for local updates
+    tolerance: float = 1e-5               # a click may leave mean and variance this far off outside its reach
     memory_budget: str = "4GB"
     chunk_bytes: str = "256MB"
 

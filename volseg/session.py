@@ -30,6 +30,7 @@ from .gp.inputs import InputMap
 from .gp.kernels import make_kernel
 from .gp.likelihood import probit
 from .gp.posterior import ExactPosterior
+from .gp.reach import ball_boxes, box_size, influence_radii, merge_boxes
 from .gp.sampling import PathwiseSampler
 from .image import Image
 
@@ -227,7 +228,7 @@ class Session:
         old = self._train_clicks
         appended = objects == self._objects_fitted and len(train) == len(old) + 1 and train[:-1] == old
         removed = objects == self._objects_fitted and len(train) == len(old) - 1 and old[:-1] == train
-        alpha_before = self.posterior.alpha.clone()
+        alpha_before, noise_before = self.posterior.alpha.clone(), self.posterior.noise
         if appended:
             c = train[-1]
             self.posterior.append(self.inputs.at(voxels[-1:]), self._targets([c], objects),
@@ -243,11 +244,12 @@ class Session:
         self.clicks, self._train_clicks = list(clicks), train
         self._train_voxels = [tuple(int(x) for x in v) for v in voxels]
         self.objects, self._objects_fitted = objects, list(objects)
-        if changed_point is None or self.posterior.noise != self.posterior.requested_noise \
+        # a changed noise (the fit lowers it so conflicting clicks keep their labels) moves every weight
+        if changed_point is None or self.posterior.noise != noise_before \
                 or alpha_before.shape[0] < common or self.posterior.alpha.shape[0] < common:
             self._evaluate_all()
             return
-        self._evaluate_local(changed_point, alpha_before[:common], common)
+        self._evaluate_local(changed_point, alpha_before, common)
 
     # -- map evaluation --------------------------------------------------------------------------
     def _max_bytes(self) -> int:
@@ -264,22 +266,21 @@ class Session:
         self.last_region = box
 
     def _evaluate_local(self, point: np.ndarray, alpha_before: torch.Tensor, common: int) -> None:
-        """Re-evaluate only boxes around the training points whose influence changed.
-
-        The new (or removed) point changes the mean and variance only where the kernel to it, or to
-        a point whose weight alpha_i or whose correlation with it moved, exceeds the tolerance."""
-        tol = self.config.tolerance
-        radius = self.kernel.radius(tol)
-        alpha_now = self.posterior.alpha[:common]
-        moved = (alpha_now - alpha_before).abs().amax(1) > tol if common else torch.zeros(0, dtype=torch.bool)
+        """Re-evaluate only where the added (or removed) click moved the mean or the variance by more
+        than the tolerance: a ball around each click whose terms changed (:mod:`volseg.gp.reach`)."""
+        post = self.posterior
+        point_alpha = (post.alpha if post.n > common else alpha_before)[common].abs().max()
+        moved = (post.alpha[:common] - alpha_before[:common]).abs().amax(1) if common else torch.zeros(0, dtype=torch.float64)
         z_point = self.inputs.at(point[None]).double()
-        Zs = self.posterior.Z[:common]
-        w = torch.cholesky_solve(self.kernel(Zs, z_point), self.posterior.L[:common, :common])[:, 0] if common else moved.double()
-        hit = moved | (w.abs() > tol)
-        centres = [tuple(int(v) for v in point)] + [self._train_voxels[i] for i in torch.nonzero(hit)[:, 0].tolist()]
-        reach = self.inputs.reach_voxels(radius)
-        boxes = _merge_boxes([tuple(slice(max(0, c - r), min(n, c + r + 1)) for c, r, n in zip(cen, reach, self.image.shape))
-                              for cen in centres])
+        k_point = self.kernel(post.Z[:common], z_point)
+        w = torch.cholesky_solve(k_point, post.L[:common, :common])[:, 0] if common else moved
+        d2 = float(self.kernel(z_point, z_point)) + post.noise - float(k_point[:, 0] @ w) if common else 1.0 + post.noise
+        radii = influence_radii(self.kernel, torch.cat([moved, point_alpha[None]]).numpy(),
+                                torch.cat([w.abs(), torch.ones(1, dtype=torch.float64)]).numpy() / max(d2, 1e-12) ** 0.5,
+                                self.config.tolerance)
+        centres = np.array(self._train_voxels[:common] + [tuple(int(v) for v in point)], np.float64).reshape(-1, self.image.ndim)
+        half_widths = radii[:, None] / self.inputs.pos_scale[None, :]
+        boxes = ball_boxes(centres, half_widths, self.image.shape)
         self._evaluate_boxes(boxes)
         self.last_region = boxes
 
@@ -291,11 +292,11 @@ class Session:
         for box in boxes:
             evaluate_box(self.posterior, self.inputs, lambda b: self._prior_mean(b, objects), box,
                          self._mean, None, max_bytes=self._max_bytes())
-        self._stale_var = _merge_boxes(self._stale_var + list(boxes))
+        self._stale_var = merge_boxes(self._stale_var + list(boxes))
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         # what the last update cost, for benchmarks (locations evaluated, seconds)
-        self.last_update = {"locations": int(sum(np.prod([s.stop - s.start for s in b]) for b in boxes)),
+        self.last_update = {"locations": sum(box_size(b) for b in boxes),
                             "seconds": time.perf_counter() - t0}
 
     def _variance(self) -> torch.Tensor:
@@ -422,19 +423,3 @@ class Session:
 
         return write_mask(self.mask(), self._require_image(), path, overwrite=overwrite)
 
-
-def _merge_boxes(boxes: list[Box]) -> list[Box]:
-    """Merge overlapping boxes so no location is evaluated twice in one update."""
-    out: list[Box] = []
-    for b in boxes:
-        merged = True
-        while merged:
-            merged = False
-            for i, o in enumerate(out):
-                if all(x.start < y.stop and y.start < x.stop for x, y in zip(b, o)):
-                    b = tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(b, o))
-                    out.pop(i)
-                    merged = True
-                    break
-        out.append(b)
-    return out

@@ -8,7 +8,6 @@ on the fly from voxel indices, so no coordinate grid of the whole volume is ever
 """
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
@@ -43,11 +42,13 @@ class InputMap:
         z[:, : self.n_features] /= self.feature_lengthscale
         return z
 
-    def box(self, box: tuple[slice, ...]) -> torch.Tensor:
-        """z for every voxel of a box, in C order: (prod(box shape), dim).  Written into one buffer:
-        positions broadcast from one arange per axis, so no coordinate grid is built."""
+    def box(self, box: tuple[slice, ...], out: torch.Tensor | None = None) -> torch.Tensor:
+        """z for every voxel of a box, in C order: (prod(box shape), dim).  Written into one buffer
+        (``out``, (n, dim), may be a column block of a wider one): positions broadcast from one arange
+        per axis, so no coordinate grid is built."""
         shape = tuple(s.stop - s.start for s in box)
-        z = torch.empty(shape + (self.dim,), dtype=self.dtype, device=self.device)
+        flat = out if out is not None else torch.empty(int(np.prod(shape)), self.dim, dtype=self.dtype, device=self.device)
+        z = flat.view(shape + (self.dim,))
         z[..., : self.n_features] = self.features[box]
         if self.feature_lengthscale != 1.0:
             z[..., : self.n_features] /= self.feature_lengthscale
@@ -56,8 +57,9 @@ class InputMap:
             view[k] = shape[k]
             ax = (torch.arange(s.start, s.stop, dtype=self.dtype, device=self.device) - self._centre[k]) * self._pos_scale[k]
             z[..., self.n_features + k] = ax.view(view)
-        return z.view(-1, self.dim)
+        return flat
 
-    def reach_voxels(self, radius: float) -> tuple[int, ...]:
-        """Half-width in voxels, per axis, of the ball of kernel radius ``radius`` (in z units)."""
-        return tuple(int(math.ceil(radius / float(s))) for s in self._pos_scale.cpu())
+    @property
+    def pos_scale(self) -> np.ndarray:
+        """z units per voxel along each axis: a kernel radius r spans r / pos_scale voxels."""
+        return self._pos_scale.cpu().double().numpy()

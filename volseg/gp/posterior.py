@@ -109,27 +109,33 @@ class ExactPosterior:
         self._W = torch.cat([self.alpha, Linv.T], dim=1).to(dev, dt)
 
     # -- evaluation ----------------------------------------------------------------------------
-    def kernel_to_train(self, z: torch.Tensor) -> torch.Tensor:
-        """k(z, X) for a chunk of inputs (n, Dz) in the compute dtype."""
+    def kernel_to_train(self, z: torch.Tensor, work: "Workspace | None" = None) -> torch.Tensor:
+        """k(z, X) for a chunk of inputs (n, Dz) in the compute dtype.  ``work`` holds buffers reused
+        from chunk to chunk (fresh large allocations are page-faulted in on every chunk)."""
         n, d = z.shape
-        za = torch.empty(n, d + 2, dtype=z.dtype, device=z.device)
-        za[:, :d] = z
+        work = work or Workspace(n, d, self.n, self._W.shape[1], z.dtype, z.device)
+        za = work.augmented[:n]
+        if za.data_ptr() != z.data_ptr():  # the input map may have written z into the buffer already
+            za[:, :d] = z
         torch.linalg.vector_norm(z, dim=1, out=za[:, d]).square_()
         za[:, d + 1] = 1.0
-        return self.kernel.of_neg_half_distance2(za @ self._B)
+        return self.kernel.of_neg_half_distance2(torch.mm(za, self._B, out=work.kernel[:n]))
 
-    def mean_var(self, z: torch.Tensor, m0: torch.Tensor, *, with_mean: bool = True, with_var: bool = True
-                 ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    def mean_var(self, z: torch.Tensor, m0: torch.Tensor, *, with_mean: bool = True, with_var: bool = True,
+                 work: "Workspace | None" = None) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Posterior mean (n, K) and variance (n,) for a chunk; m0 (n, K) or (1, K) is the prior mean there.
-        Either can be skipped: the mask needs only the mean, so the session defers the variance."""
+        Either can be skipped: the mask needs only the mean, so the session defers the variance.
+        With ``work`` the results are views of its buffers, valid until the next chunk."""
         kdiag = self.kernel.outputscale
         if self.n == 0:
             return m0.expand(z.shape[0], -1), torch.full((z.shape[0],), kdiag, dtype=z.dtype, device=z.device)
-        K = self._alpha.shape[1]
-        kx = self.kernel_to_train(z)
+        n, K = z.shape[0], self._alpha.shape[1]
+        work = work or Workspace(n, z.shape[1], self.n, self._W.shape[1], z.dtype, z.device)
+        kx = self.kernel_to_train(z, work)
         if not with_var:
-            return torch.addmm(m0, kx, self._alpha), None  # m0 may be one row, broadcast
-        mv = kx @ (self._W if with_mean else self._W[:, K:])
+            return torch.mm(kx, self._alpha, out=work.products_view(n, K)).add_(m0), None  # m0 may be one row
+        W = self._W if with_mean else self._W[:, K:]
+        mv = torch.mm(kx, W, out=work.products_view(n, W.shape[1]))
         v = mv[:, K:] if with_mean else mv
         var = (kdiag - (v * v).sum(1)).clamp_min_(0.0)
         return (mv[:, :K].add_(m0) if with_mean else None), var
@@ -150,3 +156,22 @@ def _cholesky(A: torch.Tensor) -> torch.Tensor:
             return L
         jitter = max(jitter * 10.0, 1e-10 * scale)
     raise torch.linalg.LinAlgError("kernel matrix is not positive definite even with jitter")
+
+
+class Workspace:
+    """Buffers for evaluating chunks of up to ``n`` locations: the augmented inputs [z, |z|^2, 1],
+    the kernel row and the products with [alpha | L^-T].  Sized once per update and reused, so a
+    chunk stays in cache and costs no allocation."""
+
+    def __init__(self, n: int, input_dim: int, n_train: int, n_columns: int, dtype=torch.float32, device="cpu"):
+        self.augmented = torch.empty(n, input_dim + 2, dtype=dtype, device=device)
+        self.kernel = torch.empty(n, max(n_train, 1), dtype=dtype, device=device)
+        self.products = torch.empty(n, max(n_columns, 1), dtype=dtype, device=device)
+
+    def products_view(self, n: int, columns: int) -> torch.Tensor:
+        """A contiguous (n, columns) output: BLAS writes a strided one several times slower."""
+        return self.products.view(-1)[: n * columns].view(n, columns)
+
+    def inputs(self, n: int, input_dim: int) -> torch.Tensor:
+        """Where an input map may write z for n locations, so the posterior reads it without a copy."""
+        return self.augmented[:n, :input_dim]
