@@ -148,3 +148,31 @@ def test_packaged_2d_model_loads_by_name_and_keeps_clicked_labels():
     s.add_click((5, 5), False)
     mask = s.mask()
     assert mask[20, 27] == 1 and mask[5, 5] == 0 and s.uncertainty().min() >= 0
+
+
+def test_stacked_features_are_a_product_kernel_of_their_parts():
+    """'learned2d+filterbank': each part over its own lengthscale, the learned part's GP settings and
+    prior head, and clicks keep their labels."""
+    from volseg.features.stack import StackedFeatures
+
+    ex = get_extractor("learned2d+filterbank")
+    assert isinstance(ex, StackedFeatures) and ex.name == "backbone:learned2d.ckpt+filterbank"
+    learned, bank = ex.parts
+    img = rgb_image()
+    f = ex.features(img, budget=2**30)
+    e = learned.features(img, budget=2**30)
+    D_e = e.shape[-1]
+    assert f.shape[-1] == D_e + bank.features(img, budget=2**30).shape[-1]
+    l_e = learned.gp_config["feature_lengthscale"]
+    np.testing.assert_allclose(f[..., :D_e], e / (l_e * D_e ** 0.5), rtol=1e-5, atol=1e-6)
+    assert ex.gp_config["feature_lengthscale"] == 1.0 and ex.gp_config["noise"] == learned.gp_config["noise"]
+    assert ex.last_prior_mean is not None
+    s = Session(features="learned2d+filterbank").set_image(img)
+    # the stack arrives scaled: the session divides by the lengthscale only, not by sqrt(D) again
+    np.testing.assert_allclose(s.inputs.features.numpy(), f, rtol=1e-5, atol=1e-6)
+    s.add_click((20, 27), True)
+    s.add_click((5, 5), False)
+    assert s.mask()[20, 27] == 1 and s.mask()[5, 5] == 0
+    s.set_image(rgb_image(30, 44, seed=1))  # the prior head's map follows the new image
+    assert s.extractor.last_prior_mean.shape == (30, 44)
+    s.add_click((15, 22), True)

@@ -19,7 +19,8 @@ COMMAND_MODULES = ("volseg.batch", "volseg.eval.cli2d", "volseg.eval.cli3d", "vo
 def gp_options(parser: argparse.ArgumentParser) -> None:
     """Options every command that runs a Session shares."""
     parser.add_argument("--features", default="filterbank",
-                        help="filterbank (default, training-free), learned2d (packaged 2D model) or a checkpoint .ckpt")
+                        help="filterbank (default, training-free), learned2d (packaged 2D model), a checkpoint .ckpt, "
+                             "or several joined by + (learned2d+filterbank: both, a product kernel)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     parser.add_argument("--config", help="YAML file with GP settings (see configs/default.yaml)")
     parser.add_argument("--memory-budget", help="e.g. 4GB (default from the config)")

@@ -114,7 +114,9 @@ class Session:
         self.spatial_lengthscale = self.config.spatial_lengthscale or self.config.spatial_fraction_for(img.ndim) * float(
             np.linalg.norm(np.asarray(img.shape) * np.asarray(img.spacing)))
         # the features are ours: divide them by their lengthscale once here rather than on every click
-        feats.mul_(1.0 / (self.config.feature_lengthscale * d_f ** 0.5))
+        # (times sqrt(D), so the lengthscale means the same for any D; a stack scales its parts itself)
+        per_feature = 1.0 if getattr(self.extractor, "prescaled", False) else d_f ** 0.5
+        feats.mul_(1.0 / (self.config.feature_lengthscale * per_feature))
         self.inputs = InputMap(feats, img.spacing, feature_lengthscale=1.0, spatial_lengthscale=self.spatial_lengthscale)
         self._set_prior(prior)
         self._cut_terms = None  # edge weights and colour model for the boundary cut, made on first use

@@ -18,7 +18,7 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, nargs="+", action="extend",
                    help="gp, random-walker and/or grabcut (several run one after the other)")
     p.add_argument("--out", required=True, help="output folder (instances/, summaries, report, plot)")
-    p.add_argument("--features", default="filterbank", help="GP features: filterbank or a .ckpt path (default filterbank)")
+    p.add_argument("--features", default="filterbank", help="GP features: filterbank, learned2d, a .ckpt path, or several joined by + (default filterbank)")
     p.add_argument("--device", default="cpu", help="GP device (default cpu)")
     p.add_argument("--config", default=None, help="GP settings YAML (see configs/default.yaml)")
     p.add_argument("--max-instances", type=int, default=None, metavar="N", help="only the first N instances")

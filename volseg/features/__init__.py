@@ -11,10 +11,15 @@ PACKAGED_MODELS = {"learned2d": Path(__file__).resolve().parents[1] / "models" /
 
 
 def get_extractor(spec="filterbank", device: str = "cpu"):
-    """'filterbank', a packaged model's name ('learned2d'), a FeatureExtractor object, or a path to a
-    learned-backbone checkpoint (.ckpt)."""
+    """'filterbank', a packaged model's name ('learned2d'), a FeatureExtractor object, a path to a
+    learned-backbone checkpoint (.ckpt), or several of these joined by '+' (``learned2d+filterbank``:
+    a product kernel over both, :mod:`volseg.features.stack`)."""
     if not isinstance(spec, (str, Path)):
         return spec
+    if isinstance(spec, str) and "+" in spec and not Path(spec).exists():
+        from .stack import StackedFeatures
+
+        return StackedFeatures([get_extractor(part.strip(), device) for part in spec.split("+")])
     if spec == "filterbank":
         return FilterBank()
     from .backbones import load_backbone  # torch/monai networks only when asked for
