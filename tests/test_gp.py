@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from volseg.gp.evaluate import evaluate_box, slabs
+from volseg.gp.evaluate import evaluate_boxes, slabs
 from volseg.gp.inputs import InputMap
 from volseg.gp.kernels import RBF, Matern, make_kernel
 from volseg.gp.likelihood import probit
@@ -129,13 +129,21 @@ def test_chunked_equals_unchunked():
                                            torch.full((3, 1), -0.5))
     box = tuple(slice(0, n) for n in feats.shape[:-1])
     prior = lambda b: torch.full((int(np.prod([s.stop - s.start for s in b])), 1), -0.5)
-    outs = []
-    for max_bytes in (10**9, 500):
+    outs, threads = [], torch.get_num_threads()
+    # one chunk; many chunks on one thread; many chunks shared by worker threads, over disjoint boxes
+    for max_bytes, workers in ((10**9, 1), (500, 1), (2000, 3)):
         mean, var = torch.empty((1,) + feats.shape[:-1]), torch.empty(feats.shape[:-1])
-        evaluate_box(post, inputs, prior, box, mean, var, max_bytes=max_bytes)
+        torch.set_num_threads(workers)
+        try:
+            evaluate_boxes(post, inputs, prior, [(slice(0, 4),) + box[1:], (slice(4, 11),) + box[1:]], mean, var,
+                           max_bytes=max_bytes)
+            assert torch.get_num_threads() == workers  # the workers' single-threaded ops leave it as it was
+        finally:
+            torch.set_num_threads(threads)
         outs.append((mean, var))
-    torch.testing.assert_close(outs[0][0], outs[1][0])
-    torch.testing.assert_close(outs[0][1], outs[1][1])
+    for mean, var in outs[1:]:
+        torch.testing.assert_close(outs[0][0], mean)
+        torch.testing.assert_close(outs[0][1], var)
     # and both agree with the dense float64 formula
     Q = inputs.box(box).double().numpy()
     ref_mean, ref_var = dense_posterior("rbf", inputs.at(vox).double().numpy(), np.array([[1.0], [-1.0], [1.0]]),

@@ -71,9 +71,9 @@ def test_local_update_equals_full_recomputation():
     clicks = [((12, 14, 10), True), ((30, 31, 21), True), ((3, 3, 3), False), ((14, 12, 9), False), ((28, 30, 20), False)]
     for n, (pos, positive) in enumerate(clicks):
         s.add_click(pos, positive)
-        if n:  # the first click of an object evaluates everything; later ones only their reach
-            assert isinstance(s.last_region, list)
-            assert s.last_update["locations"] < img.size
+        # every click, the first included, evaluates only its reach
+        assert isinstance(s.last_region, list)
+        assert s.last_update["locations"] < img.size
         local_p, local_var = s.probability(), s._variance().clone()
         s._evaluate_all()
         np.testing.assert_allclose(local_p, s.probability(), atol=1e-4)

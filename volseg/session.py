@@ -25,7 +25,7 @@ from .clicks import Click, make_click, validate_clicks
 from .config import GPConfig
 from .errors import ClickError, InputError, MemoryBudgetError, VolsegError
 from .features import get_extractor, parse_bytes
-from .gp.evaluate import Box, evaluate_box
+from .gp.evaluate import Box, evaluate_boxes
 from .gp.inputs import InputMap
 from .gp.kernels import make_kernel
 from .gp.likelihood import probit
@@ -228,6 +228,11 @@ class Session:
         train = self._training_set(clicks)
         voxels = np.array([c.voxel() for c in train], dtype=np.int64).reshape(len(train), -1)
         old = self._train_clicks
+        if not old and self.posterior.n == 0 and objects != self._objects_fitted:
+            # the first click of a session adds its object: the maps become the prior of the new object
+            # list (no kernel work), and the click then acts only within its reach like any other
+            self.objects, self._objects_fitted = list(objects), list(objects)
+            self._evaluate_all()
         appended = objects == self._objects_fitted and len(train) == len(old) + 1 and train[:-1] == old
         removed = objects == self._objects_fitted and len(train) == len(old) - 1 and old[:-1] == train
         alpha_before, noise_before = self.posterior.alpha.clone(), self.posterior.noise
@@ -264,8 +269,13 @@ class Session:
         self._var = torch.empty(img.shape, dtype=torch.float32, device=self.device)
         self._stale_var: list[Box] = []
         box = tuple(slice(0, n) for n in img.shape)
-        self._evaluate_boxes([box])
         self.last_region = box
+        if self.posterior.n == 0:  # no clicks: the prior everywhere, and no kernel to evaluate
+            self._mean.view(K, -1).copy_(self._prior_mean(box, self.objects or [0]).T.expand(K, -1))
+            self._var.fill_(self.kernel.outputscale)
+            self.last_update = {"locations": 0, "seconds": 0.0}
+            return
+        self._evaluate_boxes([box])
 
     def _evaluate_local(self, point: np.ndarray, alpha_before: torch.Tensor, common: int) -> None:
         """Re-evaluate only where the added (or removed) click moved the mean or the variance by more
@@ -276,7 +286,7 @@ class Session:
         z_point = self.inputs.at(point[None]).double()
         k_point = self.kernel(post.Z[:common], z_point)
         w = torch.cholesky_solve(k_point, post.L[:common, :common])[:, 0] if common else moved
-        d2 = float(self.kernel(z_point, z_point)) + post.noise - float(k_point[:, 0] @ w) if common else 1.0 + post.noise
+        d2 = float(self.kernel(z_point, z_point)) + post.noise - (float(k_point[:, 0] @ w) if common else 0.0)
         radii = influence_radii(self.kernel, torch.cat([moved, point_alpha[None]]).numpy(),
                                 torch.cat([w.abs(), torch.ones(1, dtype=torch.float64)]).numpy() / max(d2, 1e-12) ** 0.5,
                                 self.config.tolerance)
@@ -291,9 +301,8 @@ class Session:
         when a probability, uncertainty or suggestion is asked for, which halves a click's cost."""
         objects = self.objects or [0]
         t0 = time.perf_counter()
-        for box in boxes:
-            evaluate_box(self.posterior, self.inputs, lambda b: self._prior_mean(b, objects), box,
-                         self._mean, None, max_bytes=self._max_bytes())
+        evaluate_boxes(self.posterior, self.inputs, lambda b: self._prior_mean(b, objects), boxes,
+                       self._mean, None, max_bytes=self._max_bytes())
         self._stale_var = merge_boxes(self._stale_var + list(boxes))
         if self.device.type == "cuda":
             torch.cuda.synchronize()
@@ -303,8 +312,7 @@ class Session:
 
     def _variance(self) -> torch.Tensor:
         """The posterior variance map, brought up to date over the regions clicks have changed."""
-        for box in self._stale_var:
-            evaluate_box(self.posterior, self.inputs, None, box, None, self._var, max_bytes=self._max_bytes())
+        evaluate_boxes(self.posterior, self.inputs, None, self._stale_var, None, self._var, max_bytes=self._max_bytes())
         self._stale_var = []
         return self._var
 

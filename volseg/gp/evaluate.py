@@ -1,10 +1,12 @@
-"""Stream the posterior over a box of locations in slabs that fit a memory budget.
+"""Stream the posterior over boxes of locations in cache-sized chunks.
 
-The whole-volume posterior is never one tensor of inputs: each slab builds its inputs, takes
+The whole-volume posterior is never one tensor of inputs: each chunk builds its inputs, takes
 its kernel row against the clicks, and writes mean and variance into preallocated maps.
 """
 from __future__ import annotations
 
+import queue
+from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterator
 
 import torch
@@ -44,21 +46,57 @@ def slabs(box: Box, max_locations: int) -> Iterator[Box]:
                 yield (slice(a, a + 1),) + sub
 
 
-def evaluate_box(posterior: ExactPosterior, inputs: InputMap, prior_mean: Callable[[Box], torch.Tensor],
-                 box: Box, mean_out: torch.Tensor | None, var_out: torch.Tensor | None, *, max_bytes: int) -> None:
-    """Write the posterior mean (K, *box) and/or variance (*box) of ``box`` into the output maps."""
+def evaluate_boxes(posterior: ExactPosterior, inputs: InputMap, prior_mean: Callable[[Box], torch.Tensor] | None,
+                   boxes: list[Box], mean_out: torch.Tensor | None, var_out: torch.Tensor | None, *, max_bytes: int) -> None:
+    """Write the posterior mean (K, *box) and/or variance (*box) of each of several disjoint boxes into
+    the output maps, chunk by chunk, the chunks shared among the CPU threads.
+
+    On a CPU each worker thread takes whole chunks and runs its torch ops single-threaded: one
+    parallel region per op would make every op of every chunk wait for the slowest core, which on
+    a machine busy with anything else costs 10-20x."""
     K = mean_out.shape[0] if mean_out is not None else 1
-    chunk = max(1, min(max_bytes // bytes_per_location(inputs.dim, posterior.n, K), CACHE_LOCATIONS))
-    work = Workspace(chunk, inputs.dim, posterior.n, K + posterior.n, inputs.dtype, inputs.device)
-    for sub in slabs(box, chunk):
-        shape = tuple(s.stop - s.start for s in sub)
-        n = 1
-        for a in shape:
-            n *= a
-        z = inputs.box(sub, out=work.inputs(n, inputs.dim))
-        m0 = prior_mean(sub) if mean_out is not None else z[:, :0]
-        mean, var = posterior.mean_var(z, m0, with_mean=mean_out is not None, with_var=var_out is not None, work=work)
-        if mean_out is not None:
-            mean_out[(slice(None),) + sub] = mean.T.reshape(K, *shape).to(mean_out.dtype)
-        if var_out is not None:
-            var_out[sub] = var.reshape(shape).to(var_out.dtype)
+    cpu = inputs.device.type == "cpu"
+    workers = max(1, torch.get_num_threads()) if cpu else 1
+    chunk = max(1, min(max_bytes // workers // bytes_per_location(inputs.dim, posterior.n, K), CACHE_LOCATIONS))
+    subs = [sub for box in boxes for sub in slabs(box, chunk)]
+    if not subs:
+        return
+    workers = min(workers, len(subs))
+    spare = queue.SimpleQueue()
+    for _ in range(workers):
+        spare.put(Workspace(chunk, inputs.dim, posterior.n, K + posterior.n, inputs.dtype, inputs.device))
+
+    def run(sub: Box) -> None:
+        work = spare.get()
+        try:
+            _evaluate_chunk(posterior, inputs, prior_mean, sub, mean_out, var_out, work)
+        finally:
+            spare.put(work)
+
+    if workers == 1:
+        for sub in subs:
+            run(sub)
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            for _ in pool.map(run, subs):
+                pass
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _evaluate_chunk(posterior, inputs, prior_mean, sub: Box, mean_out, var_out, work: Workspace) -> None:
+    shape = tuple(s.stop - s.start for s in sub)
+    n = 1
+    for a in shape:
+        n *= a
+    K = mean_out.shape[0] if mean_out is not None else 1
+    z = inputs.box(sub, out=work.inputs(n, inputs.dim))
+    m0 = prior_mean(sub) if mean_out is not None else z[:, :0]
+    mean, var = posterior.mean_var(z, m0, with_mean=mean_out is not None, with_var=var_out is not None, work=work)
+    if mean_out is not None:
+        mean_out[(slice(None),) + sub] = mean.T.reshape(K, *shape).to(mean_out.dtype)
+    if var_out is not None:
+        var_out[sub] = var.reshape(shape).to(var_out.dtype)
