@@ -337,10 +337,12 @@ class Session:
         dtype = np.uint8 if max(self.objects, default=0) < 256 else np.uint16
         if not self.objects:
             return np.zeros(img.shape, dtype=dtype)
-        best, arg = self._mean.max(0)
-        ids = torch.as_tensor(self.objects, device=self.device)
+        # one object needs no arg-max, whose int64 index map would be 8 bytes a voxel on a whole CT
+        best, arg = self._mean.max(0) if len(self.objects) > 1 else (self._mean[0], None)
         fg = self._snap_to_edges(best.cpu().numpy())
-        labels = np.where(fg, ids[arg].cpu().numpy(), 0).astype(dtype)
+        ids = np.asarray(self.objects, dtype=dtype)
+        labels = ids[arg.cpu().numpy()] if arg is not None else np.full(img.shape, ids[0], dtype=dtype)
+        labels *= fg
         if self._prior_labels is None and self._prior_prob is None:  # a prior may have several parts
             labels = self._clean_topology(labels)
         return labels
