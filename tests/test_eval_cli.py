@@ -153,3 +153,12 @@ def test_cli_gp_with_settings_file(berkeley, tmp_path):
                "--max-clicks", 2, "--max-instances", 1) == 0
     rec = json.loads((out / "instances" / "Berkeley_gp_100.json").read_text())
     assert rec["config"]["gp"]["spatial_fraction"] == 0.3 and rec["config"]["features"] == "filterbank"
+
+
+def test_gp_method_records_an_extractor_object_by_name():
+    """A resumed run compares settings; an extractor object must not be recorded by its repr."""
+    from volseg.eval.methods import GPMethod
+    from volseg.features import FilterBank
+
+    a, b = GPMethod(features=FilterBank()).config(), GPMethod(features=FilterBank()).config()
+    assert a == b and a["features"] == "filterbank"

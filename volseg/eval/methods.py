@@ -60,7 +60,10 @@ class GPMethod(Method):
         # the resolved GP settings, so a resumed run cannot mix results from changed defaults
         gp = self.session.config.to_dict() if hasattr(self.session.config, "to_dict") else {}
         opts = {k: v for k, v in self.options.items() if k != "config"}
-        return {"method": self.name, "features": str(self.features), "device": self.device, **opts, "gp": gp}
+        # an extractor object is recorded by its name: its repr holds a memory address, which would
+        # make a resumed run refuse its own records
+        features = self.features if isinstance(self.features, str) else getattr(self.features, "name", str(self.features))
+        return {"method": self.name, "features": str(features), "device": self.device, **opts, "gp": gp}
 
 
 def method_names() -> list[str]:
