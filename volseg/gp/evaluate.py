@@ -1,4 +1,4 @@
-"""Stream the posterior over boxes of locations in cache-sized chunks.
+"""Stream the posterior over boxes of locations in chunks of bounded size.
 
 The whole-volume posterior is never one tensor of inputs: each chunk builds its inputs, takes
 its kernel row against the clicks, and writes mean and variance into preallocated maps.
@@ -13,8 +13,7 @@ import torch
 
 from .inputs import InputMap
 from .posterior import ExactPosterior, Workspace
-
-Box = tuple[slice, ...]
+from .reach import Box, box_size
 
 # Locations per chunk: enough that a chunk's Python work (and its worker's wait for the GIL) is
 # small next to its arithmetic, few enough that its buffers stay a few MB.  Measured on 256^3, 2
@@ -89,10 +88,7 @@ def evaluate_boxes(posterior: ExactPosterior, inputs: InputMap, prior_mean: Call
 
 
 def _evaluate_chunk(posterior, inputs, prior_mean, sub: Box, mean_out, var_out, work: Workspace) -> None:
-    shape = tuple(s.stop - s.start for s in sub)
-    n = 1
-    for a in shape:
-        n *= a
+    shape, n = tuple(s.stop - s.start for s in sub), box_size(sub)
     K = mean_out.shape[0] if mean_out is not None else 1
     z = inputs.box(sub, out=work.inputs(n, inputs.dim))
     m0 = prior_mean(sub) if mean_out is not None else z[:, :0]

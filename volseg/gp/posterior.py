@@ -161,7 +161,7 @@ def _cholesky(A: torch.Tensor) -> torch.Tensor:
 class Workspace:
     """Buffers for evaluating chunks of up to ``n`` locations: the augmented inputs [z, |z|^2, 1],
     the kernel row and the products with [alpha | L^-T].  Sized once per update and reused, so a
-    chunk stays in cache and costs no allocation."""
+    chunk costs no allocation."""
 
     def __init__(self, n: int, input_dim: int, n_train: int, n_columns: int, dtype=torch.float32, device="cpu"):
         self.augmented = torch.empty(n, input_dim + 2, dtype=dtype, device=device)

@@ -31,6 +31,7 @@ import numpy as np
 from scipy import linalg
 from scipy.special import ndtr
 
+from ..gp.kernels import EXP_FLOOR
 from ..gp.posterior import LABEL_MARGIN, MIN_NOISE
 
 
@@ -43,7 +44,7 @@ def sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def rbf(d2: np.ndarray) -> np.ndarray:
     """RBF of squared distances, in place (unit lengthscale and outputscale)."""
     d2 *= -0.5
-    np.maximum(d2, -87.0, out=d2)  # no subnormal results: they are ~30x slower (see volseg.gp.kernels)
+    np.maximum(d2, EXP_FLOOR, out=d2)  # no subnormal values or products: they are ~30x slower
     return np.exp(d2, out=d2)
 
 
@@ -115,7 +116,7 @@ class MemoryPosterior:
             f = F[a:a + self.chunk].astype(np.float32, copy=False) - self.center
             fa = np.concatenate([f, np.ones((f.shape[0], 1), np.float32), (f * f).sum(1, keepdims=True)], 1)
             k = fa @ X
-            np.clip(k, -87.0, 0.0, out=k)  # -|d|^2/2 <= 0 up to rounding; floored so exp stays normal
+            np.clip(k, EXP_FLOOR, 0.0, out=k)  # -|d|^2/2 <= 0 up to rounding; floored so exp stays normal
             np.exp(k, out=k)
             if self.wg < 1.0:
                 ks = e_row[rows[a:a + self.chunk]]
