@@ -11,6 +11,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from . import fused
 from .inputs import InputMap
 from .posterior import ExactPosterior, Workspace
 from .reach import Box, box_size
@@ -53,20 +54,30 @@ def evaluate_boxes(posterior: ExactPosterior, inputs: InputMap, prior_mean: Call
 
     On a CPU each worker thread takes whole chunks and runs its torch ops single-threaded: one
     parallel region per op would make every op of every chunk wait for the slowest core, which on
-    a machine busy with anything else costs 10-20x."""
+    a machine busy with anything else costs 10-20x.
+
+    Where the compiled fused kernel applies (:mod:`volseg.gp.fused`: CPU, RBF or Matern) a chunk is
+    one call into it, which writes only the outputs; elsewhere (CUDA) it is a few torch products."""
     K = mean_out.shape[0] if mean_out is not None else 1
     cpu = inputs.device.type == "cpu"
+    one_pass = fused.applies(posterior, inputs, mean_out, var_out)
     workers = max(1, torch.get_num_threads()) if cpu else 1
-    chunk = max(1, min(max_bytes // workers // bytes_per_location(inputs.dim, posterior.n, K), CHUNK_LOCATIONS))
+    # the fused pass keeps its intermediates in registers: a chunk costs only its prior mean
+    per_location = 4 * (K + 1) if one_pass else bytes_per_location(inputs.dim, posterior.n, K)
+    chunk = max(1, min(max_bytes // workers // per_location, CHUNK_LOCATIONS))
     subs = [sub for box in boxes for sub in slabs(box, chunk)]
     if not subs:
         return
     workers = min(workers, len(subs))
     spare = queue.SimpleQueue()
     for _ in range(workers):
-        spare.put(Workspace(chunk, inputs.dim, posterior.n, K + posterior.n, inputs.dtype, inputs.device))
+        spare.put(None if one_pass else Workspace(chunk, inputs.dim, posterior.n, K + posterior.n, inputs.dtype, inputs.device))
 
     def run(sub: Box) -> None:
+        if one_pass:
+            m0 = prior_mean(sub) if mean_out is not None else None
+            fused.evaluate_box(posterior, inputs, sub, m0, mean_out, var_out)
+            return
         work = spare.get()
         try:
             _evaluate_chunk(posterior, inputs, prior_mean, sub, mean_out, var_out, work)

@@ -26,8 +26,9 @@ class InputMap:
         self.feature_lengthscale = float(feature_lengthscale)
         self.spatial_lengthscale = float(spatial_lengthscale)
         sp = torch.as_tensor(np.asarray(spacing, dtype=np.float64), dtype=compute_dtype, device=self.device)
-        self._pos_scale = sp / self.spatial_lengthscale
-        self._centre = torch.tensor([(s - 1) / 2.0 for s in self.shape], dtype=compute_dtype, device=self.device)
+        # public for the fused evaluation (gp/fused.py), which builds z in registers from the same numbers
+        self.position_scale = sp / self.spatial_lengthscale
+        self.centre = torch.tensor([(s - 1) / 2.0 for s in self.shape], dtype=compute_dtype, device=self.device)
 
     @property
     def dim(self) -> int:
@@ -38,7 +39,7 @@ class InputMap:
         idx = torch.as_tensor(np.asarray(voxels), dtype=torch.long, device=self.device).reshape(-1, self.ndim)
         z = torch.empty(idx.shape[0], self.dim, dtype=self.dtype, device=self.device)
         z[:, : self.n_features] = self.features[tuple(idx.T)]
-        z[:, self.n_features:] = (idx.to(self.dtype) - self._centre) * self._pos_scale
+        z[:, self.n_features:] = (idx.to(self.dtype) - self.centre) * self.position_scale
         z[:, : self.n_features] /= self.feature_lengthscale
         return z
 
@@ -55,11 +56,11 @@ class InputMap:
         for k, s in enumerate(box):
             view = [1] * self.ndim
             view[k] = shape[k]
-            ax = (torch.arange(s.start, s.stop, dtype=self.dtype, device=self.device) - self._centre[k]) * self._pos_scale[k]
+            ax = (torch.arange(s.start, s.stop, dtype=self.dtype, device=self.device) - self.centre[k]) * self.position_scale[k]
             z[..., self.n_features + k] = ax.view(view)
         return flat
 
     @property
     def pos_scale(self) -> np.ndarray:
         """z units per voxel along each axis: a kernel radius r spans r / pos_scale voxels."""
-        return self._pos_scale.cpu().double().numpy()
+        return self.position_scale.cpu().double().numpy()

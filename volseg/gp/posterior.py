@@ -107,6 +107,16 @@ class ExactPosterior:
             self._B = torch.cat([self.Z.T, torch.full((1, self.n), -0.5, dtype=torch.float64),
                                  -0.5 * (self.Z * self.Z).sum(1)[None, :]]).to(dev, dt)
         self._W = torch.cat([self.alpha, Linv.T], dim=1).to(dev, dt)
+        self._fused = None  # made on first use by fused_terms()
+
+    def fused_terms(self) -> dict[str, torch.Tensor]:
+        """The training terms as the fused CPU evaluation (:mod:`volseg.gp.fused`) reads them, float32
+        and contiguous: Z (N, Dz), |Z|^2 / 2 (N,), alpha (N, K) and L^-1 (N, N)."""
+        if self._fused is None:
+            f32 = lambda t: t.to("cpu", torch.float32).contiguous()  # noqa: E731
+            self._fused = {"Z": f32(self.Z), "half_sq": f32(0.5 * (self.Z * self.Z).sum(1)),
+                           "alpha": f32(self.alpha), "Linv": f32(self._Linv)}
+        return self._fused
 
     # -- evaluation ----------------------------------------------------------------------------
     def kernel_to_train(self, z: torch.Tensor, work: "Workspace | None" = None) -> torch.Tensor:

@@ -1,0 +1,114 @@
+"""The compiled one-pass posterior (volseg/gp/_fused.c) against the torch path it replaces on the CPU."""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from volseg.gp import fused
+from volseg.gp.evaluate import evaluate_boxes
+from volseg.gp.inputs import InputMap
+from volseg.gp.kernels import make_kernel
+from volseg.gp.posterior import ExactPosterior
+
+needs_fused = pytest.mark.skipif(not fused.available(), reason="fused extension not built (no C compiler at install)")
+
+
+def test_extension_is_built_where_a_compiler_is():
+    if os.environ.get("VOLSEG_NO_FUSED") or not (shutil.which("cc") or shutil.which("gcc")):
+        pytest.skip("fused path disabled or no compiler")
+    assert fused.available(), "the package was installed with a C compiler but volseg.gp._fused did not build"
+
+
+def _problem(shape, D, n, K, kernel, dtype, seed):
+    rng = np.random.default_rng(seed)
+    feats = torch.tensor(rng.normal(size=shape + (D,)), dtype=torch.float32)
+    spacing = tuple(rng.uniform(0.5, 2.0, len(shape)))
+    inputs = InputMap(feats.to(dtype), spacing, feature_lengthscale=1.7, spatial_lengthscale=5.0)
+    vox = np.stack([rng.integers(0, s, n) for s in shape], 1)
+    labels = torch.tensor(rng.choice([-1.0, 1.0], size=(n, K)))
+    # the posterior is fitted on the inputs as the map of the given dtype gives them
+    post = ExactPosterior(make_kernel(kernel, 1.3), noise=1e-2).fit(inputs.at(vox).double(), labels,
+                                                                   torch.full((n, K), -0.5, dtype=torch.float64))
+    return inputs, post
+
+
+def _torch_reference(post, inputs, box, m0):
+    z = inputs.box(box)
+    mean, var = post.mean_var(z, m0)
+    shape = tuple(s.stop - s.start for s in box)
+    return mean.T.reshape(-1, *shape), var.reshape(shape)
+
+
+def _exact(post, inputs, box, m0):
+    """The posterior in float64 from the kernel's own formula: the yardstick for both float32 paths."""
+    k = post.kernel(inputs.box(box).double(), post.Z)
+    v = torch.linalg.solve_triangular(post.L, k.T, upper=False)
+    shape = tuple(s.stop - s.start for s in box)
+    mean = (m0.double() + k @ post.alpha).T.reshape(-1, *shape)
+    return mean, (post.kernel.outputscale - (v * v).sum(0)).clamp_min(0.0).reshape(shape)
+
+
+@needs_fused
+@pytest.mark.parametrize("kernel", ["rbf", "matern12", "matern32", "matern52"])
+@pytest.mark.parametrize("shape,box", [((23, 37), (slice(3, 21), slice(5, 36))),            # rows not a multiple of 16
+                                       ((9, 11, 19), (slice(1, 8), slice(0, 11), slice(2, 19)))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_fused_box_matches_the_exact_posterior(kernel, shape, box, dtype):
+    K = 3
+    inputs, post = _problem(shape, D=5, n=9, K=K, kernel=kernel, dtype=dtype, seed=len(shape) + len(kernel))
+    n = int(np.prod([s.stop - s.start for s in box]))
+    m0 = torch.linspace(-1, 1, n * K).reshape(n, K)  # a prior mean that differs at every location
+    mean = torch.full((K,) + shape, float("nan"))
+    var = torch.full(shape, float("nan"))
+    assert fused.applies(post, inputs, mean, var)
+    fused.evaluate_box(post, inputs, box, m0, mean, var)
+    exact_mean, exact_var = _exact(post, inputs, box, m0)
+    torch_mean, torch_var = _torch_reference(post, inputs, box, m0)
+    for got, ref, exact in [(mean[(slice(None),) + box], torch_mean, exact_mean), (var[box], torch_var, exact_var)]:
+        # float32 rounding only.  The torch path's expanded square |z|^2 - 2 z.Z + |Z|^2 loses ~1e-6
+        # of d^2 near a click, which Matern-1/2's kink at d = 0 turns into ~1e-3; the fused path
+        # sums differences there, so it is held to 2e-5 everywhere and never worse than torch
+        err = float((got.double() - exact).abs().max())
+        assert err <= 2e-5 and err <= max(2e-5, float((ref - exact).abs().max()))
+    # nothing outside the box is written
+    outside = torch.ones(shape, dtype=torch.bool)
+    outside[box] = False
+    assert torch.isnan(var[outside]).all() and torch.isnan(mean[:, outside]).all()
+
+
+@needs_fused
+def test_fused_one_row_prior_mean_and_mean_or_variance_alone():
+    inputs, post = _problem((16, 40), D=4, n=6, K=1, kernel="rbf", dtype=torch.float32, seed=7)
+    box = (slice(0, 16), slice(0, 40))
+    m0 = torch.full((1, 1), -0.5)
+    want_mean, want_var = _torch_reference(post, inputs, box, m0.expand(16 * 40, 1))
+    mean, var = torch.empty(1, 16, 40), torch.empty(16, 40)
+    fused.evaluate_box(post, inputs, box, m0, mean, None)
+    fused.evaluate_box(post, inputs, box, None, None, var)
+    torch.testing.assert_close(mean, want_mean, atol=2e-5, rtol=1e-5)
+    torch.testing.assert_close(var, want_var, atol=2e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="prior mean"):
+        fused.evaluate_box(post, inputs, box, torch.zeros(5, 1), mean, None)
+
+
+@needs_fused
+def test_clicked_locations_keep_their_label_through_the_fused_path():
+    inputs, post = _problem((30, 30), D=3, n=12, K=1, kernel="matern52", dtype=torch.float32, seed=3)
+    mean = torch.empty(1, 30, 30)
+    evaluate_boxes(post, inputs, lambda b: torch.full((1, 1), -0.5), [(slice(0, 30), slice(0, 30))], mean, None,
+                   max_bytes=1 << 20)
+    vox = [tuple(int(round(float(v))) for v in (z[3:] / inputs.position_scale + inputs.centre)) for z in post.Z.float()]
+    labels = post.R[:, 0] + (-0.5)
+    for v, y in zip(vox, labels):
+        assert float(mean[(0,) + v]) * float(y) > 0
+
+
+def test_no_fused_environment_variable_selects_the_torch_path():
+    code = "from volseg.gp import fused; print(fused.available())"
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "VOLSEG_NO_FUSED": "1"},
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "False"

@@ -1,0 +1,105 @@
+"""The posterior over a box in one fused pass on the CPU (the compiled ``_fused`` extension).
+
+A click's work per location is a few dozen multiply-adds and exps against at most a few dozen
+clicks: as separate torch ops (build z, |z|^2, a skinny GEMM, exp, a second GEMM) it is bound by
+writing and re-reading those intermediates, not by arithmetic.  The extension builds z in
+registers and writes only the mean and the variance.  It computes the formulas of
+:class:`~volseg.gp.posterior.ExactPosterior` in float32; where it does not apply
+(:func:`applies`: CUDA, no compiler at install time, another kernel or layout) the caller
+takes the torch path.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+
+import torch
+
+from .kernels import EXP_FLOOR, RBF, Matern
+
+_KINDS = {0.5: 1, 1.5: 2, 2.5: 3}  # Matern nu -> the extension's kernel code (RBF is 0)
+_P = ctypes.c_void_p
+_I64P = ctypes.POINTER(ctypes.c_int64)
+
+
+def _load():
+    if os.environ.get("VOLSEG_NO_FUSED"):  # force the torch path (benchmarks, debugging)
+        return None
+    try:
+        from . import _fused
+    except ImportError:
+        return None
+    lib = ctypes.CDLL(_fused.__file__)
+    fn = lib.volseg_posterior_box
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.c_int, _I64P, _I64P,                       # ndim, shape, origin
+                   _P, _I64P, ctypes.c_int64, ctypes.c_int,           # features, strides, D, half
+                   ctypes.c_float, _P, _P,                            # feature scale, centre, position scale
+                   ctypes.c_int, ctypes.c_float, ctypes.c_float,      # kernel, exponent floor, outputscale
+                   ctypes.c_int64, _P, _P,                            # n, Z, |Z|^2 / 2
+                   ctypes.c_int64, _P, _P, ctypes.c_int64,            # K, alpha, m0, m0 row stride
+                   _P, ctypes.c_int64, _I64P,                         # mean, object stride, strides
+                   _P, _P, _I64P]                                     # L^-1, var, strides
+    return fn
+
+
+_FN = _load()
+
+
+def available() -> bool:
+    return _FN is not None
+
+
+def _kind(kernel) -> int | None:
+    if isinstance(kernel, RBF):
+        return 0
+    if isinstance(kernel, Matern):
+        return _KINDS.get(kernel.nu)
+    return None
+
+
+def _longs(values) -> ctypes.Array:
+    values = [int(v) for v in values]
+    return (ctypes.c_int64 * max(1, len(values)))(*values)
+
+
+def applies(posterior, inputs, *outputs: torch.Tensor | None) -> bool:
+    """Whether :func:`evaluate_box` can take this posterior, input map and output maps."""
+    f = inputs.features
+    return (_FN is not None and _kind(posterior.kernel) is not None and posterior.n > 0
+            and f.device.type == "cpu" and f.dtype in (torch.float32, torch.float16) and f.stride(-1) == 1
+            and inputs.dtype == torch.float32
+            and all(o is None or (o.dtype == torch.float32 and o.device.type == "cpu") for o in outputs))
+
+
+def evaluate_box(posterior, inputs, box, m0: torch.Tensor | None, mean_out: torch.Tensor | None,
+                 var_out: torch.Tensor | None) -> None:
+    """Write the mean (K, *box) into ``mean_out[:, box]`` and/or the variance into ``var_out[box]``,
+    where :func:`applies`; m0 is the prior mean over the box, (n, K) or one row (1, K)."""
+    f = inputs.features
+    kind = _kind(posterior.kernel)
+    p = posterior.fused_terms()
+    region = f[box]
+    shape = region.shape[:-1]
+    mean = mean_out[(slice(None),) + box] if mean_out is not None else None
+    var = var_out[box] if var_out is not None else None
+    K = p["alpha"].shape[1]
+    if mean is not None:
+        m0 = m0.to(torch.float32).contiguous()
+        if m0.shape[-1] != K or m0.shape[0] not in (1, region[..., 0].numel()):
+            raise ValueError(f"prior mean of shape {tuple(m0.shape)} does not fit a box of {tuple(shape)} and {K} objects")
+    rc = _FN(len(shape), _longs(shape), _longs(s.start for s in box),
+             region.data_ptr(), _longs(region.stride()[:-1]), inputs.n_features, int(f.dtype == torch.float16),
+             1.0 / inputs.feature_lengthscale, inputs.centre.data_ptr(), inputs.position_scale.data_ptr(),
+             kind, EXP_FLOOR, float(posterior.kernel.outputscale),
+             posterior.n, p["Z"].data_ptr(), p["half_sq"].data_ptr(),
+             K, p["alpha"].data_ptr(), m0.data_ptr() if mean is not None else None,
+             (K if m0.shape[0] > 1 else 0) if mean is not None else 0,
+             mean.data_ptr() if mean is not None else None, mean.stride(0) if mean is not None else 0,
+             _longs(mean.stride()[1:]) if mean is not None else _longs([]),
+             p["Linv"].data_ptr() if var is not None else None, var.data_ptr() if var is not None else None,
+             _longs(var.stride()) if var is not None else _longs([]))
+    if rc == 2:
+        raise MemoryError("fused posterior evaluation could not allocate its kernel-row buffer")
+    if rc:
+        raise ValueError(f"fused posterior evaluation does not take {len(shape)} axes, {inputs.dim} inputs, {K} objects")
