@@ -112,3 +112,16 @@ def test_no_fused_environment_variable_selects_the_torch_path():
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "VOLSEG_NO_FUSED": "1"},
                          capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+@needs_fused
+def test_layouts_the_extension_does_not_take_go_to_the_torch_path():
+    # more inputs than the extension's registers hold: applies() says no, and evaluate_boxes still
+    # gives the torch path's answer rather than an error
+    inputs, post = _problem((6, 7), D=300, n=4, K=1, kernel="rbf", dtype=torch.float32, seed=5)
+    mean = torch.empty(1, 6, 7)
+    assert not fused.applies(post, inputs, mean, None)
+    box = (slice(0, 6), slice(0, 7))
+    evaluate_boxes(post, inputs, lambda b: torch.full((1, 1), -0.5), [box], mean, None, max_bytes=1 << 20)
+    want, _ = _torch_reference(post, inputs, box, torch.full((42, 1), -0.5))
+    torch.testing.assert_close(mean, want)

@@ -120,8 +120,17 @@ INLINE void tile(const vf *x, int64_t dz, int kind, float floor, float outputsca
     for (; j < n; ++j) points(1, j, x, half_sq, dz, kind, floor, outputscale, Z, zhalf, K, alpha, acc, kbuf);
 }
 
-/* Returns 0, or 1 for a shape this kernel does not take (the caller then uses the torch path),
- * 2 when out of memory. */
+/* Whether volseg_posterior_box takes this layout; fused.py asks before choosing this path, so
+ * the limits live only here. */
+int volseg_posterior_takes(int ndim, int64_t n_inputs, int64_t K, int half) {
+#if !defined(__FLT16_MAX__)
+    if (half)
+        return 0;
+#endif
+    return ndim >= 1 && ndim <= MAX_DIM && n_inputs <= MAX_INPUTS && K >= 1 && K <= MAX_OBJECTS;
+}
+
+/* Returns 0, or 1 for a layout volseg_posterior_takes refuses, 2 when out of memory. */
 VECTOR_CLONES
 int volseg_posterior_box(int ndim, const int64_t *shape, const int64_t *origin,
                          const void *features, const int64_t *feature_strides, int64_t n_features, int half,
@@ -132,12 +141,8 @@ int volseg_posterior_box(int ndim, const int64_t *shape, const int64_t *origin,
                          float *mean, int64_t mean_object_stride, const int64_t *mean_strides,
                          const float *linv, float *var, const int64_t *var_strides) {
     const int64_t dz = n_features + ndim;
-    if (ndim < 1 || ndim > MAX_DIM || dz > MAX_INPUTS || K > MAX_OBJECTS || (mean && K < 1))
+    if (!volseg_posterior_takes(ndim, dz, K, half))
         return 1;
-#if !defined(__FLT16_MAX__)
-    if (half)
-        return 1;
-#endif
     vf *kbuf = NULL;
     if (var && n > 0) {
         kbuf = aligned_alloc(sizeof(vf), sizeof(vf) * (size_t)n);

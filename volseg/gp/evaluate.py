@@ -69,9 +69,9 @@ def evaluate_boxes(posterior: ExactPosterior, inputs: InputMap, prior_mean: Call
     if not subs:
         return
     workers = min(workers, len(subs))
-    spare = queue.SimpleQueue()
-    for _ in range(workers):
-        spare.put(None if one_pass else Workspace(chunk, inputs.dim, posterior.n, K + posterior.n, inputs.dtype, inputs.device))
+    spare = queue.SimpleQueue()  # the torch path's reused buffers; the fused pass needs none
+    for _ in range(0 if one_pass else workers):
+        spare.put(Workspace(chunk, inputs.dim, posterior.n, K + posterior.n, inputs.dtype, inputs.device))
 
     def run(sub: Box) -> None:
         if one_pass:

@@ -40,10 +40,13 @@ def _load():
                    ctypes.c_int64, _P, _P, ctypes.c_int64,            # K, alpha, m0, m0 row stride
                    _P, ctypes.c_int64, _I64P,                         # mean, object stride, strides
                    _P, _P, _I64P]                                     # L^-1, var, strides
-    return fn
+    takes = lib.volseg_posterior_takes
+    takes.restype = ctypes.c_int
+    takes.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]  # ndim, inputs, K, half
+    return fn, takes
 
 
-_FN = _load()
+_FN, _TAKES = _load() or (None, None)
 
 
 def available() -> bool:
@@ -69,7 +72,8 @@ def applies(posterior, inputs, *outputs: torch.Tensor | None) -> bool:
     return (_FN is not None and _kind(posterior.kernel) is not None and posterior.n > 0
             and f.device.type == "cpu" and f.dtype in (torch.float32, torch.float16) and f.stride(-1) == 1
             and inputs.dtype == torch.float32
-            and all(o is None or (o.dtype == torch.float32 and o.device.type == "cpu") for o in outputs))
+            and all(o is None or (o.dtype == torch.float32 and o.device.type == "cpu") for o in outputs)
+            and bool(_TAKES(inputs.ndim, inputs.dim, posterior.alpha.shape[1], int(f.dtype == torch.float16))))
 
 
 def evaluate_box(posterior, inputs, box, m0: torch.Tensor | None, mean_out: torch.Tensor | None,
