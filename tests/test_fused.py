@@ -125,3 +125,34 @@ def test_layouts_the_extension_does_not_take_go_to_the_torch_path():
     evaluate_boxes(post, inputs, lambda b: torch.full((1, 1), -0.5), [box], mean, None, max_bytes=1 << 20)
     want, _ = _torch_reference(post, inputs, box, torch.full((42, 1), -0.5))
     torch.testing.assert_close(mean, want)
+
+
+@needs_fused
+@pytest.mark.parametrize("layout", ["channels_last", "channel_first"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("D,K", [(5, 1), (3, 2), (19, 1)])  # compile-time D for one and several objects, run-time D
+def test_avx512_pass_and_layouts_match_the_exact_posterior(layout, dtype, D, K):
+    # rows of 37 (two full tiles and a remainder of 5), a box not aligned to 16, odd channel counts
+    # (float16 channels-last gathers channel pairs), both passes where the CPU has AVX-512
+    shape, box = (6, 9, 37), (slice(1, 5), slice(2, 9), slice(3, 36))
+    inputs, post = _problem(shape, D=D, n=7, K=K, kernel="rbf", dtype=dtype, seed=D + K)
+    if layout == "channel_first":
+        f = inputs.features
+        inputs.features = f.movedim(-1, 0).contiguous().movedim(0, -1)
+    n = int(np.prod([s.stop - s.start for s in box]))
+    m0 = torch.linspace(-1, 1, n * K).reshape(n, K)
+    exact_mean, exact_var = _exact(post, inputs, box, m0)
+    before = fused.avx512()
+    try:
+        for on in sorted({False, before}):
+            fused.avx512(on)
+            mean, var = torch.full((K,) + shape, float("nan")), torch.full(shape, float("nan"))
+            assert fused.applies(post, inputs, mean, var)
+            fused.evaluate_box(post, inputs, box, m0, mean, var)
+            assert float((mean[(slice(None),) + box].double() - exact_mean).abs().max()) <= 2e-5
+            assert float((var[box].double() - exact_var).abs().max()) <= 2e-5
+            outside = torch.ones(shape, dtype=torch.bool)
+            outside[box] = False
+            assert torch.isnan(var[outside]).all() and torch.isnan(mean[:, outside]).all()
+    finally:
+        fused.avx512(before)

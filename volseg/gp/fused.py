@@ -43,10 +43,20 @@ def _load():
     takes = lib.volseg_posterior_takes
     takes.restype = ctypes.c_int
     takes.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]  # ndim, inputs, K, half
-    return fn, takes
+    lib.volseg_fused_avx512.restype = ctypes.c_int
+    lib.volseg_fused_avx512.argtypes = [ctypes.c_int]
+    return fn, takes, lib.volseg_fused_avx512
 
 
-_FN, _TAKES = _load() or (None, None)
+_FN, _TAKES, _AVX512 = _load() or (None, None, None)
+
+
+def avx512(want: bool | None = None) -> bool:
+    """Whether the extension's AVX-512 RBF pass runs (where the CPU has it); ``want=False`` turns it
+    off so the portable pass runs instead (tests compare the two), ``True`` turns it back on."""
+    if _AVX512 is None:
+        return False
+    return bool(_AVX512(-1 if want is None else int(want)))
 
 
 def available() -> bool:
@@ -70,7 +80,9 @@ def applies(posterior, inputs, *outputs: torch.Tensor | None) -> bool:
     """Whether :func:`evaluate_box` can take this posterior, input map and output maps."""
     f = inputs.features
     return (_FN is not None and _kind(posterior.kernel) is not None and posterior.n > 0
-            and f.device.type == "cpu" and f.dtype in (torch.float32, torch.float16) and f.stride(-1) == 1
+            and f.device.type == "cpu" and f.dtype in (torch.float32, torch.float16)
+            # channels-last, or channel-first (each channel's rows contiguous: loaded as whole vectors)
+            and (f.stride(-1) == 1 or (f.dim() >= 2 and f.stride(-2) == 1))
             and inputs.dtype == torch.float32
             and all(o is None or (o.dtype == torch.float32 and o.device.type == "cpu") for o in outputs)
             and bool(_TAKES(inputs.ndim, inputs.dim, posterior.alpha.shape[1], int(f.dtype == torch.float16))))
@@ -93,7 +105,7 @@ def evaluate_box(posterior, inputs, box, m0: torch.Tensor | None, mean_out: torc
         if m0.shape[-1] != K or m0.shape[0] not in (1, region[..., 0].numel()):
             raise ValueError(f"prior mean of shape {tuple(m0.shape)} does not fit a box of {tuple(shape)} and {K} objects")
     rc = _FN(len(shape), _longs(shape), _longs(s.start for s in box),
-             region.data_ptr(), _longs(region.stride()[:-1]), inputs.n_features, int(f.dtype == torch.float16),
+             region.data_ptr(), _longs(region.stride()), inputs.n_features, int(f.dtype == torch.float16),
              1.0 / inputs.feature_lengthscale, inputs.centre.data_ptr(), inputs.position_scale.data_ptr(),
              kind, EXP_FLOOR, float(posterior.kernel.outputscale),
              posterior.n, p["Z"].data_ptr(), p["half_sq"].data_ptr(),
