@@ -31,6 +31,8 @@ def test_same_bank_for_2d_and_3d(shape, channels):
     f = compute_features(bank, img, budget=1 << 30)
     assert f.shape == shape + (bank.n_features(len(shape), channels, int(np.prod(shape))),)
     assert np.isfinite(f).all()
+    # stored channel-first (each channel's rows contiguous), the layout the fused evaluation loads whole
+    assert f.strides[-2] == f.itemsize and f.strides[-1] == f.itemsize * int(np.prod(shape))
     # standardised, then weighted per group
     w = bank.weights(len(shape), channels, int(np.prod(shape)))
     std = f.reshape(-1, f.shape[-1]).std(0)

@@ -133,9 +133,14 @@ def test_layouts_the_extension_does_not_take_go_to_the_torch_path():
 @pytest.mark.parametrize("D,K", [(5, 1), (3, 2), (19, 1)])  # compile-time D for one and several objects, run-time D
 def test_avx512_pass_and_layouts_match_the_exact_posterior(layout, dtype, D, K):
     # rows of 37 (two full tiles and a remainder of 5), a box not aligned to 16, odd channel counts
-    # (float16 channels-last gathers channel pairs), both passes where the CPU has AVX-512
+    # (float16 channels-last gathers channel pairs); 1 and 7 clicks pad the last block of four
     shape, box = (6, 9, 37), (slice(1, 5), slice(2, 9), slice(3, 36))
-    inputs, post = _problem(shape, D=D, n=7, K=K, kernel="rbf", dtype=dtype, seed=D + K)
+    for clicks in (1, 7):
+        _check_both_passes(shape, box, layout, dtype, D, K, clicks)
+
+
+def _check_both_passes(shape, box, layout, dtype, D, K, clicks):
+    inputs, post = _problem(shape, D=D, n=clicks, K=K, kernel="rbf", dtype=dtype, seed=D + K + clicks)
     if layout == "channel_first":
         f = inputs.features
         inputs.features = f.movedim(-1, 0).contiguous().movedim(0, -1)

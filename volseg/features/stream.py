@@ -34,7 +34,8 @@ def storage_dtype(n_locations: int, n_features: int, budget: int) -> np.dtype:
 
 
 def compute_features(bank, image: Image, *, budget: int, slab_bytes: int | None = None) -> np.ndarray:
-    """Standardised features (*spatial, D) of ``image`` computed in slabs, within ``budget`` bytes."""
+    """Standardised features (*spatial, D) of ``image`` computed in slabs, within ``budget`` bytes
+    (a view of channel-first storage)."""
     shape, n = image.shape, int(np.prod(image.shape))
     D = bank.n_features(image.ndim, image.channels, n)
     dtype = storage_dtype(n, D, budget)
@@ -56,7 +57,9 @@ def compute_features(bank, image: Image, *, budget: int, slab_bytes: int | None 
     thick = max(MAX_FACTOR, thick - thick % MAX_FACTOR)
     if params.get("superpixels"):
         thick = shape[0]  # superpixels are not local: one slab (prepare allows them only for small images)
-    out = np.empty(shape + (D,), dtype=dtype)
+    # stored channel-first behind a (*spatial, D) view: the fused evaluation then reads each channel
+    # of a row as whole vectors instead of gathering them location by location
+    out = np.moveaxis(np.empty((D,) + shape, dtype=dtype), 0, -1)
     total, total2 = np.zeros(D), np.zeros(D)
     for a in range(0, shape[0], thick):
         b = min(a + thick, shape[0])

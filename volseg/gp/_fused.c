@@ -315,6 +315,16 @@ INLINE void load_tile(const int64_t D, __m512 *x, const char *ftile, int half, i
     }
 }
 
+/* The features PREFETCH_TILES tiles ahead are asked for now: the pass streams them once, and a
+ * click's few FMAs per byte leave the hardware prefetcher too little time to hide memory latency */
+#define PREFETCH_TILES 8
+INLINE void prefetch_ahead(const int64_t D, const char *ftile, int64_t fs, int64_t cs, size_t esize) {
+    if (fs == 1)  /* channel-first: one line per channel covers the tile's 16 (float32) or 32 (float16) */
+        for (int64_t d = 0; d < D; ++d) _mm_prefetch(ftile + d * cs * (int64_t)esize, _MM_HINT_T0);
+    else if (cs == 1)  /* channels-last: the tile's contiguous run of 16 locations */
+        for (int64_t b = 0; b < 16 * fs * (int64_t)esize; b += 64) _mm_prefetch(ftile + b, _MM_HINT_T0);
+}
+
 /* Dfix, Kfix: compile-time D and K where nonzero (K = 1 sums the mean in registers; other K keep
  * the kernel row and take each object's mean from it after the clicks' pass) */
 INLINE int rbf_box(const int64_t Dfix, const int64_t Kfix, const box_args *a) {
@@ -323,14 +333,17 @@ INLINE int rbf_box(const int64_t Dfix, const int64_t Kfix, const box_args *a) {
     const int64_t n = a->n, dz = D + ndim, row_len = a->shape[last];
     const int inline_mean = a->mean && K == 1;
     const int keep_row = a->var || (a->mean && !inline_mean);
-    float *terms = malloc(sizeof(float) * (size_t)(n * (D + K + 3) + n * n + 1));
-    __m512 *kbuf = keep_row ? aligned_alloc(64, 64 * (size_t)n) : NULL;
+    /* clicks padded to whole blocks (zero weight, exponent at the floor): a lone remainder click
+     * would run one latency-bound chain, as slow as a block of four */
+    const int64_t np_ = (n + BLOCK - 1) / BLOCK * BLOCK;
+    float *terms = calloc((size_t)(np_ * (D + K + 3) + n * n + 1), sizeof(float));
+    __m512 *kbuf = keep_row ? aligned_alloc(64, 64 * (size_t)np_) : NULL;
     if (!terms || (keep_row && !kbuf)) {
         free(terms);
         free(kbuf);
         return 2;
     }
-    float *FL = terms, *PL = FL + n * D, *B0 = PL + n, *Brow = B0 + n, *AL = Brow + n, *LS = AL + n * K;
+    float *FL = terms, *PL = FL + np_ * D, *B0 = PL + np_, *Brow = B0 + np_, *AL = Brow + np_, *LS = AL + np_ * K;
     /* the last axis measured from the box's middle (a shift of both z and Z keeps distances) */
     const float sc = a->pos_scale[last];
     const float mid = (float)a->origin[last] + 0.5f * (float)(row_len - 1);
@@ -347,6 +360,7 @@ INLINE int rbf_box(const int64_t Dfix, const int64_t Kfix, const box_args *a) {
         B0[j] = -0.5f * LOG2E * (f2 + pl * pl);
         for (int64_t o = 0; o < K; ++o) AL[j * K + o] = a->outputscale * a->alpha[j * K + o];
     }
+    for (int64_t j = n; j < np_; ++j) B0[j] = Brow[j] = -1e30f;  /* Brow's padding is never rewritten */
     if (a->var)  /* s^2 folded into L^-1, as into alpha: the row is kept as exp's value alone */
         for (int64_t i = 0; i < n * n; ++i) LS[i] = a->outputscale * a->linv[i];
     const __m512 lane = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -382,6 +396,7 @@ INLINE int rbf_box(const int64_t Dfix, const int64_t Kfix, const box_args *a) {
             const int64_t lanes = row_len - t0 < 16 ? row_len - t0 : 16;
             const __mmask16 m = (__mmask16)((1u << lanes) - 1u);
             load_tile(D, x, frow + t0 * fs * (int64_t)esize, a->half, fs, cs, m, gidx);
+            prefetch_ahead(D, frow + (t0 + PREFETCH_TILES * 16) * fs * (int64_t)esize, fs, cs, esize);
             __m512 f2 = _mm512_setzero_ps();
             for (int64_t d = 0; d < D; ++d) f2 = _mm512_fmadd_ps(x[d], x[d], f2);
             const __m512 pt = _mm512_mul_ps(_mm512_add_ps(lane, _mm512_set1_ps((float)(a->origin[last] + t0) - mid)),
@@ -391,7 +406,7 @@ INLINE int rbf_box(const int64_t Dfix, const int64_t Kfix, const box_args *a) {
             __m512 acc[BLOCK];
             for (int b = 0; b < BLOCK; ++b) acc[b] = _mm512_setzero_ps();
             int64_t j = 0;
-            for (; j + BLOCK <= n; j += BLOCK) {
+            for (; j < np_; j += BLOCK) {
                 __m512 h[BLOCK];
                 for (int b = 0; b < BLOCK; ++b)
                     h[b] = _mm512_fmadd_ps(pt, _mm512_set1_ps(PL[j + b]), _mm512_sub_ps(_mm512_set1_ps(Brow[j + b]), q));
@@ -402,13 +417,6 @@ INLINE int rbf_box(const int64_t Dfix, const int64_t Kfix, const box_args *a) {
                     if (inline_mean) acc[b] = _mm512_fmadd_ps(_mm512_set1_ps(AL[j + b]), k, acc[b]);
                     if (keep_row) kbuf[j + b] = k;
                 }
-            }
-            for (; j < n; ++j) {
-                __m512 h = _mm512_fmadd_ps(pt, _mm512_set1_ps(PL[j]), _mm512_sub_ps(_mm512_set1_ps(Brow[j]), q));
-                for (int64_t d = 0; d < D; ++d) h = _mm512_fmadd_ps(x[d], _mm512_set1_ps(FL[j * D + d]), h);
-                const __m512 k = exp2_512(_mm512_max_ps(h, floor2));
-                if (inline_mean) acc[0] = _mm512_fmadd_ps(_mm512_set1_ps(AL[j]), k, acc[0]);
-                if (keep_row) kbuf[j] = k;
             }
             if (a->mean) {
                 const int64_t flat = row * row_len + t0;  /* C-order index in the box, for the prior mean */
