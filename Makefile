@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test test-all bench clean
 
-$(STAMP): pyproject.toml constraints.txt setup.py volseg/gp/_fused.c
+$(STAMP): pyproject.toml constraints.txt setup.py volseg/gp/_fused.c volseg/gp/_fused_rbf.h
 	$(PYTHON) -m venv $(VENV)
 	# constraints.txt pins torch to the local CPU wheel; the library itself only asks for torch>=2.1
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,ray]'

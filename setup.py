@@ -7,6 +7,7 @@ from setuptools import Extension, setup
 
 setup(ext_modules=[Extension(
     "volseg.gp._fused", ["volseg/gp/_fused.c"],
+    depends=["volseg/gp/_fused_rbf.h"],  # the RBF pass's body, included once per instruction set
     # FMAs and an errno-free sqrtf keep the vector code vectorised; -Wno-psabi: every helper that
     # takes or returns a vector is inlined, so no vector crosses a call between clones
     extra_compile_args=["-O3", "-ffp-contract=fast", "-fno-math-errno", "-Wno-psabi"],

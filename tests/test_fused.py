@@ -1,5 +1,6 @@
 """The compiled one-pass posterior (volseg/gp/_fused.c) against the torch path it replaces on the CPU."""
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -131,15 +132,15 @@ def test_layouts_the_extension_does_not_take_go_to_the_torch_path():
 @pytest.mark.parametrize("layout", ["channels_last", "channel_first"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("D,K", [(5, 1), (3, 2), (19, 1)])  # compile-time D for one and several objects, run-time D
-def test_avx512_pass_and_layouts_match_the_exact_posterior(layout, dtype, D, K):
-    # rows of 37 (two full tiles and a remainder of 5), a box not aligned to 16, odd channel counts
+def test_simd_passes_and_layouts_match_the_exact_posterior(layout, dtype, D, K):
+    # rows of 37 (whole tiles of 16 or 8 and a remainder), a box not aligned to a tile, odd channel counts
     # (float16 channels-last gathers channel pairs); 1 and 7 clicks pad the last block of four
     shape, box = (6, 9, 37), (slice(1, 5), slice(2, 9), slice(3, 36))
     for clicks in (1, 7):
-        _check_both_passes(shape, box, layout, dtype, D, K, clicks)
+        _check_passes(shape, box, layout, dtype, D, K, clicks)
 
 
-def _check_both_passes(shape, box, layout, dtype, D, K, clicks):
+def _check_passes(shape, box, layout, dtype, D, K, clicks):
     inputs, post = _problem(shape, D=D, n=clicks, K=K, kernel="rbf", dtype=dtype, seed=D + K + clicks)
     if layout == "channel_first":
         f = inputs.features
@@ -147,10 +148,11 @@ def _check_both_passes(shape, box, layout, dtype, D, K, clicks):
     n = int(np.prod([s.stop - s.start for s in box]))
     m0 = torch.linspace(-1, 1, n * K).reshape(n, K)
     exact_mean, exact_var = _exact(post, inputs, box, m0)
-    before = fused.avx512()
+    before = fused.simd()
     try:
-        for on in sorted({False, before}):
-            fused.avx512(on)
+        for width in (0, 256, 512):  # the portable pass, AVX2 and AVX-512, where the CPU has them
+            if fused.simd(width) != width:
+                continue
             mean, var = torch.full((K,) + shape, float("nan")), torch.full(shape, float("nan"))
             assert fused.applies(post, inputs, mean, var)
             fused.evaluate_box(post, inputs, box, m0, mean, var)
@@ -160,4 +162,20 @@ def _check_both_passes(shape, box, layout, dtype, D, K, clicks):
             outside[box] = False
             assert torch.isnan(var[outside]).all() and torch.isnan(mean[:, outside]).all()
     finally:
-        fused.avx512(before)
+        fused.simd(before)
+
+
+@needs_fused
+def test_the_widest_pass_the_cpu_has_is_the_one_that_runs():
+    # an AVX2-only CPU once fell back to the portable pass, 7x slower per click, with every test green
+    flags = set()
+    if os.path.exists("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                break
+    if not flags or platform.machine() != "x86_64":
+        pytest.skip("needs an x86-64 Linux CPU's flags")
+    want = 512 if {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= flags else \
+        256 if {"avx2", "fma", "f16c"} <= flags else 0
+    assert fused.simd() == want

@@ -223,23 +223,15 @@ int volseg_posterior_box_generic(int ndim, const int64_t *shape, const int64_t *
     return 0;
 }
 
-/* ---- the AVX-512 RBF pass ---------------------------------------------------------------------
- * The common case (RBF) on CPUs with AVX-512, with intrinsics for what the vector extension cannot
- * say.  Per location and click it costs D + 2 FMAs for the exponent, 8 instructions for the exp and
- * one FMA into the mean (22 for D = 10, against ~30 in the portable pass):
- *  - exp(h) = 2^(h log2e), with log2e folded into the per-click terms so the pass makes h log2e
- *    directly; 2^x = 2^frac(x) 2^floor(x): vreduceps gives the fraction in one instruction, a
- *    degree-5 minimax polynomial 2^frac (relative error 1.6e-7 in float32) and vscalefps applies
- *    2^floor(x), also one instruction.
- *  - |z - Z_j|^2 = |f - F_j|^2 + (leading axes: constant along a row, made once per row and click)
- *    + (p - P_j)^2 along the row; the squares of f and p are once per tile, not per click.  Row
- *    positions are measured from the box's middle, which keeps the expanded square's float32
- *    cancellation small.
- *  - features load as whole vectors where the row is contiguous in memory (channel-first storage,
- *    float16 through vcvtph2ps), else by one gather per channel (float16: one per channel pair).
- *  - D (<= 16) is a compile-time constant, so a tile's features stay in registers. */
+/* ---- the intrinsics RBF passes -----------------------------------------------------------------
+ * The common case (RBF) with intrinsics for what the vector extension cannot say, one body
+ * (_fused_rbf.h) compiled for AVX-512 and for AVX2 + FMA, chosen at run time.  Per location and
+ * click it costs D + 2 FMAs for the exponent, ~8-10 instructions for the exp and one FMA into the
+ * mean (~22 for D = 10, against ~30 in the portable pass, whose run-time D also keeps the
+ * features in memory).  Features load as whole vectors where a channel's row is contiguous
+ * (channel-first storage, float16 through vcvtph2ps), else by one gather per channel. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define HAVE_AVX512_PASS 1
+#define HAVE_SIMD_PASSES 1
 #include <immintrin.h>
 
 typedef struct {
@@ -265,27 +257,49 @@ typedef struct {
     const int64_t *var_strides;
 } box_args;
 
+#define LOG2E 1.44269504088896341f
+/* The features PREFETCH_TILES tiles ahead are asked for now: the pass streams them once, and a
+ * click's few FMAs per byte leave the hardware prefetcher too little time to hide memory latency */
+#define PREFETCH_TILES 8
+#define PASTE_(a, b) a##b
+#define PASTE(a, b) PASTE_(a, b)
+#define RBF_FOR_D(X) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15) X(16)
+/* 2^frac on [0, 1): degree-5 minimax coefficients, highest first */
+#define EXP2_C5 1.8775767e-3f
+#define EXP2_C4 8.9893406e-3f
+#define EXP2_C3 5.5826318e-2f
+#define EXP2_C2 2.4015361e-1f
+#define EXP2_C1 6.9315308e-1f
+#define EXP2_C0 9.9999994e-1f
+
+/* a prefetch per cache line of one tile (lanes locations): a line per channel (channel-first),
+ * or the tile's contiguous run of locations (channels-last) */
+INLINE void prefetch_tile(const int64_t D, const char *ftile, int64_t fs, int64_t cs, size_t esize, int lanes) {
+    if (fs == 1)
+        for (int64_t d = 0; d < D; ++d) _mm_prefetch(ftile + d * cs * (int64_t)esize, _MM_HINT_T0);
+    else if (cs == 1)
+        for (int64_t b = 0; b < lanes * fs * (int64_t)esize; b += 64) _mm_prefetch(ftile + b, _MM_HINT_T0);
+}
+
+/* ---- AVX-512: 16 lanes; exp's fraction and scaling are one instruction each (vreduceps, vscalefps) */
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,avx512bw,avx512vl,avx2,fma,f16c")
 
-#define LOG2E 1.44269504088896341f
-#define BLOCK 4 /* clicks per pass: independent chains that overlap their FMA latency */
-
-/* 2^x for x >= -126: the fraction's polynomial (minimax on [0, 1)), scaled by 2^floor(x) */
+/* 2^x for x >= -126: the fraction's polynomial, scaled by 2^floor(x) */
 INLINE __m512 exp2_512(__m512 x) {
     const __m512 r = _mm512_reduce_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    __m512 p = _mm512_set1_ps(1.8775767e-3f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.9893406e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.5826318e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(2.4015361e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(6.9315308e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(9.9999994e-1f));
+    __m512 p = _mm512_set1_ps(EXP2_C5);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP2_C4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP2_C3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP2_C2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP2_C1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP2_C0));
     return _mm512_scalef_ps(p, x);
 }
 
 /* the D features of one tile (lanes outside m are 0): fs, cs the location and channel strides */
-INLINE void load_tile(const int64_t D, __m512 *x, const char *ftile, int half, int64_t fs, int64_t cs, __mmask16 m,
-                      __m512i gidx) {
+INLINE void load_tile_512(const int64_t D, __m512 *x, const char *ftile, int half, int64_t fs, int64_t cs,
+                          __mmask16 m, __m512i gidx) {
     if (fs == 1) {  /* channel-first: each channel's row is contiguous */
         if (half)
             for (int64_t d = 0; d < D; ++d)
@@ -315,195 +329,135 @@ INLINE void load_tile(const int64_t D, __m512 *x, const char *ftile, int half, i
     }
 }
 
-/* The features PREFETCH_TILES tiles ahead are asked for now: the pass streams them once, and a
- * click's few FMAs per byte leave the hardware prefetcher too little time to hide memory latency */
-#define PREFETCH_TILES 8
-INLINE void prefetch_ahead(const int64_t D, const char *ftile, int64_t fs, int64_t cs, size_t esize) {
-    if (fs == 1)  /* channel-first: one line per channel covers the tile's 16 (float32) or 32 (float16) */
-        for (int64_t d = 0; d < D; ++d) _mm_prefetch(ftile + d * cs * (int64_t)esize, _MM_HINT_T0);
-    else if (cs == 1)  /* channels-last: the tile's contiguous run of 16 locations */
-        for (int64_t b = 0; b < 16 * fs * (int64_t)esize; b += 64) _mm_prefetch(ftile + b, _MM_HINT_T0);
-}
-
-/* Dfix, Kfix: compile-time D and K where nonzero (K = 1 sums the mean in registers; other K keep
- * the kernel row and take each object's mean from it after the clicks' pass) */
-INLINE int rbf_box(const int64_t Dfix, const int64_t Kfix, const box_args *a) {
-    const int64_t D = Dfix ? Dfix : a->D, K = Kfix ? Kfix : a->K;
-    const int ndim = a->ndim, last = ndim - 1;
-    const int64_t n = a->n, dz = D + ndim, row_len = a->shape[last];
-    const int inline_mean = a->mean && K == 1;
-    const int keep_row = a->var || (a->mean && !inline_mean);
-    /* clicks padded to whole blocks (zero weight, exponent at the floor): a lone remainder click
-     * would run one latency-bound chain, as slow as a block of four */
-    const int64_t np_ = (n + BLOCK - 1) / BLOCK * BLOCK;
-    float *terms = calloc((size_t)(np_ * (D + K + 3) + n * n + 1), sizeof(float));
-    __m512 *kbuf = keep_row ? aligned_alloc(64, 64 * (size_t)np_) : NULL;
-    if (!terms || (keep_row && !kbuf)) {
-        free(terms);
-        free(kbuf);
-        return 2;
-    }
-    float *FL = terms, *PL = FL + np_ * D, *B0 = PL + np_, *Brow = B0 + np_, *AL = Brow + np_, *LS = AL + np_ * K;
-    /* the last axis measured from the box's middle (a shift of both z and Z keeps distances) */
-    const float sc = a->pos_scale[last];
-    const float mid = (float)a->origin[last] + 0.5f * (float)(row_len - 1);
-    const float zmid = (mid - a->centre[last]) * sc;
-    for (int64_t j = 0; j < n; ++j) {
-        const float *zj = a->Z + j * dz;
-        float f2 = 0.0f;
-        for (int64_t d = 0; d < D; ++d) {
-            FL[j * D + d] = LOG2E * a->feature_scale * zj[d];
-            f2 += zj[d] * zj[d];
-        }
-        const float pl = zj[D + last] - zmid;
-        PL[j] = LOG2E * pl;
-        B0[j] = -0.5f * LOG2E * (f2 + pl * pl);
-        for (int64_t o = 0; o < K; ++o) AL[j * K + o] = a->outputscale * a->alpha[j * K + o];
-    }
-    for (int64_t j = n; j < np_; ++j) B0[j] = Brow[j] = -1e30f;  /* Brow's padding is never rewritten */
-    if (a->var)  /* s^2 folded into L^-1, as into alpha: the row is kept as exp's value alone */
-        for (int64_t i = 0; i < n * n; ++i) LS[i] = a->outputscale * a->linv[i];
-    const __m512 lane = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
-    const float s2 = a->feature_scale * a->feature_scale;
-    const __m512 floor2 = _mm512_set1_ps(LOG2E * a->floor);
-    const int64_t fs = a->fstrides[last], cs = a->fstrides[ndim];
-    const size_t esize = a->half ? 2 : 4;
-    const __m512i gidx = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
-                                            _mm512_set1_epi32((int32_t)fs));
-    const int64_t mls = a->mean ? a->mean_strides[last] : 0, vls = a->var ? a->var_strides[last] : 0;
-
-    int64_t rows = 1;
-    for (int d = 0; d < last; ++d) rows *= a->shape[d];
-    int64_t idx[MAX_DIM] = {0};
-    __m512 x[Dfix ? Dfix : MAX_INPUTS];
-    for (int64_t row = 0; row < rows; ++row) {
-        const char *frow = a->features;
-        int64_t moff = 0, voff = 0;
-        for (int d = 0; d < last; ++d) {
-            frow += idx[d] * a->fstrides[d] * (int64_t)esize;
-            if (a->mean) moff += idx[d] * a->mean_strides[d];
-            if (a->var) voff += idx[d] * a->var_strides[d];
-        }
-        for (int64_t j = 0; j < n; ++j) {  /* the leading axes' share of each click's exponent */
-            float s = 0.0f;
-            for (int d = 0; d < last; ++d) {
-                const float t = ((float)(a->origin[d] + idx[d]) - a->centre[d]) * a->pos_scale[d] - a->Z[j * dz + D + d];
-                s += t * t;
-            }
-            Brow[j] = B0[j] - 0.5f * LOG2E * s;
-        }
-        for (int64_t t0 = 0; t0 < row_len; t0 += 16) {
-            const int64_t lanes = row_len - t0 < 16 ? row_len - t0 : 16;
-            const __mmask16 m = (__mmask16)((1u << lanes) - 1u);
-            load_tile(D, x, frow + t0 * fs * (int64_t)esize, a->half, fs, cs, m, gidx);
-            prefetch_ahead(D, frow + (t0 + PREFETCH_TILES * 16) * fs * (int64_t)esize, fs, cs, esize);
-            __m512 f2 = _mm512_setzero_ps();
-            for (int64_t d = 0; d < D; ++d) f2 = _mm512_fmadd_ps(x[d], x[d], f2);
-            const __m512 pt = _mm512_mul_ps(_mm512_add_ps(lane, _mm512_set1_ps((float)(a->origin[last] + t0) - mid)),
-                                            _mm512_set1_ps(sc));
-            const __m512 q = _mm512_mul_ps(_mm512_fmadd_ps(pt, pt, _mm512_mul_ps(f2, _mm512_set1_ps(s2))),
-                                           _mm512_set1_ps(0.5f * LOG2E));
-            __m512 acc[BLOCK];
-            for (int b = 0; b < BLOCK; ++b) acc[b] = _mm512_setzero_ps();
-            int64_t j = 0;
-            for (; j < np_; j += BLOCK) {
-                __m512 h[BLOCK];
-                for (int b = 0; b < BLOCK; ++b)
-                    h[b] = _mm512_fmadd_ps(pt, _mm512_set1_ps(PL[j + b]), _mm512_sub_ps(_mm512_set1_ps(Brow[j + b]), q));
-                for (int64_t d = 0; d < D; ++d)
-                    for (int b = 0; b < BLOCK; ++b) h[b] = _mm512_fmadd_ps(x[d], _mm512_set1_ps(FL[(j + b) * D + d]), h[b]);
-                for (int b = 0; b < BLOCK; ++b) {
-                    const __m512 k = exp2_512(_mm512_max_ps(h[b], floor2));
-                    if (inline_mean) acc[b] = _mm512_fmadd_ps(_mm512_set1_ps(AL[j + b]), k, acc[b]);
-                    if (keep_row) kbuf[j + b] = k;
-                }
-            }
-            if (a->mean) {
-                const int64_t flat = row * row_len + t0;  /* C-order index in the box, for the prior mean */
-                for (int64_t o = 0; o < K; ++o) {
-                    __m512 v = _mm512_setzero_ps();
-                    if (inline_mean)
-                        for (int b = 0; b < BLOCK; ++b) v = _mm512_add_ps(v, acc[b]);
-                    else
-                        for (int64_t jj = 0; jj < n; ++jj) v = _mm512_fmadd_ps(_mm512_set1_ps(AL[jj * K + o]), kbuf[jj], v);
-                    float *out = a->mean + moff + o * a->mean_object_stride + t0 * mls;
-                    if (a->m0_stride == 0)
-                        v = _mm512_add_ps(v, _mm512_set1_ps(a->m0[o]));
-                    else if (a->m0_stride == 1)
-                        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, a->m0 + flat));
-                    else
-                        for (int i = 0; i < lanes; ++i) v[i] += a->m0[(flat + i) * a->m0_stride + o];
-                    if (mls == 1)
-                        _mm512_mask_storeu_ps(out, m, v);
-                    else
-                        for (int i = 0; i < lanes; ++i) out[i * mls] = v[i];
-                }
-            }
-            if (a->var) {
-                __m512 s = _mm512_setzero_ps();
-                for (int64_t c = 0; c < n; ++c) {  /* v = (s^2 L^-1) exp-row, L^-1 lower triangular */
-                    __m512 v = _mm512_setzero_ps();
-                    const float *lc = LS + c * n;
-                    for (int64_t jj = 0; jj <= c; ++jj) v = _mm512_fmadd_ps(_mm512_set1_ps(lc[jj]), kbuf[jj], v);
-                    s = _mm512_fmadd_ps(v, v, s);
-                }
-                const __m512 w = _mm512_max_ps(_mm512_sub_ps(_mm512_set1_ps(a->outputscale), s), _mm512_setzero_ps());
-                float *out = a->var + voff + t0 * vls;
-                if (vls == 1)
-                    _mm512_mask_storeu_ps(out, m, w);
-                else
-                    for (int i = 0; i < lanes; ++i) out[i * vls] = w[i];
-            }
-        }
-        for (int d = last - 1; d >= 0; --d) {  /* next row */
-            if (++idx[d] < a->shape[d]) break;
-            idx[d] = 0;
-        }
-    }
-    free(terms);
-    free(kbuf);
-    return 0;
-}
-
-/* one instance per D up to 16, for one object and for several; any other D at run time */
-#define RBF_FOR_D(X) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15) X(16)
-#define RBF_INSTANCE(d) \
-    static __attribute__((noinline)) int rbf_box_##d##_1(const box_args *a) { return rbf_box(d, 1, a); } \
-    static __attribute__((noinline)) int rbf_box_##d##_k(const box_args *a) { return rbf_box(d, 0, a); }
-RBF_FOR_D(RBF_INSTANCE)
-static __attribute__((noinline)) int rbf_box_any(const box_args *a) { return rbf_box(0, 0, a); }
-
-static int rbf_box_avx512(const box_args *a) {
-#define RBF_CASE(d) case d: return a->K == 1 ? rbf_box_##d##_1(a) : rbf_box_##d##_k(a);
-    switch (a->D) { RBF_FOR_D(RBF_CASE) default: return rbf_box_any(a); }
-#undef RBF_CASE
-}
+#define SFX avx512
+#define BLOCK 4 /* clicks per pass: independent chains that overlap the FMA latency */
+#define BROADCAST_TABLE 0
+#define W 16
+#define V __m512
+#define VI __m512i
+#define VM __mmask16
+#define V_ZERO() _mm512_setzero_ps()
+#define V_SET1 _mm512_set1_ps
+#define V_FMA _mm512_fmadd_ps
+#define V_ADD _mm512_add_ps
+#define V_SUB _mm512_sub_ps
+#define V_MUL _mm512_mul_ps
+#define V_MAX _mm512_max_ps
+#define V_LANE() _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)
+#define V_GATHER_INDEX(fs) \
+    _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15), _mm512_set1_epi32(fs))
+#define V_TAIL_MASK(lanes) ((__mmask16)((1u << (lanes)) - 1u))
+#define V_MASKLOAD(m, p) _mm512_maskz_loadu_ps(m, p)
+#define V_MASKSTORE(p, m, v) _mm512_mask_storeu_ps(p, m, v)
+#define V_EXP2 exp2_512
+#define V_LOAD_TILE load_tile_512
+#define V_PREFETCH(D, f, fs, cs, es) prefetch_tile(D, f, fs, cs, es, 16)
+#include "_fused_rbf.h"
 #pragma GCC pop_options
 
-static int avx512_on = -1;  /* -1: not asked yet */
+/* ---- AVX2 + FMA: 8 lanes; 2^floor(x) goes into the exponent bits as an integer add */
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
 
-static int cpu_has_avx512(void) {
+INLINE __m256 exp2_256(__m256 x) {
+    const __m256 fl = _mm256_floor_ps(x);
+    const __m256 r = _mm256_sub_ps(x, fl);
+    __m256 p = _mm256_set1_ps(EXP2_C5);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP2_C4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP2_C3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP2_C2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP2_C1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP2_C0));
+    const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(fl), 23);  /* x >= -126: a normal result */
+    return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
+}
+
+INLINE __m256i tail_mask_256(int64_t lanes) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32((int32_t)lanes), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+INLINE void load_tile_256(const int64_t D, __m256 *x, const char *ftile, int half, int64_t fs, int64_t cs,
+                          __m256i m, __m256i gidx) {
+    const int full = _mm256_movemask_ps(_mm256_castsi256_ps(m)) == 0xff;
+    if (fs == 1 && !half) {  /* channel-first float32: each channel's row is contiguous */
+        for (int64_t d = 0; d < D; ++d)
+            x[d] = full ? _mm256_loadu_ps((const float *)ftile + d * cs) : _mm256_maskload_ps((const float *)ftile + d * cs, m);
+    } else if (fs == 1 && full) {  /* channel-first float16, a whole tile */
+        for (int64_t d = 0; d < D; ++d)
+            x[d] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const int16_t *)ftile + d * cs)));
+    } else if (!half) {
+        for (int64_t d = 0; d < D; ++d)
+            x[d] = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), (const float *)ftile + d * cs, gidx,
+                                            _mm256_castsi256_ps(m), 4);
+    } else {  /* float16 channels-last, or a partial tile: element by element */
+        const int mask = _mm256_movemask_ps(_mm256_castsi256_ps(m));
+        for (int64_t d = 0; d < D; ++d) {
+            int16_t t[8] = {0};
+            for (int i = 0; i < 8; ++i)
+                if (mask >> i & 1) t[i] = ((const int16_t *)ftile)[i * fs + d * cs];
+            x[d] = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)t));
+        }
+    }
+}
+
+#define SFX avx2
+#define BLOCK 4
+#define BROADCAST_TABLE 1
+#define W 8
+#define V __m256
+#define VI __m256i
+#define VM __m256i
+#define V_ZERO() _mm256_setzero_ps()
+#define V_SET1 _mm256_set1_ps
+#define V_FMA _mm256_fmadd_ps
+#define V_ADD _mm256_add_ps
+#define V_SUB _mm256_sub_ps
+#define V_MUL _mm256_mul_ps
+#define V_MAX _mm256_max_ps
+#define V_LANE() _mm256_setr_ps(0, 1, 2, 3, 4, 5, 6, 7)
+#define V_GATHER_INDEX(fs) _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(fs))
+#define V_TAIL_MASK(lanes) tail_mask_256(lanes)
+#define V_MASKLOAD(m, p) _mm256_maskload_ps(p, m)
+#define V_MASKSTORE(p, m, v) _mm256_maskstore_ps(p, m, v)
+#define V_EXP2 exp2_256
+#define V_LOAD_TILE load_tile_256
+#define V_PREFETCH(D, f, fs, cs, es) prefetch_tile(D, f, fs, cs, es, 8)
+#include "_fused_rbf.h"
+#pragma GCC pop_options
+
+/* the widest pass this CPU runs: 512, 256 or 0 (the portable pass only) */
+static int cpu_simd_width(void) {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
-           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+        return 512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+        return 256;
+    return 0;
 }
 #endif
 
-/* Whether the AVX-512 RBF pass runs where it applies: want 0 turns it off (tests compare the two
- * passes), 1 on where the CPU has it, -1 only asks.  Returns the state now. */
-int volseg_fused_avx512(int want) {
-#ifdef HAVE_AVX512_PASS
-    if (avx512_on < 0 || want >= 0)
-        avx512_on = want != 0 && cpu_has_avx512();
-    return avx512_on;
+static int simd_width = -1;  /* -1: not asked yet */
+
+/* Which intrinsics RBF pass runs where it applies: want 512 or 256 asks for that width (or the
+ * widest below it the CPU has), 0 for the portable pass only (tests compare the passes), -1 only
+ * asks.  Returns the width now in use. */
+int volseg_fused_simd(int want) {
+#ifdef HAVE_SIMD_PASSES
+    const int cpu = cpu_simd_width();
+    if (simd_width < 0 && want < 0)
+        simd_width = cpu;
+    else if (want >= 0)
+        simd_width = want >= 512 ? cpu : (want >= 256 && cpu >= 256 ? 256 : 0);
+    return simd_width;
 #else
     (void)want;
     return 0;
 #endif
 }
 
-/* The entry point: the AVX-512 pass for RBF where it can run, else the portable one.  Returns 0,
- * 1 for a layout volseg_posterior_takes refuses, 2 when out of memory.  feature_strides: ndim + 1
+/* The entry point: an intrinsics pass for RBF where one can run, else the portable one.  Returns
+ * 0, 1 for a layout volseg_posterior_takes refuses, 2 when out of memory.  feature_strides: ndim + 1
  * (in elements), the channel's last. */
 int volseg_posterior_box(int ndim, const int64_t *shape, const int64_t *origin,
                          const void *features, const int64_t *feature_strides, int64_t n_features, int half,
@@ -513,14 +467,15 @@ int volseg_posterior_box(int ndim, const int64_t *shape, const int64_t *origin,
                          int64_t K, const float *alpha, const float *m0, int64_t m0_stride,
                          float *mean, int64_t mean_object_stride, const int64_t *mean_strides,
                          const float *linv, float *var, const int64_t *var_strides) {
-#ifdef HAVE_AVX512_PASS
+#ifdef HAVE_SIMD_PASSES
     const int64_t fs = feature_strides[ndim - 1 < 0 ? 0 : ndim - 1];
-    if (kind == RBF && n > 0 && volseg_fused_avx512(-1) && volseg_posterior_takes(ndim, n_features + ndim, K, half) &&
+    const int width = kind == RBF && n > 0 ? volseg_fused_simd(-1) : 0;
+    if (width && volseg_posterior_takes(ndim, n_features + ndim, K, half) &&
         fs < (1 << 26) && fs > -(1 << 26)) {  /* the gather's 32-bit offsets */
         const box_args a = {ndim, shape, origin, features, feature_strides, n_features, half, feature_scale, centre,
                             pos_scale, floor, outputscale, n, Z, K, alpha, m0, m0_stride, mean, mean_object_stride,
                             mean_strides, linv, var, var_strides};
-        return rbf_box_avx512(&a);
+        return width == 512 ? rbf_pass_avx512(&a) : rbf_pass_avx2(&a);
     }
 #endif
     return volseg_posterior_box_generic(ndim, shape, origin, features, feature_strides, n_features, half, feature_scale,

@@ -43,20 +43,21 @@ def _load():
     takes = lib.volseg_posterior_takes
     takes.restype = ctypes.c_int
     takes.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]  # ndim, inputs, K, half
-    lib.volseg_fused_avx512.restype = ctypes.c_int
-    lib.volseg_fused_avx512.argtypes = [ctypes.c_int]
-    return fn, takes, lib.volseg_fused_avx512
+    lib.volseg_fused_simd.restype = ctypes.c_int
+    lib.volseg_fused_simd.argtypes = [ctypes.c_int]
+    return fn, takes, lib.volseg_fused_simd
 
 
-_FN, _TAKES, _AVX512 = _load() or (None, None, None)
+_FN, _TAKES, _SIMD = _load() or (None, None, None)
 
 
-def avx512(want: bool | None = None) -> bool:
-    """Whether the extension's AVX-512 RBF pass runs (where the CPU has it); ``want=False`` turns it
-    off so the portable pass runs instead (tests compare the two), ``True`` turns it back on."""
-    if _AVX512 is None:
-        return False
-    return bool(_AVX512(-1 if want is None else int(want)))
+def simd(want: int | None = None) -> int:
+    """The vector width (512: AVX-512, 256: AVX2 + FMA, 0: none) of the extension's intrinsics RBF
+    pass; ``want`` asks for a width (the widest the CPU has at or below it), 0 for the portable pass
+    alone (tests compare the passes).  Returns the width now in use."""
+    if _SIMD is None:
+        return 0
+    return int(_SIMD(-1 if want is None else int(want)))
 
 
 def available() -> bool:
