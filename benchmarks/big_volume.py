@@ -106,6 +106,8 @@ def run_one(shape, device, spatial_lengthscale, clicks, name=None):
         "spatial_lengthscale_mm": s.spatial_lengthscale,
         "eval_gflops": round(flops / max(eval_s, 1e-9) / 1e9, 2), "matmul_gflops": round(mm / 1e9, 1),
         "roofline_ratio": round(flops / max(eval_s, 1e-9) / mm, 3),
+        # the share of a click's time spent in the posterior evaluation (the rest: solve, reach, Python)
+        "eval_share": round(eval_s / max(sum(per_click), 1e-9), 2),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 2),
         "dice": round(float(dice), 3),
     }
