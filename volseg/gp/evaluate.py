@@ -20,6 +20,7 @@ from .reach import Box, box_size
 # small next to its arithmetic, few enough that its buffers stay a few MB.  Measured on 256^3, 2
 # threads: 2^14 0.66 s per click, 2^15 0.40 s, 2^17 0.30 s, 2^18 0.33 s.
 CHUNK_LOCATIONS = 1 << 17
+MIN_SHARED_CHUNK = 1 << 15  # smallest chunk a region is cut into so that threads share it
 
 
 def bytes_per_location(input_dim: int, n_train: int, n_objects: int) -> int:
@@ -65,9 +66,15 @@ def evaluate_boxes(posterior: ExactPosterior, inputs: InputMap, prior_mean: Call
     # the fused pass keeps its intermediates in registers: a chunk costs only its prior mean
     per_location = 4 * (K + 1) if one_pass else bytes_per_location(inputs.dim, posterior.n, K)
     chunk = max(1, min(max_bytes // workers // per_location, CHUNK_LOCATIONS))
+    if one_pass and workers > 1:
+        # a click's region is often a few boxes of uneven size: cut it finer, so every thread has
+        # work to the end (a fused call's Python costs ~30 us, small next to 2^15 locations)
+        total = sum(box_size(b) for b in boxes)
+        chunk = min(chunk, max(MIN_SHARED_CHUNK, total // (4 * workers)))
     subs = [sub for box in boxes for sub in slabs(box, chunk)]
     if not subs:
         return
+    subs.sort(key=box_size, reverse=True)  # largest first: the last chunks to finish are small ones
     workers = min(workers, len(subs))
     spare = queue.SimpleQueue()  # the torch path's reused buffers; the fused pass needs none
     for _ in range(0 if one_pass else workers):
