@@ -1,7 +1,7 @@
-/* The RBF pass of _fused.c, once per instruction set: _fused.c includes this file with SFX (the
- * name suffix), W (lanes), BLOCK (clicks per pass), V / VI / VM (float vector, int vector, lane mask) and the V_* primitives
- * defined, inside that instruction set's target pragma.  One body, so the AVX-512 and AVX2 passes
- * cannot drift apart.
+/* The RBF pass of _fused.c, once per instruction set: _fused.c includes this file inside that
+ * instruction set's target pragma, with SFX (the name suffix), W (lanes), BLOCK (clicks per pass),
+ * BROADCAST_TABLE, V / VI / VM (float vector, int vector, lane mask) and the V_* primitives
+ * defined.  One body, so the AVX-512 and AVX2 passes cannot drift apart.
  *
  * Per location and click: D + 2 FMAs for the exponent, the exp, one FMA into the mean.
  *  - exp(h) = 2^(h log2e), with log2e folded into the per-click terms so the pass makes h log2e
@@ -59,9 +59,9 @@ INLINE int PASTE(rbf_box_, SFX)(const int64_t Dfix, const int64_t Kfix, const bo
         B0[j] = -0.5f * LOG2E * (f2 + pl * pl);
         for (int64_t o = 0; o < K; ++o) AL[j * K + o] = a->outputscale * a->alpha[j * K + o];
     }
-    for (int64_t j = n; j < np_; ++j) B0[j] = Brow[j] = -1e30f;
+    for (int64_t j = n; j < np_; ++j) B0[j] = Brow[j] = -1e30f;  /* Brow's padding is never rewritten */
     if (BROADCAST_TABLE)
-        for (int64_t i = 0; i < np_ * D; ++i) FV[i] = V_SET1(FL[i]);  /* Brow's padding is never rewritten */
+        for (int64_t i = 0; i < np_ * D; ++i) FV[i] = V_SET1(FL[i]);
     if (a->var)  /* s^2 folded into L^-1, as into alpha: the row is kept as exp's value alone */
         for (int64_t i = 0; i < n * n; ++i) LS[i] = a->outputscale * a->linv[i];
     const V lane = V_LANE();
