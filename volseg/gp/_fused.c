@@ -225,11 +225,10 @@ int volseg_posterior_box_generic(int ndim, const int64_t *shape, const int64_t *
 
 /* ---- the intrinsics RBF passes -----------------------------------------------------------------
  * The common case (RBF) with intrinsics for what the vector extension cannot say, one body
- * (_fused_rbf.h) compiled for AVX-512 and for AVX2 + FMA, chosen at run time.  Per location and
- * click it costs D + 2 FMAs for the exponent, ~8-10 instructions for the exp and one FMA into the
- * mean (~22 for D = 10, against ~30 in the portable pass, whose run-time D also keeps the
- * features in memory).  Features load as whole vectors where a channel's row is contiguous
- * (channel-first storage, float16 through vcvtph2ps), else by one gather per channel. */
+ * (_fused_rbf.h, which says what a location and click cost) compiled for AVX-512 and for AVX2 +
+ * FMA, chosen at run time; the portable pass's run-time D keeps the features in memory instead.
+ * Features load as whole vectors where a channel's row is contiguous (channel-first storage,
+ * float16 through vcvtph2ps), else by one gather per channel. */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define HAVE_SIMD_PASSES 1
 #include <immintrin.h>
@@ -264,13 +263,12 @@ typedef struct {
 #define PASTE_(a, b) a##b
 #define PASTE(a, b) PASTE_(a, b)
 #define RBF_FOR_D(X) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15) X(16)
-/* 2^frac on [0, 1): degree-5 minimax coefficients, highest first */
-#define EXP2_C5 1.8775767e-3f
-#define EXP2_C4 8.9893406e-3f
-#define EXP2_C3 5.5826318e-2f
-#define EXP2_C2 2.4015361e-1f
-#define EXP2_C1 6.9315308e-1f
-#define EXP2_C0 9.9999994e-1f
+#define BLOCK 4 /* clicks per pass: independent chains that overlap the FMA latency */
+/* 2^r for r in [0, 1): degree-5 minimax polynomial (relative error 1.6e-7), Horner's rule in the
+ * FMA and broadcast of the instruction set at hand */
+#define EXP2_FRACTION(FMA, SET1, r)                                                                      \
+    FMA(FMA(FMA(FMA(FMA(SET1(1.8775767e-3f), r, SET1(8.9893406e-3f)), r, SET1(5.5826318e-2f)), r,       \
+                SET1(2.4015361e-1f)), r, SET1(6.9315308e-1f)), r, SET1(9.9999994e-1f))
 
 /* a prefetch per cache line of one tile (lanes locations): a line per channel (channel-first),
  * or the tile's contiguous run of locations (channels-last) */
@@ -288,13 +286,7 @@ INLINE void prefetch_tile(const int64_t D, const char *ftile, int64_t fs, int64_
 /* 2^x for x >= -126: the fraction's polynomial, scaled by 2^floor(x) */
 INLINE __m512 exp2_512(__m512 x) {
     const __m512 r = _mm512_reduce_ps(x, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-    __m512 p = _mm512_set1_ps(EXP2_C5);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP2_C4));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP2_C3));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP2_C2));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP2_C1));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(EXP2_C0));
-    return _mm512_scalef_ps(p, x);
+    return _mm512_scalef_ps(EXP2_FRACTION(_mm512_fmadd_ps, _mm512_set1_ps, r), x);
 }
 
 /* the D features of one tile (lanes outside m are 0): fs, cs the location and channel strides */
@@ -330,7 +322,6 @@ INLINE void load_tile_512(const int64_t D, __m512 *x, const char *ftile, int hal
 }
 
 #define SFX avx512
-#define BLOCK 4 /* clicks per pass: independent chains that overlap the FMA latency */
 #define BROADCAST_TABLE 0
 #define W 16
 #define V __m512
@@ -362,12 +353,7 @@ INLINE void load_tile_512(const int64_t D, __m512 *x, const char *ftile, int hal
 INLINE __m256 exp2_256(__m256 x) {
     const __m256 fl = _mm256_floor_ps(x);
     const __m256 r = _mm256_sub_ps(x, fl);
-    __m256 p = _mm256_set1_ps(EXP2_C5);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP2_C4));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP2_C3));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP2_C2));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP2_C1));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(EXP2_C0));
+    const __m256 p = EXP2_FRACTION(_mm256_fmadd_ps, _mm256_set1_ps, r);
     const __m256i e = _mm256_slli_epi32(_mm256_cvtps_epi32(fl), 23);  /* x >= -126: a normal result */
     return _mm256_castsi256_ps(_mm256_add_epi32(_mm256_castps_si256(p), e));
 }
@@ -378,7 +364,7 @@ INLINE __m256i tail_mask_256(int64_t lanes) {
 
 INLINE void load_tile_256(const int64_t D, __m256 *x, const char *ftile, int half, int64_t fs, int64_t cs,
                           __m256i m, __m256i gidx) {
-    const int full = _mm256_movemask_ps(_mm256_castsi256_ps(m)) == 0xff;
+    const int mask = _mm256_movemask_ps(_mm256_castsi256_ps(m)), full = mask == 0xff;
     if (fs == 1 && !half) {  /* channel-first float32: each channel's row is contiguous */
         for (int64_t d = 0; d < D; ++d)
             x[d] = full ? _mm256_loadu_ps((const float *)ftile + d * cs) : _mm256_maskload_ps((const float *)ftile + d * cs, m);
@@ -390,7 +376,6 @@ INLINE void load_tile_256(const int64_t D, __m256 *x, const char *ftile, int hal
             x[d] = _mm256_mask_i32gather_ps(_mm256_setzero_ps(), (const float *)ftile + d * cs, gidx,
                                             _mm256_castsi256_ps(m), 4);
     } else {  /* float16 channels-last, or a partial tile: element by element */
-        const int mask = _mm256_movemask_ps(_mm256_castsi256_ps(m));
         for (int64_t d = 0; d < D; ++d) {
             int16_t t[8] = {0};
             for (int i = 0; i < 8; ++i)
@@ -401,7 +386,6 @@ INLINE void load_tile_256(const int64_t D, __m256 *x, const char *ftile, int hal
 }
 
 #define SFX avx2
-#define BLOCK 4
 #define BROADCAST_TABLE 1
 #define W 8
 #define V __m256
@@ -444,11 +428,13 @@ static int simd_width = -1;  /* -1: not asked yet */
  * asks.  Returns the width now in use. */
 int volseg_fused_simd(int want) {
 #ifdef HAVE_SIMD_PASSES
-    const int cpu = cpu_simd_width();
-    if (simd_width < 0 && want < 0)
-        simd_width = cpu;
-    else if (want >= 0)
-        simd_width = want >= 512 ? cpu : (want >= 256 && cpu >= 256 ? 256 : 0);
+    /* the CPU is asked once, not on every box: this runs for each chunk of a click */
+    static int cpu = -1;
+    if (simd_width >= 0 && want < 0)
+        return simd_width;
+    if (cpu < 0)
+        cpu = cpu_simd_width();
+    simd_width = want < 0 || want >= 512 ? cpu : (want >= 256 && cpu >= 256 ? 256 : 0);
     return simd_width;
 #else
     (void)want;

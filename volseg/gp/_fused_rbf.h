@@ -1,7 +1,7 @@
 /* The RBF pass of _fused.c, once per instruction set: _fused.c includes this file inside that
- * instruction set's target pragma, with SFX (the name suffix), W (lanes), BLOCK (clicks per pass),
- * BROADCAST_TABLE, V / VI / VM (float vector, int vector, lane mask) and the V_* primitives
- * defined.  One body, so the AVX-512 and AVX2 passes cannot drift apart.
+ * instruction set's target pragma, with SFX (the name suffix), W (lanes), BROADCAST_TABLE,
+ * V / VI / VM (float vector, int vector, lane mask) and the V_* primitives defined (BLOCK, the
+ * clicks per pass, is common to both).  One body, so the two passes cannot drift apart.
  *
  * Per location and click: D + 2 FMAs for the exponent, the exp, one FMA into the mean.
  *  - exp(h) = 2^(h log2e), with log2e folded into the per-click terms so the pass makes h log2e
@@ -189,7 +189,6 @@ static int PASTE(rbf_pass_, SFX)(const box_args *a) {
 }
 
 #undef SFX
-#undef BLOCK
 #undef BROADCAST_TABLE
 #undef W
 #undef V
