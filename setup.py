@@ -10,6 +10,7 @@ setup(ext_modules=[Extension(
     depends=["volseg/gp/_fused_rbf.h"],  # the RBF pass's body, included once per instruction set
     # FMAs and an errno-free sqrtf keep the vector code vectorised; -Wno-psabi: every helper that
     # takes or returns a vector is inlined, so no vector crosses a call between clones
-    extra_compile_args=["-O3", "-ffp-contract=fast", "-fno-math-errno", "-Wno-psabi"],
+    extra_compile_args=["-O3", "-ffp-contract=fast", "-fno-math-errno", "-Wno-psabi", "-pthread"],
+    extra_link_args=["-pthread"],  # a click's chunks are shared by POSIX threads
     optional=True,
 )])

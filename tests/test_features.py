@@ -5,6 +5,7 @@ import pytest
 from volseg import Image
 from volseg.errors import MemoryBudgetError
 from volseg.features import FilterBank, compute_features
+from volseg.features.stream import storage_dtype
 
 
 def sample_image(shape, channels):
@@ -68,3 +69,7 @@ def test_budget_is_respected_and_large_maps_go_half_precision():
         compute_features(FilterBank(), img, budget=1 << 20)
     f = compute_features(FilterBank(superpixel_sizes=()), img, budget=16 << 20)
     assert f.dtype == np.float16
+    assert compute_features(FilterBank(superpixel_sizes=()), img, budget=1 << 30).dtype == np.float32
+    # a map far larger than any cache is streamed by every click: half precision whatever the budget
+    assert storage_dtype(256 ** 3, 10, 64 << 30) == np.float16
+    assert storage_dtype(128 ** 3, 10, 64 << 30) == np.float32

@@ -66,7 +66,7 @@ def test_fused_box_matches_the_exact_posterior(kernel, shape, box, dtype):
     mean = torch.full((K,) + shape, float("nan"))
     var = torch.full(shape, float("nan"))
     assert fused.applies(post, inputs, mean, var)
-    fused.evaluate_box(post, inputs, box, m0, mean, var)
+    fused.evaluate_region(post, inputs, [box], m0, mean, var)
     exact_mean, exact_var = _exact(post, inputs, box, m0)
     torch_mean, torch_var = _torch_reference(post, inputs, box, m0)
     for got, ref, exact in [(mean[(slice(None),) + box], torch_mean, exact_mean), (var[box], torch_var, exact_var)]:
@@ -88,12 +88,57 @@ def test_fused_one_row_prior_mean_and_mean_or_variance_alone():
     m0 = torch.full((1, 1), -0.5)
     want_mean, want_var = _torch_reference(post, inputs, box, m0.expand(16 * 40, 1))
     mean, var = torch.empty(1, 16, 40), torch.empty(16, 40)
-    fused.evaluate_box(post, inputs, box, m0, mean, None)
-    fused.evaluate_box(post, inputs, box, None, None, var)
+    fused.evaluate_region(post, inputs, [box], m0, mean, None)
+    fused.evaluate_region(post, inputs, [box], None, None, var)
     torch.testing.assert_close(mean, want_mean, atol=2e-5, rtol=1e-5)
     torch.testing.assert_close(var, want_var, atol=2e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="prior mean"):
-        fused.evaluate_box(post, inputs, box, torch.zeros(5, 1), mean, None)
+        fused.evaluate_region(post, inputs, [box], torch.zeros(5, 1), mean, None)
+
+
+@needs_fused
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_region_of_many_boxes_in_one_call_on_several_threads(threads):
+    # a click's region: disjoint boxes, each with its own prior mean rows, shared among threads
+    shape, K = (20, 13, 35), 2
+    inputs, post = _problem(shape, D=6, n=7, K=K, kernel="rbf", dtype=torch.float32, seed=11)
+    boxes = [(slice(0, 5), slice(0, 13), slice(0, 35)), (slice(5, 6), slice(2, 9), slice(3, 30)),
+             (slice(9, 20), slice(0, 4), slice(17, 35)), (slice(12, 12), slice(0, 13), slice(0, 35))]  # last: empty
+    sizes = [int(np.prod([s.stop - s.start for s in b])) for b in boxes]
+    m0 = torch.linspace(-1, 1, sum(sizes) * K).reshape(-1, K)
+    mean = torch.full((K,) + shape, float("nan"))
+    var = torch.full(shape, float("nan"))
+    fused.evaluate_region(post, inputs, boxes, m0, mean, var, threads=threads)
+    written = torch.zeros(shape, dtype=torch.bool)
+    for b, rows in zip(boxes[:3], torch.split(m0, sizes)):
+        exact_mean, exact_var = _exact(post, inputs, b, rows)
+        assert float((mean[(slice(None),) + b].double() - exact_mean).abs().max()) <= 2e-5
+        assert float((var[b].double() - exact_var).abs().max()) <= 2e-5
+        written[b] = True
+    assert torch.isnan(var[~written]).all() and torch.isnan(mean[:, ~written]).all()
+    with pytest.raises(ValueError, match="not boxes"):
+        fused.evaluate_region(post, inputs, [(slice(0, 21), slice(0, 13), slice(0, 35))], m0[:1], mean, None)
+    with pytest.raises(ValueError, match="output maps"):
+        fused.evaluate_region(post, inputs, boxes[:1], m0[:1], torch.empty(K, 20, 13, 34), None)
+
+
+@needs_fused
+def test_evaluate_boxes_batches_per_location_prior_means_within_the_byte_budget():
+    # a prior mask makes the prior mean differ per location: a tight budget splits the region
+    # into several calls, and the result is the same as in one
+    shape = (24, 40)
+    inputs, post = _problem(shape, D=4, n=5, K=1, kernel="rbf", dtype=torch.float32, seed=5)
+    prior_map = torch.linspace(-1, 1, 24 * 40).reshape(shape)
+    boxes = [(slice(0, 10), slice(0, 40)), (slice(10, 24), slice(5, 30))]
+    results = []
+    for max_bytes in (1 << 20, 4 * 300):
+        mean = torch.full((1,) + shape, float("nan"))
+        evaluate_boxes(post, inputs, lambda b: prior_map[b].reshape(-1, 1), boxes, mean, None, max_bytes=max_bytes)
+        results.append(mean)
+    torch.testing.assert_close(results[0], results[1], atol=0, rtol=0, equal_nan=True)
+    for b in boxes:
+        exact_mean, _ = _exact(post, inputs, b, prior_map[b].reshape(-1, 1))
+        assert float((results[0][(slice(None),) + b].double() - exact_mean).abs().max()) <= 2e-5
 
 
 @needs_fused
@@ -134,9 +179,9 @@ def test_layouts_the_extension_does_not_take_go_to_the_torch_path():
 @pytest.mark.parametrize("D,K", [(5, 1), (3, 2), (19, 1)])  # compile-time D for one and several objects, run-time D
 def test_simd_passes_and_layouts_match_the_exact_posterior(layout, dtype, D, K):
     # rows of 37 (whole tiles of 16 or 8 and a remainder), a box not aligned to a tile, odd channel counts
-    # (float16 channels-last gathers channel pairs); 1 and 7 clicks pad the last block of four
+    # (float16 channels-last gathers channel pairs); 1, 6 and 7 clicks end in a block of 1, 2 and 3
     shape, box = (6, 9, 37), (slice(1, 5), slice(2, 9), slice(3, 36))
-    for clicks in (1, 7):
+    for clicks in (1, 6, 7):
         _check_passes(shape, box, layout, dtype, D, K, clicks)
 
 
@@ -155,7 +200,7 @@ def _check_passes(shape, box, layout, dtype, D, K, clicks):
                 continue
             mean, var = torch.full((K,) + shape, float("nan")), torch.full(shape, float("nan"))
             assert fused.applies(post, inputs, mean, var)
-            fused.evaluate_box(post, inputs, box, m0, mean, var)
+            fused.evaluate_region(post, inputs, [box], m0, mean, var)
             assert float((mean[(slice(None),) + box].double() - exact_mean).abs().max()) <= 2e-5
             assert float((var[box].double() - exact_var).abs().max()) <= 2e-5
             outside = torch.ones(shape, dtype=torch.bool)

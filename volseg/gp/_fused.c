@@ -15,13 +15,14 @@
  * one AVX-512 register, two AVX2 ones or four SSE ones, chosen at load time by target_clones.
  * exp is a polynomial on those vectors (relative error < 2e-7 over the kernel's range).
  *
- * The module is loaded with ctypes, which releases the GIL for the call: Python threads share
- * the chunks of a click and each runs this single-threaded.
+ * The module is loaded with ctypes, which releases the GIL for the call; the chunks of a click
+ * are shared by threads of the extension's own (volseg_posterior_region).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <math.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 
@@ -29,6 +30,7 @@
 #define MAX_DIM 8
 #define MAX_INPUTS 256
 #define MAX_OBJECTS 64
+#define MAX_THREADS 256
 
 typedef float vf __attribute__((vector_size(4 * LANES)));
 typedef int32_t vi __attribute__((vector_size(4 * LANES)));
@@ -263,7 +265,8 @@ typedef struct {
 #define PASTE_(a, b) a##b
 #define PASTE(a, b) PASTE_(a, b)
 #define RBF_FOR_D(X) X(1) X(2) X(3) X(4) X(5) X(6) X(7) X(8) X(9) X(10) X(11) X(12) X(13) X(14) X(15) X(16)
-#define BLOCK 4 /* clicks per pass: independent chains that overlap the FMA latency */
+#define BLOCK 4 /* clicks per pass: independent chains that overlap the FMA latency (the RBF pass's
+                 * remainder cases, 1-3, assume 4) */
 /* 2^r for r in [0, 1): degree-5 minimax polynomial (relative error 1.6e-7), Horner's rule in the
  * FMA and broadcast of the instruction set at hand */
 #define EXP2_FRACTION(FMA, SET1, r)                                                                      \
@@ -467,6 +470,95 @@ int volseg_posterior_box(int ndim, const int64_t *shape, const int64_t *origin,
     return volseg_posterior_box_generic(ndim, shape, origin, features, feature_strides, n_features, half, feature_scale,
                                         centre, pos_scale, kind, floor, outputscale, n, Z, zhalf, K, alpha, m0,
                                         m0_stride, mean, mean_object_stride, mean_strides, linv, var, var_strides);
+}
+
+/* ---- a click's region in one call ----------------------------------------------------------------
+ * A click re-evaluates a few boxes, cut into chunks so that threads can share them.  Calling the
+ * box pass once per chunk from Python threads cost 50-150 us of GIL hand-over per chunk and about
+ * a millisecond of thread-pool start per click: on 128^3 a fifth of a click's time.  Here POSIX
+ * threads share the chunks: each takes the next one (the caller sorts them largest first) until
+ * none is left.  Every argument of volseg_posterior_box but the box itself is common to all. */
+typedef struct {
+    int64_t n_boxes, next;                 /* next: the first chunk no thread has taken */
+    const int64_t *starts, *stops;         /* n_boxes x ndim, in the maps' index space */
+    const int64_t *m0_rows;                /* each chunk's first row in m0; NULL: m0 is one row */
+    int ndim;
+    const char *features;
+    const int64_t *fstrides;
+    int64_t n_features;
+    int half;
+    float feature_scale;
+    const float *centre, *pos_scale;
+    int kind;
+    float floor, outputscale;
+    int64_t n;
+    const float *Z, *zhalf;
+    int64_t K;
+    const float *alpha, *m0;
+    float *mean;
+    int64_t mean_object_stride;
+    const int64_t *mean_strides;
+    const float *linv;
+    float *var;
+    const int64_t *var_strides;
+    int rc;                                /* the largest return code of any chunk */
+} region_args;
+
+static void *region_worker(void *arg) {
+    region_args *r = arg;
+    const int ndim = r->ndim;
+    const size_t esize = r->half ? 2 : 4;
+    int64_t shape[MAX_DIM];
+    for (;;) {
+        const int64_t b = __atomic_fetch_add(&r->next, 1, __ATOMIC_RELAXED);
+        if (b >= r->n_boxes)
+            return NULL;
+        const int64_t *lo = r->starts + b * ndim, *hi = r->stops + b * ndim;
+        int64_t foff = 0, moff = 0, voff = 0;
+        for (int a = 0; a < ndim; ++a) {
+            shape[a] = hi[a] - lo[a];
+            foff += lo[a] * r->fstrides[a];
+            if (r->mean) moff += lo[a] * r->mean_strides[a];
+            if (r->var) voff += lo[a] * r->var_strides[a];
+        }
+        const float *m0 = r->m0 && r->m0_rows ? r->m0 + r->m0_rows[b] * r->K : r->m0;
+        const int rc = volseg_posterior_box(
+            ndim, shape, lo, r->features + foff * (int64_t)esize, r->fstrides, r->n_features, r->half,
+            r->feature_scale, r->centre, r->pos_scale, r->kind, r->floor, r->outputscale, r->n, r->Z, r->zhalf,
+            r->K, r->alpha, m0, r->m0_rows ? r->K : 0, r->mean ? r->mean + moff : NULL, r->mean_object_stride,
+            r->mean_strides, r->linv, r->var ? r->var + voff : NULL, r->var_strides);
+        if (rc)
+            __atomic_fetch_or(&r->rc, rc, __ATOMIC_RELAXED);
+    }
+}
+
+/* The chunks [starts, stops) of one region on `threads` threads (the caller's among them); the
+ * maps' pointers are their origins, not the chunk's.  m0_rows NULL: m0 is one row (K values) for
+ * every location; else chunk b's prior mean is the m0 rows from m0_rows[b] on, in C order.
+ * Returns 0, or the return codes of volseg_posterior_box or-ed together. */
+int volseg_posterior_region(int64_t n_boxes, const int64_t *starts, const int64_t *stops, const int64_t *m0_rows,
+                            int threads, int ndim, const void *features, const int64_t *feature_strides,
+                            int64_t n_features, int half, float feature_scale, const float *centre,
+                            const float *pos_scale, int kind, float floor, float outputscale,
+                            int64_t n, const float *Z, const float *zhalf, int64_t K, const float *alpha,
+                            const float *m0, float *mean, int64_t mean_object_stride, const int64_t *mean_strides,
+                            const float *linv, float *var, const int64_t *var_strides) {
+    if (!volseg_posterior_takes(ndim, n_features + ndim, K, half))
+        return 1;
+    region_args r = {n_boxes, 0, starts, stops, m0_rows, ndim, features, feature_strides, n_features, half,
+                     feature_scale, centre, pos_scale, kind, floor, outputscale, n, Z, zhalf, K, alpha, m0,
+                     mean, mean_object_stride, mean_strides, linv, var, var_strides, 0};
+    pthread_t pool[MAX_THREADS];
+    int started = 0;
+    threads = threads < 1 ? 1 : (threads > MAX_THREADS ? MAX_THREADS : threads);
+    if (threads > n_boxes)
+        threads = (int)n_boxes;
+    while (started < threads - 1 && pthread_create(&pool[started], NULL, region_worker, &r) == 0)
+        ++started;  /* a thread that cannot be started leaves its share to the others */
+    region_worker(&r);
+    for (int t = 0; t < started; ++t)
+        pthread_join(pool[t], NULL);
+    return r.rc;
 }
 
 /* An importable module, so the build and the package find it like any extension; the work is

@@ -16,6 +16,29 @@
  *    |f|^2 is four partial sums added to the exponents only at the end, and each click's exponent
  *    is two chains (even and odd features). */
 
+/* B (<= BLOCK, a compile-time constant) clicks from j on against one tile: the exponents as B
+ * pairs of chains (even and odd features), so their FMAs overlap; then the exps, into the mean
+ * (acc) and/or the kernel row (kbuf).  negq: minus the tile's own squares, the odd chains' start. */
+INLINE void PASTE(clicks_, SFX)(const int B, const int64_t j, const int64_t D, const V *x, const V pt, const V negq,
+                                const float *FL, const V *FV, const float *PL, const float *Brow, const float *AL,
+                                const V floor2, const int inline_mean, V *acc, V *kbuf) {
+    V h[BLOCK], g[BLOCK];
+    for (int b = 0; b < B; ++b) {
+        h[b] = V_FMA(pt, V_SET1(PL[j + b]), V_SET1(Brow[j + b]));
+        g[b] = negq;
+    }
+    for (int64_t d = 0; d < D; ++d)
+        for (int b = 0; b < B; ++b) {
+            const V t = BROADCAST_TABLE ? FV[(j + b) * D + d] : V_SET1(FL[(j + b) * D + d]);
+            if (d & 1) g[b] = V_FMA(x[d], t, g[b]); else h[b] = V_FMA(x[d], t, h[b]);
+        }
+    for (int b = 0; b < B; ++b) {
+        const V k = V_EXP2(V_MAX(V_ADD(h[b], g[b]), floor2));
+        if (inline_mean) acc[b & 1] = V_FMA(V_SET1(AL[j + b]), k, acc[b & 1]);
+        if (kbuf) kbuf[j + b] = k;
+    }
+}
+
 /* Dfix, Kfix: compile-time D and K where nonzero (K = 1 sums the mean in registers; other K keep
  * the kernel row and take each object's mean from it after the clicks' pass) */
 INLINE int PASTE(rbf_box_, SFX)(const int64_t Dfix, const int64_t Kfix, const box_args *a) {
@@ -24,9 +47,7 @@ INLINE int PASTE(rbf_box_, SFX)(const int64_t Dfix, const int64_t Kfix, const bo
     const int64_t n = a->n, dz = D + ndim, row_len = a->shape[last];
     const int inline_mean = a->mean && K == 1;
     const int keep_row = a->var || (a->mean && !inline_mean);
-    /* clicks padded to whole blocks (zero weight, exponent at the floor): a lone remainder click
-     * would run one latency-bound chain, as slow as a block of four */
-    const int64_t np_ = (n + BLOCK - 1) / BLOCK * BLOCK;
+    const int64_t np_ = n > 0 ? n : 1;
     float *terms = calloc((size_t)(np_ * (D + K + 3) + n * n + 1), sizeof(float));
     V *kbuf = keep_row ? aligned_alloc(sizeof(V), sizeof(V) * (size_t)np_) : NULL;
 #if BROADCAST_TABLE
@@ -59,9 +80,8 @@ INLINE int PASTE(rbf_box_, SFX)(const int64_t Dfix, const int64_t Kfix, const bo
         B0[j] = -0.5f * LOG2E * (f2 + pl * pl);
         for (int64_t o = 0; o < K; ++o) AL[j * K + o] = a->outputscale * a->alpha[j * K + o];
     }
-    for (int64_t j = n; j < np_; ++j) B0[j] = Brow[j] = -1e30f;  /* Brow's padding is never rewritten */
     if (BROADCAST_TABLE)
-        for (int64_t i = 0; i < np_ * D; ++i) FV[i] = V_SET1(FL[i]);
+        for (int64_t i = 0; i < n * D; ++i) FV[i] = V_SET1(FL[i]);
     if (a->var)  /* s^2 folded into L^-1, as into alpha: the row is kept as exp's value alone */
         for (int64_t i = 0; i < n * n; ++i) LS[i] = a->outputscale * a->linv[i];
     const V lane = V_LANE();
@@ -101,25 +121,16 @@ INLINE int PASTE(rbf_box_, SFX)(const int64_t Dfix, const int64_t Kfix, const bo
             for (int64_t d = 0; d < D; ++d) f2p[d & 3] = V_FMA(x[d], x[d], f2p[d & 3]);
             const V f2 = V_ADD(V_ADD(f2p[0], f2p[1]), V_ADD(f2p[2], f2p[3]));
             const V pt = V_MUL(V_ADD(lane, V_SET1((float)(a->origin[last] + t0) - mid)), V_SET1(sc));
-            const V q = V_MUL(V_FMA(pt, pt, V_MUL(f2, V_SET1(s2))), V_SET1(0.5f * LOG2E));
+            const V negq = V_MUL(V_FMA(pt, pt, V_MUL(f2, V_SET1(s2))), V_SET1(-0.5f * LOG2E));
             V acc[2] = {V_ZERO(), V_ZERO()};  /* two chains: the mean's FMAs overlap, few registers */
+            V *row_k = keep_row ? kbuf : NULL;
             int64_t j = 0;
-            for (; j < np_; j += BLOCK) {
-                V h[BLOCK], g[BLOCK];
-                for (int b = 0; b < BLOCK; ++b) {
-                    h[b] = V_FMA(pt, V_SET1(PL[j + b]), V_SET1(Brow[j + b]));
-                    g[b] = V_ZERO();
-                }
-                for (int64_t d = 0; d < D; ++d)
-                    for (int b = 0; b < BLOCK; ++b) {
-                        const V t = BROADCAST_TABLE ? FV[(j + b) * D + d] : V_SET1(FL[(j + b) * D + d]);
-                        if (d & 1) g[b] = V_FMA(x[d], t, g[b]); else h[b] = V_FMA(x[d], t, h[b]);
-                    }
-                for (int b = 0; b < BLOCK; ++b) {
-                    const V k = V_EXP2(V_MAX(V_SUB(V_ADD(h[b], g[b]), q), floor2));
-                    if (inline_mean) acc[b & 1] = V_FMA(V_SET1(AL[j + b]), k, acc[b & 1]);
-                    if (keep_row) kbuf[j + b] = k;
-                }
+            for (; j + BLOCK <= n; j += BLOCK)
+                PASTE(clicks_, SFX)(BLOCK, j, D, x, pt, negq, FL, FV, PL, Brow, AL, floor2, inline_mean, acc, row_k);
+            switch (n - j) {  /* the rest as a smaller block: no work on padding */
+#define REST_CASE(r) case r: PASTE(clicks_, SFX)(r, j, D, x, pt, negq, FL, FV, PL, Brow, AL, floor2, inline_mean, acc, row_k); break;
+                REST_CASE(1) REST_CASE(2) REST_CASE(3)
+#undef REST_CASE
             }
             if (a->mean) {
                 const int64_t flat = row * row_len + t0;  /* C-order index in the box, for the prior mean */

@@ -20,7 +20,7 @@ from .reach import Box, box_size
 # small next to its arithmetic, few enough that its buffers stay a few MB.  Measured on 256^3, 2
 # threads: 2^14 0.66 s per click, 2^15 0.40 s, 2^17 0.30 s, 2^18 0.33 s.
 CHUNK_LOCATIONS = 1 << 17
-MIN_SHARED_CHUNK = 1 << 15  # smallest chunk a region is cut into so that threads share it
+MIN_SHARED_CHUNK = 1 << 14  # smallest chunk the fused pass's threads share a region in
 
 
 def bytes_per_location(input_dim: int, n_train: int, n_objects: int) -> int:
@@ -53,38 +53,29 @@ def evaluate_boxes(posterior: ExactPosterior, inputs: InputMap, prior_mean: Call
     """Write the posterior mean (K, *box) and/or variance (*box) of each of several disjoint boxes into
     the output maps, chunk by chunk, the chunks shared among the CPU threads.
 
-    On a CPU each worker thread takes whole chunks and runs its torch ops single-threaded: one
-    parallel region per op would make every op of every chunk wait for the slowest core, which on
-    a machine busy with anything else costs 10-20x.
-
-    Where the compiled fused kernel applies (:mod:`volseg.gp.fused`: CPU, RBF or Matern) a chunk is
-    one call into it, which writes only the outputs; elsewhere (CUDA) it is a few torch products."""
+    Where the compiled fused kernel applies (:mod:`volseg.gp.fused`: CPU, RBF or Matern) the chunks
+    go to it in one call, whose own threads share them.  Elsewhere (CUDA, or without the
+    extension) a chunk is a few torch products; on a CPU each worker thread then takes whole
+    chunks and runs its torch ops single-threaded: one parallel region per op would make every op
+    of every chunk wait for the slowest core, which on a machine busy with anything else costs
+    10-20x."""
     K = mean_out.shape[0] if mean_out is not None else 1
     cpu = inputs.device.type == "cpu"
-    one_pass = fused.applies(posterior, inputs, mean_out, var_out)
     workers = max(1, torch.get_num_threads()) if cpu else 1
-    # the fused pass keeps its intermediates in registers: a chunk costs only its prior mean
-    per_location = 4 * (K + 1) if one_pass else bytes_per_location(inputs.dim, posterior.n, K)
-    chunk = max(1, min(max_bytes // workers // per_location, CHUNK_LOCATIONS))
-    if one_pass and workers > 1:
-        # a click's region is often a few boxes of uneven size: cut it finer, so every thread has
-        # work to the end (a fused call's Python costs ~30 us, small next to 2^15 locations)
-        total = sum(box_size(b) for b in boxes)
-        chunk = min(chunk, max(MIN_SHARED_CHUNK, total // (4 * workers)))
+    if fused.applies(posterior, inputs, mean_out, var_out):
+        _evaluate_fused(posterior, inputs, prior_mean, boxes, mean_out, var_out, workers, max_bytes)
+        return
+    chunk = max(1, min(max_bytes // workers // bytes_per_location(inputs.dim, posterior.n, K), CHUNK_LOCATIONS))
     subs = [sub for box in boxes for sub in slabs(box, chunk)]
     if not subs:
         return
     subs.sort(key=box_size, reverse=True)  # largest first: the last chunks to finish are small ones
     workers = min(workers, len(subs))
-    spare = queue.SimpleQueue()  # the torch path's reused buffers; the fused pass needs none
-    for _ in range(0 if one_pass else workers):
+    spare = queue.SimpleQueue()  # buffers reused from chunk to chunk
+    for _ in range(workers):
         spare.put(Workspace(chunk, inputs.dim, posterior.n, K + posterior.n, inputs.dtype, inputs.device))
 
     def run(sub: Box) -> None:
-        if one_pass:
-            m0 = prior_mean(sub) if mean_out is not None else None
-            fused.evaluate_box(posterior, inputs, sub, m0, mean_out, var_out)
-            return
         work = spare.get()
         try:
             _evaluate_chunk(posterior, inputs, prior_mean, sub, mean_out, var_out, work)
@@ -103,6 +94,41 @@ def evaluate_boxes(posterior: ExactPosterior, inputs: InputMap, prior_mean: Call
                 pass
     finally:
         torch.set_num_threads(threads)
+
+
+def _evaluate_fused(posterior, inputs, prior_mean, boxes: list[Box], mean_out, var_out, threads: int,
+                    max_bytes: int) -> None:
+    """The fused pass over the boxes: chunks small enough that every thread has work to the end of a
+    click (the extension's threads take them largest first, at ~1 us each), in as few calls as
+    the prior means' bytes allow; a constant prior mean is one row, so a click is one call."""
+    K = mean_out.shape[0] if mean_out is not None else 1
+    total = sum(box_size(b) for b in boxes)
+    chunk = min(CHUNK_LOCATIONS, max(MIN_SHARED_CHUNK, total // (8 * threads)))
+    subs = sorted((sub for box in boxes for sub in slabs(box, chunk)), key=box_size, reverse=True)
+    if mean_out is None:
+        fused.evaluate_region(posterior, inputs, subs, None, None, var_out, threads)
+        return
+    budget = max(1, max_bytes // (4 * K))  # locations whose prior means one call may hold
+    batch: list[Box] = []
+    rows: list[torch.Tensor] = []
+    held = 0
+
+    def flush() -> None:
+        one_row = all(r.shape[0] == 1 and torch.equal(r, rows[0]) for r in rows)
+        m0 = rows[0] if one_row else torch.cat([r.expand(box_size(b), K) for r, b in zip(rows, batch)])
+        fused.evaluate_region(posterior, inputs, batch, m0, mean_out, var_out, threads)
+
+    for sub in subs:
+        m0 = prior_mean(sub)
+        size = m0.shape[0] if m0.shape[0] > 1 else 1
+        if batch and held + size > budget:
+            flush()
+            batch, rows, held = [], [], 0
+        batch.append(sub)
+        rows.append(m0.to(torch.float32))
+        held += size
+    if batch:
+        flush()
 
 
 def _evaluate_chunk(posterior, inputs, prior_mean, sub: Box, mean_out, var_out, work: Workspace) -> None:

@@ -30,14 +30,14 @@ def _load():
     except ImportError:
         return None
     lib = ctypes.CDLL(_fused.__file__)
-    fn = lib.volseg_posterior_box
+    fn = lib.volseg_posterior_region
     fn.restype = ctypes.c_int
-    fn.argtypes = [ctypes.c_int, _I64P, _I64P,                       # ndim, shape, origin
-                   _P, _I64P, ctypes.c_int64, ctypes.c_int,           # features, strides, D, half
+    fn.argtypes = [ctypes.c_int64, _P, _P, _P, ctypes.c_int,          # chunks, starts, stops, m0 rows, threads
+                   ctypes.c_int, _P, _I64P, ctypes.c_int64, ctypes.c_int,  # ndim, features, strides, D, half
                    ctypes.c_float, _P, _P,                            # feature scale, centre, position scale
                    ctypes.c_int, ctypes.c_float, ctypes.c_float,      # kernel, exponent floor, outputscale
                    ctypes.c_int64, _P, _P,                            # n, Z, |Z|^2 / 2
-                   ctypes.c_int64, _P, _P, ctypes.c_int64,            # K, alpha, m0, m0 row stride
+                   ctypes.c_int64, _P, _P,                            # K, alpha, m0
                    _P, ctypes.c_int64, _I64P,                         # mean, object stride, strides
                    _P, _P, _I64P]                                     # L^-1, var, strides
     takes = lib.volseg_posterior_takes
@@ -78,7 +78,7 @@ def _longs(values) -> ctypes.Array:
 
 
 def applies(posterior, inputs, *outputs: torch.Tensor | None) -> bool:
-    """Whether :func:`evaluate_box` can take this posterior, input map and output maps."""
+    """Whether :func:`evaluate_region` can take this posterior, input map and output maps."""
     f = inputs.features
     return (_FN is not None and _kind(posterior.kernel) is not None and posterior.n > 0
             and f.device.type == "cpu" and f.dtype in (torch.float32, torch.float16)
@@ -89,34 +89,49 @@ def applies(posterior, inputs, *outputs: torch.Tensor | None) -> bool:
             and bool(_TAKES(inputs.ndim, inputs.dim, posterior.alpha.shape[1], int(f.dtype == torch.float16))))
 
 
-def evaluate_box(posterior, inputs, box, m0: torch.Tensor | None, mean_out: torch.Tensor | None,
-                 var_out: torch.Tensor | None) -> None:
-    """Write the mean (K, *box) into ``mean_out[:, box]`` and/or the variance into ``var_out[box]``,
-    where :func:`applies`; m0 is the prior mean over the box, (n, K) or one row (1, K)."""
+def evaluate_region(posterior, inputs, boxes, m0: torch.Tensor | None, mean_out: torch.Tensor | None,
+                    var_out: torch.Tensor | None, threads: int = 1) -> None:
+    """Write the mean (K, *box) into ``mean_out[:, box]`` and/or the variance into ``var_out[box]``
+    for each of several disjoint boxes, where :func:`applies`, in one call that shares the boxes
+    among ``threads`` threads (the boxes' order is the order they are taken in: largest first
+    balances best).  m0 is the prior mean: one row (1, K) for every location, or each box's
+    locations in C order, box after box (sum of sizes, K)."""
+    if not boxes:
+        return
     f = inputs.features
-    kind = _kind(posterior.kernel)
+    spatial = f.shape[:-1]
+    lo = torch.tensor([[s.start for s in b] for b in boxes], dtype=torch.int64)
+    hi = torch.tensor([[s.stop for s in b] for b in boxes], dtype=torch.int64)
+    if lo.shape[1] != len(spatial) or bool((lo < 0).any() | (hi < lo).any() | (hi > torch.tensor(spatial)).any()):
+        raise ValueError(f"boxes {boxes} are not boxes of the {tuple(spatial)} map")
+    sizes = (hi - lo).prod(1)
     p = posterior.fused_terms()
-    region = f[box]
-    shape = region.shape[:-1]
-    mean = mean_out[(slice(None),) + box] if mean_out is not None else None
-    var = var_out[box] if var_out is not None else None
     K = p["alpha"].shape[1]
-    if mean is not None:
+    if (mean_out is not None and tuple(mean_out.shape) != (K, *spatial)) or \
+            (var_out is not None and tuple(var_out.shape) != tuple(spatial)):
+        raise ValueError(f"output maps {None if mean_out is None else tuple(mean_out.shape)} / "
+                         f"{None if var_out is None else tuple(var_out.shape)} do not fit {K} objects "
+                         f"on the {tuple(spatial)} feature map")
+    rows = None
+    if mean_out is not None:
         m0 = m0.to(torch.float32).contiguous()
-        if m0.shape[-1] != K or m0.shape[0] not in (1, region[..., 0].numel()):
-            raise ValueError(f"prior mean of shape {tuple(m0.shape)} does not fit a box of {tuple(shape)} and {K} objects")
-    rc = _FN(len(shape), _longs(shape), _longs(s.start for s in box),
-             region.data_ptr(), _longs(region.stride()), inputs.n_features, int(f.dtype == torch.float16),
+        if m0.shape[0] != 1:  # each box's first row
+            rows = torch.cumsum(sizes, 0) - sizes
+        if m0.dim() != 2 or m0.shape[-1] != K or m0.shape[0] not in (1, int(sizes.sum())):
+            raise ValueError(f"prior mean of shape {tuple(m0.shape)} does not fit {int(sizes.sum())} locations "
+                             f"and {K} objects")
+    mean, var = mean_out, var_out
+    rc = _FN(len(boxes), lo.data_ptr(), hi.data_ptr(), rows.data_ptr() if rows is not None else None, int(threads),
+             len(spatial), f.data_ptr(), _longs(f.stride()), inputs.n_features, int(f.dtype == torch.float16),
              1.0 / inputs.feature_lengthscale, inputs.centre.data_ptr(), inputs.position_scale.data_ptr(),
-             kind, EXP_FLOOR, float(posterior.kernel.outputscale),
+             _kind(posterior.kernel), EXP_FLOOR, float(posterior.kernel.outputscale),
              posterior.n, p["Z"].data_ptr(), p["half_sq"].data_ptr(),
              K, p["alpha"].data_ptr(), m0.data_ptr() if mean is not None else None,
-             (K if m0.shape[0] > 1 else 0) if mean is not None else 0,
              mean.data_ptr() if mean is not None else None, mean.stride(0) if mean is not None else 0,
              _longs(mean.stride()[1:]) if mean is not None else _longs([]),
              p["Linv"].data_ptr() if var is not None else None, var.data_ptr() if var is not None else None,
              _longs(var.stride()) if var is not None else _longs([]))
-    if rc == 2:
+    if rc & 2:
         raise MemoryError("fused posterior evaluation could not allocate its kernel-row buffer")
     if rc:
-        raise ValueError(f"fused posterior evaluation does not take {len(shape)} axes, {inputs.dim} inputs, {K} objects")
+        raise ValueError(f"fused posterior evaluation does not take {len(spatial)} axes, {inputs.dim} inputs, {K} objects")
