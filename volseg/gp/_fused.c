@@ -325,6 +325,7 @@ INLINE void load_tile_512(const int64_t D, __m512 *x, const char *ftile, int hal
 }
 
 #define SFX avx512
+#define SPLIT_CHAINS 1
 #define BROADCAST_TABLE 0
 #define W 16
 #define V __m512
@@ -389,6 +390,7 @@ INLINE void load_tile_256(const int64_t D, __m256 *x, const char *ftile, int hal
 }
 
 #define SFX avx2
+#define SPLIT_CHAINS 0
 #define BROADCAST_TABLE 1
 #define W 8
 #define V __m256

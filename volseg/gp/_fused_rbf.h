@@ -1,7 +1,7 @@
 /* The RBF pass of _fused.c, once per instruction set: _fused.c includes this file inside that
  * instruction set's target pragma, with SFX (the name suffix), W (lanes), BROADCAST_TABLE,
- * V / VI / VM (float vector, int vector, lane mask) and the V_* primitives defined (BLOCK, the
- * clicks per pass, is common to both).  One body, so the two passes cannot drift apart.
+ * SPLIT_CHAINS, V / VI / VM (float vector, int vector, lane mask) and the V_* primitives defined
+ * (BLOCK, the clicks per pass, is common to both).  One body, so the two passes cannot drift apart.
  *
  * Per location and click: D + 2 FMAs for the exponent, the exp, one FMA into the mean.
  *  - exp(h) = 2^(h log2e), with log2e folded into the per-click terms so the pass makes h log2e
@@ -13,12 +13,15 @@
  *    cancellation small.
  *  - D (<= 16) is a compile-time constant, so a tile's features stay in registers.
  *  - a tile's dependency chains, not its arithmetic, set the pace of the first block of clicks:
- *    |f|^2 is four partial sums added to the exponents only at the end, and each click's exponent
- *    is two chains (even and odd features). */
+ *    |f|^2 is four partial sums added to the exponents only at the end, and with SPLIT_CHAINS
+ *    each click's exponent is two chains (even and odd features).  AVX2's 16 registers cannot
+ *    hold a tile's features and eight chains (the spills cost more than the chains save: -8%
+ *    over 2-20 clicks without them), AVX-512's 32 can. */
 
 /* B (<= BLOCK, a compile-time constant) clicks from j on against one tile: the exponents as B
- * pairs of chains (even and odd features), so their FMAs overlap; then the exps, into the mean
- * (acc) and/or the kernel row (kbuf).  negq: minus the tile's own squares, the odd chains' start. */
+ * chains or pairs of chains (SPLIT_CHAINS), so their FMAs overlap; then the exps, into the mean
+ * (acc) and/or the kernel row (kbuf).  negq: minus the tile's own squares (the odd chains' start,
+ * or added at the end). */
 INLINE void PASTE(clicks_, SFX)(const int B, const int64_t j, const int64_t D, const V *x, const V pt, const V negq,
                                 const float *FL, const V *FV, const float *PL, const float *Brow, const float *AL,
                                 const V floor2, const int inline_mean, V *acc, V *kbuf) {
@@ -30,10 +33,10 @@ INLINE void PASTE(clicks_, SFX)(const int B, const int64_t j, const int64_t D, c
     for (int64_t d = 0; d < D; ++d)
         for (int b = 0; b < B; ++b) {
             const V t = BROADCAST_TABLE ? FV[(j + b) * D + d] : V_SET1(FL[(j + b) * D + d]);
-            if (d & 1) g[b] = V_FMA(x[d], t, g[b]); else h[b] = V_FMA(x[d], t, h[b]);
+            if (SPLIT_CHAINS && (d & 1)) g[b] = V_FMA(x[d], t, g[b]); else h[b] = V_FMA(x[d], t, h[b]);
         }
     for (int b = 0; b < B; ++b) {
-        const V k = V_EXP2(V_MAX(V_ADD(h[b], g[b]), floor2));
+        const V k = V_EXP2(V_MAX(SPLIT_CHAINS ? V_ADD(h[b], g[b]) : V_ADD(h[b], negq), floor2));
         if (inline_mean) acc[b & 1] = V_FMA(V_SET1(AL[j + b]), k, acc[b & 1]);
         if (kbuf) kbuf[j + b] = k;
     }
@@ -201,6 +204,7 @@ static int PASTE(rbf_pass_, SFX)(const box_args *a) {
 
 #undef SFX
 #undef BROADCAST_TABLE
+#undef SPLIT_CHAINS
 #undef W
 #undef V
 #undef VI
