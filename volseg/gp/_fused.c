@@ -550,6 +550,7 @@ int volseg_posterior_region(int64_t n_boxes, const int64_t *starts, const int64_
     region_args r = {n_boxes, 0, starts, stops, m0_rows, ndim, features, feature_strides, n_features, half,
                      feature_scale, centre, pos_scale, kind, floor, outputscale, n, Z, zhalf, K, alpha, m0,
                      mean, mean_object_stride, mean_strides, linv, var, var_strides, 0};
+    volseg_fused_simd(-1);  /* asks the CPU now, before threads would race to */
     pthread_t pool[MAX_THREADS];
     int started = 0;
     threads = threads < 1 ? 1 : (threads > MAX_THREADS ? MAX_THREADS : threads);
