@@ -122,7 +122,34 @@ INLINE void tile(const vf *x, int64_t dz, int kind, float floor, float outputsca
     for (; j < n; ++j) points(1, j, x, half_sq, dz, kind, floor, outputscale, Z, zhalf, K, alpha, acc, kbuf);
 }
 
-/* Whether volseg_posterior_box takes this layout; fused.py asks before choosing this path, so
+/* One box's arguments.  shape, origin: the box (origin indexes the whole map, for positions);
+ * features, mean, var: the box's first location in its map; fstrides: ndim + 1 (in elements, the
+ * channel's last); m0: one row of K (m0_stride 0) or the box's locations in C order (K). */
+typedef struct {
+    int ndim;
+    const int64_t *shape, *origin;
+    const char *features;
+    const int64_t *fstrides;
+    int64_t D;
+    int half;
+    float feature_scale;
+    const float *centre, *pos_scale;
+    int kind;
+    float floor, outputscale;
+    int64_t n;
+    const float *Z, *zhalf;
+    int64_t K;
+    const float *alpha, *m0;
+    int64_t m0_stride;
+    float *mean;
+    int64_t mean_object_stride;
+    const int64_t *mean_strides;
+    const float *linv;
+    float *var;
+    const int64_t *var_strides;
+} box_args;
+
+/* Whether volseg_posterior_region takes this layout; fused.py asks before choosing this path, so
  * the limits live only here. */
 int volseg_posterior_takes(int ndim, int64_t n_inputs, int64_t K, int half) {
 #if !defined(__FLT16_MAX__)
@@ -234,29 +261,6 @@ int volseg_posterior_box_generic(int ndim, const int64_t *shape, const int64_t *
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define HAVE_SIMD_PASSES 1
 #include <immintrin.h>
-
-typedef struct {
-    int ndim;
-    const int64_t *shape, *origin;
-    const char *features;
-    const int64_t *fstrides;
-    int64_t D;
-    int half;
-    float feature_scale;
-    const float *centre, *pos_scale;
-    float floor, outputscale;
-    int64_t n;
-    const float *Z;
-    int64_t K;
-    const float *alpha, *m0;
-    int64_t m0_stride;
-    float *mean;
-    int64_t mean_object_stride;
-    const int64_t *mean_strides;
-    const float *linv;
-    float *var;
-    const int64_t *var_strides;
-} box_args;
 
 #define LOG2E 1.44269504088896341f
 /* The features PREFETCH_TILES tiles ahead are asked for now: the pass streams them once, and a
@@ -447,31 +451,20 @@ int volseg_fused_simd(int want) {
 #endif
 }
 
-/* The entry point: an intrinsics pass for RBF where one can run, else the portable one.  Returns
- * 0, 1 for a layout volseg_posterior_takes refuses, 2 when out of memory.  feature_strides: ndim + 1
- * (in elements), the channel's last. */
-int volseg_posterior_box(int ndim, const int64_t *shape, const int64_t *origin,
-                         const void *features, const int64_t *feature_strides, int64_t n_features, int half,
-                         float feature_scale, const float *centre, const float *pos_scale,
-                         int kind, float floor, float outputscale,
-                         int64_t n, const float *Z, const float *zhalf,
-                         int64_t K, const float *alpha, const float *m0, int64_t m0_stride,
-                         float *mean, int64_t mean_object_stride, const int64_t *mean_strides,
-                         const float *linv, float *var, const int64_t *var_strides) {
+/* One box: an intrinsics pass for RBF where one can run, else the portable one.  Returns 0, 1 for
+ * a layout volseg_posterior_takes refuses, 2 when out of memory. */
+static int posterior_box(const box_args *a) {
 #ifdef HAVE_SIMD_PASSES
-    const int64_t fs = feature_strides[ndim - 1 < 0 ? 0 : ndim - 1];
-    const int width = kind == RBF && n > 0 ? volseg_fused_simd(-1) : 0;
-    if (width && volseg_posterior_takes(ndim, n_features + ndim, K, half) &&
-        fs < (1 << 26) && fs > -(1 << 26)) {  /* the gather's 32-bit offsets */
-        const box_args a = {ndim, shape, origin, features, feature_strides, n_features, half, feature_scale, centre,
-                            pos_scale, floor, outputscale, n, Z, K, alpha, m0, m0_stride, mean, mean_object_stride,
-                            mean_strides, linv, var, var_strides};
-        return width == 512 ? rbf_pass_avx512(&a) : rbf_pass_avx2(&a);
-    }
+    const int64_t fs = a->fstrides[a->ndim - 1 < 0 ? 0 : a->ndim - 1];
+    const int width = a->kind == RBF && a->n > 0 ? volseg_fused_simd(-1) : 0;
+    if (width && volseg_posterior_takes(a->ndim, a->D + a->ndim, a->K, a->half) &&
+        fs < (1 << 26) && fs > -(1 << 26))  /* the gather's 32-bit offsets */
+        return width == 512 ? rbf_pass_avx512(a) : rbf_pass_avx2(a);
 #endif
-    return volseg_posterior_box_generic(ndim, shape, origin, features, feature_strides, n_features, half, feature_scale,
-                                        centre, pos_scale, kind, floor, outputscale, n, Z, zhalf, K, alpha, m0,
-                                        m0_stride, mean, mean_object_stride, mean_strides, linv, var, var_strides);
+    return volseg_posterior_box_generic(a->ndim, a->shape, a->origin, a->features, a->fstrides, a->D, a->half,
+                                        a->feature_scale, a->centre, a->pos_scale, a->kind, a->floor, a->outputscale,
+                                        a->n, a->Z, a->zhalf, a->K, a->alpha, a->m0, a->m0_stride, a->mean,
+                                        a->mean_object_stride, a->mean_strides, a->linv, a->var, a->var_strides);
 }
 
 /* ---- a click's region in one call ----------------------------------------------------------------
@@ -479,37 +472,20 @@ int volseg_posterior_box(int ndim, const int64_t *shape, const int64_t *origin,
  * box pass once per chunk from Python threads cost 50-150 us of GIL hand-over per chunk and about
  * a millisecond of thread-pool start per click: on 128^3 a fifth of a click's time.  Here POSIX
  * threads share the chunks: each takes the next one (the caller sorts them largest first) until
- * none is left.  Every argument of volseg_posterior_box but the box itself is common to all. */
+ * none is left. */
 typedef struct {
     int64_t n_boxes, next;                 /* next: the first chunk no thread has taken */
     const int64_t *starts, *stops;         /* n_boxes x ndim, in the maps' index space */
     const int64_t *m0_rows;                /* each chunk's first row in m0; NULL: m0 is one row */
-    int ndim;
-    const char *features;
-    const int64_t *fstrides;
-    int64_t n_features;
-    int half;
-    float feature_scale;
-    const float *centre, *pos_scale;
-    int kind;
-    float floor, outputscale;
-    int64_t n;
-    const float *Z, *zhalf;
-    int64_t K;
-    const float *alpha, *m0;
-    float *mean;
-    int64_t mean_object_stride;
-    const int64_t *mean_strides;
-    const float *linv;
-    float *var;
-    const int64_t *var_strides;
-    int rc;                                /* the largest return code of any chunk */
+    box_args map;                          /* the whole maps: each chunk's box_args is made from it */
+    int rc;                                /* the return codes of all chunks, or-ed */
 } region_args;
 
 static void *region_worker(void *arg) {
     region_args *r = arg;
-    const int ndim = r->ndim;
-    const size_t esize = r->half ? 2 : 4;
+    const box_args *map = &r->map;
+    const int ndim = map->ndim;
+    const int64_t esize = map->half ? 2 : 4;
     int64_t shape[MAX_DIM];
     for (;;) {
         const int64_t b = __atomic_fetch_add(&r->next, 1, __ATOMIC_RELAXED);
@@ -519,16 +495,21 @@ static void *region_worker(void *arg) {
         int64_t foff = 0, moff = 0, voff = 0;
         for (int a = 0; a < ndim; ++a) {
             shape[a] = hi[a] - lo[a];
-            foff += lo[a] * r->fstrides[a];
-            if (r->mean) moff += lo[a] * r->mean_strides[a];
-            if (r->var) voff += lo[a] * r->var_strides[a];
+            foff += lo[a] * map->fstrides[a];
+            if (map->mean) moff += lo[a] * map->mean_strides[a];
+            if (map->var) voff += lo[a] * map->var_strides[a];
         }
-        const float *m0 = r->m0 && r->m0_rows ? r->m0 + r->m0_rows[b] * r->K : r->m0;
-        const int rc = volseg_posterior_box(
-            ndim, shape, lo, r->features + foff * (int64_t)esize, r->fstrides, r->n_features, r->half,
-            r->feature_scale, r->centre, r->pos_scale, r->kind, r->floor, r->outputscale, r->n, r->Z, r->zhalf,
-            r->K, r->alpha, m0, r->m0_rows ? r->K : 0, r->mean ? r->mean + moff : NULL, r->mean_object_stride,
-            r->mean_strides, r->linv, r->var ? r->var + voff : NULL, r->var_strides);
+        box_args box = *map;
+        box.shape = shape;
+        box.origin = lo;
+        box.features += foff * esize;
+        if (map->mean) box.mean += moff;
+        if (map->var) box.var += voff;
+        if (map->m0 && r->m0_rows) {
+            box.m0 += r->m0_rows[b] * map->K;
+            box.m0_stride = map->K;
+        }
+        const int rc = posterior_box(&box);
         if (rc)
             __atomic_fetch_or(&r->rc, rc, __ATOMIC_RELAXED);
     }
@@ -537,7 +518,8 @@ static void *region_worker(void *arg) {
 /* The chunks [starts, stops) of one region on `threads` threads (the caller's among them); the
  * maps' pointers are their origins, not the chunk's.  m0_rows NULL: m0 is one row (K values) for
  * every location; else chunk b's prior mean is the m0 rows from m0_rows[b] on, in C order.
- * Returns 0, or the return codes of volseg_posterior_box or-ed together. */
+ * Returns 0, or the return codes of the chunks or-ed together (1: a layout volseg_posterior_takes
+ * refuses, 2: out of memory). */
 int volseg_posterior_region(int64_t n_boxes, const int64_t *starts, const int64_t *stops, const int64_t *m0_rows,
                             int threads, int ndim, const void *features, const int64_t *feature_strides,
                             int64_t n_features, int half, float feature_scale, const float *centre,
@@ -547,9 +529,12 @@ int volseg_posterior_region(int64_t n_boxes, const int64_t *starts, const int64_
                             const float *linv, float *var, const int64_t *var_strides) {
     if (!volseg_posterior_takes(ndim, n_features + ndim, K, half))
         return 1;
-    region_args r = {n_boxes, 0, starts, stops, m0_rows, ndim, features, feature_strides, n_features, half,
-                     feature_scale, centre, pos_scale, kind, floor, outputscale, n, Z, zhalf, K, alpha, m0,
-                     mean, mean_object_stride, mean_strides, linv, var, var_strides, 0};
+    const int64_t origin[MAX_DIM] = {0};
+    region_args r = {n_boxes, 0, starts, stops, m0_rows,
+                     {ndim, NULL, origin, features, feature_strides, n_features, half, feature_scale, centre,
+                      pos_scale, kind, floor, outputscale, n, Z, zhalf, K, alpha, m0, 0, mean, mean_object_stride,
+                      mean_strides, linv, var, var_strides},
+                     0};
     volseg_fused_simd(-1);  /* asks the CPU now, before threads would race to */
     pthread_t pool[MAX_THREADS];
     int started = 0;
