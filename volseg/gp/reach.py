@@ -49,20 +49,19 @@ def ball_boxes(centres: np.ndarray, half_widths: np.ndarray, shape: Sequence[int
     lo0 = max(0, int(np.floor((centres[:, 0] - half_widths[:, 0]).min())))
     hi0 = min(shape[0], int(np.ceil((centres[:, 0] + half_widths[:, 0]).max())) + 1)
     band = max(1, int(np.ceil(2.0 * half_widths[:, 0].min() / bands_per_ball)))
+    starts = np.arange(lo0, hi0, band)
+    stops = np.minimum(starts + band, hi0)
+    # per band (rows) and ellipsoid (columns): its widest cross-section's half-widths in the band
+    nearest = np.clip(centres[None, :, 0], starts[:, None], stops[:, None] - 1)  # the band's plane nearest each centre
+    u = (nearest - centres[None, :, 0]) / half_widths[None, :, 0]
+    w = half_widths[None, :, 1:] * np.sqrt(np.clip(1.0 - u * u, 0.0, None))[..., None]
+    extent = np.asarray(shape[1:], np.int64)
+    lo = np.maximum(0, np.floor(centres[None, :, 1:] - w)).astype(np.int64)
+    hi = np.minimum(extent, np.ceil(centres[None, :, 1:] + w).astype(np.int64) + 1)
+    hit = (np.abs(u) <= 1.0) & (hi > lo).all(-1)
     boxes: list[Box] = []
-    for b0 in range(lo0, hi0, band):
-        b1 = min(b0 + band, hi0)
-        nearest = np.clip(centres[:, 0], b0, b1 - 1)  # the band's plane closest to each centre
-        u = (nearest - centres[:, 0]) / half_widths[:, 0]
-        rects = []
-        for c, h, uu in zip(centres, half_widths, u):
-            if abs(uu) > 1.0:
-                continue
-            w = h[1:] * np.sqrt(1.0 - uu * uu)
-            rect = tuple(slice(max(0, int(np.floor(ci - wi))), min(n, int(np.ceil(ci + wi)) + 1))
-                         for ci, wi, n in zip(c[1:], w, shape[1:]))
-            if all(s.stop > s.start for s in rect):
-                rects.append(rect)
+    for k, (b0, b1) in enumerate(zip(starts.tolist(), stops.tolist())):
+        rects = [tuple(slice(a, b) for a, b in zip(lo[k, j].tolist(), hi[k, j].tolist())) for j in np.flatnonzero(hit[k])]
         boxes += [(slice(b0, b1),) + r for r in merge_boxes(rects)]
     return boxes
 
