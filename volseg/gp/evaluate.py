@@ -51,7 +51,8 @@ def slabs(box: Box, max_locations: int) -> Iterator[Box]:
 def evaluate_boxes(posterior: ExactPosterior, inputs: InputMap, prior_mean: Callable[[Box], torch.Tensor] | None,
                    boxes: list[Box], mean_out: torch.Tensor | None, var_out: torch.Tensor | None, *, max_bytes: int) -> None:
     """Write the posterior mean (K, *box) and/or variance (*box) of each of several disjoint boxes into
-    the output maps, chunk by chunk, the chunks shared among the CPU threads.
+    the output maps, chunk by chunk, the chunks shared among the CPU threads.  ``prior_mean(box)``
+    gives the box's prior mean in C order (n, K), or one row (1, K) where it is the same everywhere.
 
     Where the compiled fused kernel applies (:mod:`volseg.gp.fused`: CPU, RBF or Matern) the chunks
     go to it in one call, whose own threads share them.  Elsewhere (CUDA, or without the
@@ -100,35 +101,36 @@ def _evaluate_fused(posterior, inputs, prior_mean, boxes: list[Box], mean_out, v
                     max_bytes: int) -> None:
     """The fused pass over the boxes: chunks small enough that every thread has work to the end of a
     click (the extension's threads take them largest first, at ~1 us each), in as few calls as
-    the prior means' bytes allow; a constant prior mean is one row, so a click is one call."""
+    the prior means' bytes allow.  ``prior_mean`` gives one row (1, K) where the prior mean is the
+    same everywhere: the whole region is then one call."""
     K = mean_out.shape[0] if mean_out is not None else 1
     total = sum(box_size(b) for b in boxes)
     chunk = min(CHUNK_LOCATIONS, max(MIN_SHARED_CHUNK, total // (8 * threads)))
     subs = sorted((sub for box in boxes for sub in slabs(box, chunk)), key=box_size, reverse=True)
+    if not subs:
+        return
     if mean_out is None:
         fused.evaluate_region(posterior, inputs, subs, None, None, var_out, threads)
         return
+    first = prior_mean(subs[0]).to(torch.float32)
+    if first.shape[0] == 1:  # one row: the prior mean is the same everywhere, the region is one call
+        fused.evaluate_region(posterior, inputs, subs, first, mean_out, var_out, threads)
+        return
     budget = max(1, max_bytes // (4 * K))  # locations whose prior means one call may hold
     batch: list[Box] = []
-    rows: list[torch.Tensor] = []
     held = 0
-
-    def flush() -> None:
-        one_row = all(r.shape[0] == 1 and torch.equal(r, rows[0]) for r in rows)
-        m0 = rows[0] if one_row else torch.cat([r.expand(box_size(b), K) for r, b in zip(rows, batch)])
-        fused.evaluate_region(posterior, inputs, batch, m0, mean_out, var_out, threads)
-
     for sub in subs:
-        m0 = prior_mean(sub)
-        size = m0.shape[0] if m0.shape[0] > 1 else 1
-        if batch and held + size > budget:
-            flush()
-            batch, rows, held = [], [], 0
+        if batch and held + box_size(sub) > budget:
+            _fused_batch(posterior, inputs, prior_mean, batch, mean_out, var_out, threads)
+            batch, held = [], 0
         batch.append(sub)
-        rows.append(m0.to(torch.float32))
-        held += size
-    if batch:
-        flush()
+        held += box_size(sub)
+    _fused_batch(posterior, inputs, prior_mean, batch, mean_out, var_out, threads)
+
+
+def _fused_batch(posterior, inputs, prior_mean, batch: list[Box], mean_out, var_out, threads: int) -> None:
+    m0 = torch.cat([prior_mean(b).to(torch.float32).expand(box_size(b), -1) for b in batch])
+    fused.evaluate_region(posterior, inputs, batch, m0, mean_out, var_out, threads)
 
 
 def _evaluate_chunk(posterior, inputs, prior_mean, sub: Box, mean_out, var_out, work: Workspace) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 
+import numpy as np
 import torch
 
 from .kernels import EXP_FLOOR, RBF, Matern
@@ -99,11 +100,13 @@ def evaluate_region(posterior, inputs, boxes, m0: torch.Tensor | None, mean_out:
     if not boxes:
         return
     f = inputs.features
-    spatial = f.shape[:-1]
-    lo = torch.tensor([[s.start for s in b] for b in boxes], dtype=torch.int64)
-    hi = torch.tensor([[s.stop for s in b] for b in boxes], dtype=torch.int64)
-    if lo.shape[1] != len(spatial) or bool((lo < 0).any() | (hi < lo).any() | (hi > torch.tensor(spatial)).any()):
-        raise ValueError(f"boxes {boxes} are not boxes of the {tuple(spatial)} map")
+    spatial = tuple(f.shape[:-1])
+    ends = np.array([[(s.start, s.stop) for s in b] for b in boxes], dtype=np.int64)  # (boxes, axes, 2)
+    if ends.ndim != 3 or ends.shape[1] != len(spatial):
+        raise ValueError(f"some of the {len(boxes)} boxes are not boxes of the {spatial} map")
+    lo, hi = np.ascontiguousarray(ends[..., 0]), np.ascontiguousarray(ends[..., 1])
+    if (lo < 0).any() or (hi < lo).any() or (hi > np.asarray(spatial)).any():
+        raise ValueError(f"some of the {len(boxes)} boxes are not boxes of the {spatial} map")
     sizes = (hi - lo).prod(1)
     p = posterior.fused_terms()
     K = p["alpha"].shape[1]
@@ -116,12 +119,12 @@ def evaluate_region(posterior, inputs, boxes, m0: torch.Tensor | None, mean_out:
     if mean_out is not None:
         m0 = m0.to(torch.float32).contiguous()
         if m0.shape[0] != 1:  # each box's first row
-            rows = torch.cumsum(sizes, 0) - sizes
+            rows = np.cumsum(sizes) - sizes
         if m0.dim() != 2 or m0.shape[-1] != K or m0.shape[0] not in (1, int(sizes.sum())):
             raise ValueError(f"prior mean of shape {tuple(m0.shape)} does not fit {int(sizes.sum())} locations "
                              f"and {K} objects")
     mean, var = mean_out, var_out
-    rc = _FN(len(boxes), lo.data_ptr(), hi.data_ptr(), rows.data_ptr() if rows is not None else None, int(threads),
+    rc = _FN(len(boxes), lo.ctypes.data, hi.ctypes.data, rows.ctypes.data if rows is not None else None, int(threads),
              len(spatial), f.data_ptr(), _longs(f.stride()), inputs.n_features, int(f.dtype == torch.float16),
              1.0 / inputs.feature_lengthscale, inputs.centre.data_ptr(), inputs.position_scale.data_ptr(),
              _kind(posterior.kernel), EXP_FLOOR, float(posterior.kernel.outputscale),
