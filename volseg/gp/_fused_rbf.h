@@ -51,7 +51,7 @@ INLINE int PASTE(rbf_box_, SFX)(const int64_t Dfix, const int64_t Kfix, const bo
     const int inline_mean = a->mean && K == 1;
     const int keep_row = a->var || (a->mean && !inline_mean);
     const int64_t np_ = n > 0 ? n : 1;
-    float *terms = calloc((size_t)(np_ * (D + K + 3) + n * n + 1), sizeof(float));
+    float *terms = calloc((size_t)(np_ * (D + K + 3 + ndim) + n * n + 1), sizeof(float));
     V *kbuf = keep_row ? aligned_alloc(sizeof(V), sizeof(V) * (size_t)np_) : NULL;
 #if BROADCAST_TABLE
     /* the clicks' feature terms kept as whole vectors: each FMA reads its operand from L1, where a
@@ -67,6 +67,7 @@ INLINE int PASTE(rbf_box_, SFX)(const int64_t Dfix, const int64_t Kfix, const bo
         return 2;
     }
     float *FL = terms, *PL = FL + np_ * D, *B0 = PL + np_, *Brow = B0 + np_, *AL = Brow + np_, *LS = AL + np_ * K;
+    float *ZL = LS + n * n;  /* the clicks' leading-axis positions, axis by axis (rows vectorise over clicks) */
     /* the last axis measured from the box's middle (a shift of both z and Z keeps distances) */
     const float sc = a->pos_scale[last];
     const float mid = (float)a->origin[last] + 0.5f * (float)(row_len - 1);
@@ -78,6 +79,7 @@ INLINE int PASTE(rbf_box_, SFX)(const int64_t Dfix, const int64_t Kfix, const bo
             FL[j * D + d] = LOG2E * a->feature_scale * zj[d];
             f2 += zj[d] * zj[d];
         }
+        for (int d = 0; d < last; ++d) ZL[d * n + j] = zj[D + d];
         const float pl = zj[D + last] - zmid;
         PL[j] = LOG2E * pl;
         B0[j] = -0.5f * LOG2E * (f2 + pl * pl);
@@ -99,27 +101,42 @@ INLINE int PASTE(rbf_box_, SFX)(const int64_t Dfix, const int64_t Kfix, const bo
     for (int d = 0; d < last; ++d) rows *= a->shape[d];
     int64_t idx[MAX_DIM] = {0};
     V x[Dfix ? Dfix : MAX_INPUTS];
+    const char *fnext = a->features;  /* the next row's features: prefetches run on across a row's end */
     for (int64_t row = 0; row < rows; ++row) {
-        const char *frow = a->features;
+        const char *frow = fnext;
         int64_t moff = 0, voff = 0;
         for (int d = 0; d < last; ++d) {
-            frow += idx[d] * a->fstrides[d] * (int64_t)esize;
             if (a->mean) moff += idx[d] * a->mean_strides[d];
             if (a->var) voff += idx[d] * a->var_strides[d];
         }
-        for (int64_t j = 0; j < n; ++j) {  /* the leading axes' share of each click's exponent */
-            float s = 0.0f;
-            for (int d = 0; d < last; ++d) {
-                const float t = ((float)(a->origin[d] + idx[d]) - a->centre[d]) * a->pos_scale[d] - a->Z[j * dz + D + d];
-                s += t * t;
+        fnext = NULL;  /* idx advanced by one row, as the odometer below will */
+        if (row + 1 < rows) {
+            fnext = a->features;
+            int carry = 1;
+            for (int d = last - 1; d >= 0; --d) {
+                int64_t i = idx[d] + carry;
+                carry = i >= a->shape[d];
+                fnext += (carry ? 0 : i) * a->fstrides[d] * (int64_t)esize;
             }
-            Brow[j] = B0[j] - 0.5f * LOG2E * s;
+        }
+        for (int64_t j = 0; j < n; ++j) Brow[j] = B0[j];  /* the leading axes' share of each click's exponent */
+        for (int d = 0; d < last; ++d) {
+            const float p = ((float)(a->origin[d] + idx[d]) - a->centre[d]) * a->pos_scale[d];
+            const float *zl = ZL + d * n;
+            for (int64_t j = 0; j < n; ++j) {
+                const float t = p - zl[j];
+                Brow[j] -= 0.5f * LOG2E * t * t;
+            }
         }
         for (int64_t t0 = 0; t0 < row_len; t0 += W) {
             const int64_t lanes = row_len - t0 < W ? row_len - t0 : W;
             const VM m = V_TAIL_MASK(lanes);
             V_LOAD_TILE(D, x, frow + t0 * fs * (int64_t)esize, a->half, fs, cs, m, gidx);
-            V_PREFETCH(D, frow + (t0 + PREFETCH_TILES * W) * fs * (int64_t)esize, fs, cs, esize);
+            const int64_t ahead = t0 + PREFETCH_TILES * W;
+            if (ahead < row_len)
+                V_PREFETCH(D, frow + ahead * fs * (int64_t)esize, fs, cs, esize);
+            else if (fnext && ahead - row_len < row_len)
+                V_PREFETCH(D, fnext + (ahead - row_len) * fs * (int64_t)esize, fs, cs, esize);
             V f2p[4] = {V_ZERO(), V_ZERO(), V_ZERO(), V_ZERO()};
             for (int64_t d = 0; d < D; ++d) f2p[d & 3] = V_FMA(x[d], x[d], f2p[d & 3]);
             const V f2 = V_ADD(V_ADD(f2p[0], f2p[1]), V_ADD(f2p[2], f2p[3]));
