@@ -117,20 +117,15 @@ def _evaluate_fused(posterior, inputs, prior_mean, boxes: list[Box], mean_out, v
         fused.evaluate_region(posterior, inputs, subs, first, mean_out, var_out, threads)
         return
     budget = max(1, max_bytes // (4 * K))  # locations whose prior means one call may hold
-    batch: list[Box] = []
-    held = 0
-    for sub in subs:
-        if batch and held + box_size(sub) > budget:
-            _fused_batch(posterior, inputs, prior_mean, batch, mean_out, var_out, threads)
-            batch, held = [], 0
+    batch, rows, held = [subs[0]], [first], box_size(subs[0])
+    for sub in subs[1:]:
+        if held + box_size(sub) > budget:
+            fused.evaluate_region(posterior, inputs, batch, torch.cat(rows), mean_out, var_out, threads)
+            batch, rows, held = [], [], 0
         batch.append(sub)
+        rows.append(prior_mean(sub).to(torch.float32).expand(box_size(sub), -1))
         held += box_size(sub)
-    _fused_batch(posterior, inputs, prior_mean, batch, mean_out, var_out, threads)
-
-
-def _fused_batch(posterior, inputs, prior_mean, batch: list[Box], mean_out, var_out, threads: int) -> None:
-    m0 = torch.cat([prior_mean(b).to(torch.float32).expand(box_size(b), -1) for b in batch])
-    fused.evaluate_region(posterior, inputs, batch, m0, mean_out, var_out, threads)
+    fused.evaluate_region(posterior, inputs, batch, torch.cat(rows), mean_out, var_out, threads)
 
 
 def _evaluate_chunk(posterior, inputs, prior_mean, sub: Box, mean_out, var_out, work: Workspace) -> None:

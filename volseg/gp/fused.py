@@ -102,11 +102,10 @@ def evaluate_region(posterior, inputs, boxes, m0: torch.Tensor | None, mean_out:
     f = inputs.features
     spatial = tuple(f.shape[:-1])
     ends = np.array([[(s.start, s.stop) for s in b] for b in boxes], dtype=np.int64)  # (boxes, axes, 2)
-    if ends.ndim != 3 or ends.shape[1] != len(spatial):
+    if ends.ndim != 3 or ends.shape[1] != len(spatial) or (ends[..., 0] < 0).any() \
+            or (ends[..., 1] < ends[..., 0]).any() or (ends[..., 1] > np.asarray(spatial)).any():
         raise ValueError(f"some of the {len(boxes)} boxes are not boxes of the {spatial} map")
     lo, hi = np.ascontiguousarray(ends[..., 0]), np.ascontiguousarray(ends[..., 1])
-    if (lo < 0).any() or (hi < lo).any() or (hi > np.asarray(spatial)).any():
-        raise ValueError(f"some of the {len(boxes)} boxes are not boxes of the {spatial} map")
     sizes = (hi - lo).prod(1)
     p = posterior.fused_terms()
     K = p["alpha"].shape[1]
