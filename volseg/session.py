@@ -283,7 +283,7 @@ class Session:
         post = self.posterior
         point_alpha = (post.alpha if post.n > common else alpha_before)[common].abs().max()
         moved = (post.alpha[:common] - alpha_before[:common]).abs().amax(1) if common else torch.zeros(0, dtype=torch.float64)
-        z_point = self.inputs.at(point[None]).double()
+        z_point = self.inputs.at(point[None]).double().cpu()  # the solve lives on the CPU in float64
         k_point = self.kernel(post.Z[:common], z_point)
         w = torch.cholesky_solve(k_point, post.L[:common, :common])[:, 0] if common else moved
         d2 = float(self.kernel(z_point, z_point)) + post.noise - (float(k_point[:, 0] @ w) if common else 0.0)

@@ -42,7 +42,7 @@ class ExactPosterior:
     def fit(self, Z: torch.Tensor, Y: torch.Tensor, M0: torch.Tensor) -> "ExactPosterior":
         """Solve from scratch: Z (N, Dz) inputs, Y (N, K) +-1 labels, M0 (N, K) prior means."""
         self.Z = Z.detach().to("cpu", torch.float64)
-        self.R = (Y - M0).detach().to("cpu", torch.float64)
+        self.R = Y.detach().to("cpu", torch.float64) - M0.detach().to("cpu", torch.float64)
         self.noise = self.requested_noise
         while True:
             A = self.kernel(self.Z, self.Z) + self.noise * torch.eye(self.n, dtype=torch.float64)
@@ -57,7 +57,7 @@ class ExactPosterior:
     def append(self, z: torch.Tensor, y: torch.Tensor, m0: torch.Tensor) -> "ExactPosterior":
         """Add one training point by bordering the Cholesky factor: O(N^2)."""
         z = z.detach().to("cpu", torch.float64).reshape(1, -1)
-        r = (y - m0).detach().to("cpu", torch.float64).reshape(1, -1)
+        r = (y.detach().to("cpu", torch.float64) - m0.detach().to("cpu", torch.float64)).reshape(1, -1)
         if self.n == 0:
             return self.fit(z, r, torch.zeros_like(r))
         k = self.kernel(self.Z, z)  # (N, 1)
