@@ -7,7 +7,7 @@ import torch
 
 from volseg.gp.evaluate import evaluate_boxes, slabs
 from volseg.gp.inputs import InputMap
-from volseg.gp.kernels import RBF, Matern, make_kernel
+from volseg.gp.kernels import RBF, Matern, MultiScaleRBF, make_kernel
 from volseg.gp.likelihood import probit
 from volseg.gp.posterior import ExactPosterior
 from volseg.gp.sampling import PathwiseSampler
@@ -15,6 +15,10 @@ from volseg.gp.sampling import PathwiseSampler
 
 def dense_kernel(name, a, b, s2=1.0):
     r = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
+    if name == "multiscale":  # 2 spatial dims, ratio 3, share 0.3 (make_kernel's defaults)
+        df = ((a[:, None, :-2] - b[None, :, :-2]) ** 2).sum(-1)
+        dp = ((a[:, None, -2:] - b[None, :, -2:]) ** 2).sum(-1)
+        return s2 * np.exp(-0.5 * df) * (0.7 * np.exp(-0.5 * dp) + 0.3 * np.exp(-0.5 * 9.0 * dp))
     if name == "rbf":
         return s2 * np.exp(-0.5 * r * r)
     nu = {"matern12": 0.5, "matern32": 1.5, "matern52": 2.5}[name]
@@ -31,24 +35,24 @@ def dense_posterior(kern, Z, Y, M0, Q, m0q, noise):
     return mean, var
 
 
-@pytest.mark.parametrize("name", ["rbf", "matern12", "matern32", "matern52"])
+@pytest.mark.parametrize("name", ["rbf", "multiscale", "matern12", "matern32", "matern52"])
 def test_kernels_match_dense_formula(name):
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(7, 4)), rng.normal(size=(5, 4))
-    k = make_kernel(name)(torch.tensor(a), torch.tensor(b)).numpy()
+    k = make_kernel(name, spatial_dims=2)(torch.tensor(a), torch.tensor(b)).numpy()
     np.testing.assert_allclose(k, dense_kernel(name, a, b), rtol=1e-6, atol=1e-9)
 
 
-@pytest.mark.parametrize("kernel", [RBF(), Matern(0.5), Matern(1.5), Matern(2.5)])
+@pytest.mark.parametrize("kernel", [RBF(), Matern(0.5), Matern(1.5), Matern(2.5), MultiScaleRBF(2)])
 def test_random_features_match_kernel(kernel):
     """E[cos(w . d)] over the spectral density is k(d): the prior draws are draws of this kernel."""
     g = torch.Generator().manual_seed(1)
     w = kernel.sample_frequencies(400_000, 3, generator=g, dtype=torch.float64)
-    for r in (0.3, 1.0, 2.0):
-        d = torch.tensor([r, 0.0, 0.0], dtype=torch.float64)
+    # along a feature axis, along a position axis, and across both (the multiscale kernel's parts differ)
+    for d in [torch.tensor(v, dtype=torch.float64) for r in (0.3, 1.0, 2.0) for v in ([r, 0, 0], [0, 0, r], [r, r / 2, r / 3])]:
         mc = torch.cos(w @ d).mean().item()
         exact = kernel(d[None], torch.zeros(1, 3, dtype=torch.float64)).item()
-        assert abs(mc - exact) < 0.01, (r, mc, exact)
+        assert abs(mc - exact) < 0.01, (d, mc, exact)
 
 
 def test_kernel_radius_bounds_value():
@@ -75,10 +79,11 @@ def test_far_kernel_values_are_never_subnormal(kernel):
         assert k[0, 0] > 0.8 and k[0, -1] < 1e-14
 
 
-@pytest.mark.parametrize("name", ["rbf", "matern52"])
+@pytest.mark.parametrize("name", ["rbf", "multiscale", "matern52"])
 def test_exact_posterior_matches_dense(name):
+    """Including the hot path's matrix-product form of the kernel (two products for the multiscale kernel)."""
     Z, Y, M0, Q, m0q = problem()
-    post = ExactPosterior(make_kernel(name), noise=1e-3, compute_dtype=torch.float64)
+    post = ExactPosterior(make_kernel(name, spatial_dims=2), noise=1e-3, compute_dtype=torch.float64)
     post.fit(torch.tensor(Z), torch.tensor(Y), torch.tensor(M0))
     mean, var = post.mean_var(torch.tensor(Q), torch.tensor(m0q))
     ref_mean, ref_var = dense_posterior(name, Z, Y, M0, Q, m0q, post.noise)
@@ -152,10 +157,11 @@ def test_chunked_equals_unchunked():
     np.testing.assert_allclose(outs[0][1].reshape(-1).numpy(), np.maximum(ref_var, 0), atol=2e-4)
 
 
-def test_pathwise_samples_match_exact_posterior():
+@pytest.mark.parametrize("kernel", [RBF(), MultiScaleRBF(1, ratio=2.0)])
+def test_pathwise_samples_match_exact_posterior(kernel):
     Z, Y, M0, Q, m0q = problem(n=6, m=25, dim=3, K=1, seed=5)
     Z, Q = Z * 0.7, Q * 0.7
-    post = ExactPosterior(RBF(), noise=1e-2, compute_dtype=torch.float64).fit(torch.tensor(Z), torch.tensor(Y), torch.tensor(M0))
+    post = ExactPosterior(kernel, noise=1e-2, compute_dtype=torch.float64).fit(torch.tensor(Z), torch.tensor(Y), torch.tensor(M0))
     S = 4000
     sampler = PathwiseSampler(post, 3, n_samples=S, n_basis=4096, seed=0)
     f = sampler.sample(torch.tensor(Q), torch.tensor(m0q))[:, 0, :].numpy()

@@ -206,3 +206,22 @@ def test_default_config_file_mirrors_the_settings():
     path = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
     assert GPConfig.from_yaml(path) == GPConfig()
     assert set(yaml.safe_load(path.read_text())["gp"]) == set(asdict(GPConfig()))
+
+
+def test_default_kernel_is_multiscale_in_2d_and_rbf_in_volumes():
+    from volseg.gp.kernels import RBF, MultiScaleRBF
+
+    img2, labels2 = blob_image((40, 48))
+    img3, _ = blob_image((16, 18, 14))
+    s2 = Session().set_image(img2)
+    assert isinstance(s2.kernel, MultiScaleRBF) and s2.kernel.spatial_dims == 2
+    assert s2.spatial_lengthscale == pytest.approx(0.13 * np.hypot(40, 48))
+    assert isinstance(Session().set_image(img3).kernel, RBF)
+    rbf2 = Session(kernel="rbf").set_image(img2)
+    assert isinstance(rbf2.kernel, RBF) and rbf2.spatial_lengthscale == pytest.approx(0.1 * np.hypot(40, 48))
+    # clicks keep their labels under the multiscale kernel too
+    s2.add_click((15, 15), True)
+    s2.add_click((30, 36), False)
+    assert s2.mask()[15, 15] == 1 and s2.mask()[30, 36] == 0
+    with pytest.raises(ValueError, match="unknown kernel"):
+        Session(kernel="cubic")

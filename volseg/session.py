@@ -81,7 +81,8 @@ class Session:
         # a learned backbone brings the GP settings it was trained with; explicit ones still win
         learned = getattr(self.extractor, "gp_config", None) or {}
         self.config = base.replace(**{**learned, **settings})
-        self.kernel = make_kernel(self.config.kernel, self.config.outputscale)
+        make_kernel(self.config.kernel or "rbf", spatial_dims=2)  # an unknown kernel name fails here, not at set_image
+        self.kernel = None  # made by set_image: the default depends on the image's dimension
         self.image: Image | None = None
         self.clicks: list[Click] = []
         self.timings: list[float] = []
@@ -111,6 +112,9 @@ class Session:
         head = getattr(self.extractor, "last_prior_mean", None)
         self._learned_mean = None if head is None else torch.as_tensor(np.asarray(head, dtype=np.float32), device=self.device)
         d_f = int(feats.shape[-1])
+        cfg = self.config
+        self.kernel = make_kernel(cfg.kernel_for(img.ndim), cfg.outputscale, spatial_dims=img.ndim,
+                                  ratio=cfg.short_ratio, share=cfg.short_share)
         self.spatial_lengthscale = self.config.spatial_lengthscale or self.config.spatial_fraction_for(img.ndim) * float(
             np.linalg.norm(np.asarray(img.shape) * np.asarray(img.spacing)))
         # the features are ours: divide them by their lengthscale once here rather than on every click

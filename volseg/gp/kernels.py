@@ -96,13 +96,61 @@ class Matern:
         return (g / torch.sqrt(u / (2.0 * self.nu))).to(dtype=dtype, device=device)
 
 
-def make_kernel(name: str = "rbf", outputscale: float = 1.0) -> RBF | Matern:
+@dataclass(frozen=True)
+class MultiScaleRBF:
+    """k(z, z') = s^2 exp(-|df|^2 / 2) [(1 - w) exp(-|dp|^2 / 2) + w exp(-r^2 |dp|^2 / 2)], with df the
+    feature part and dp the position part (the last ``spatial_dims`` inputs) of z - z'.
+
+    The sum of two GPs that share the feature kernel: one with the spatial lengthscale, one ``ratio``
+    times shorter with a ``share`` of the variance.  Early clicks spread through the long one; where
+    clicks crowd, the long one is pinned down and a new click's correction goes mostly into the short
+    one, so a late click fixes its own error without lifting look-alike regions further away.
+    Spectral density: the mixture of the two Gaussians, positions' frequencies r times wider in the
+    second."""
+
+    spatial_dims: int
+    ratio: float = 3.0
+    share: float = 0.3
+    outputscale: float = 1.0
+
+    def __call__(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        p = self.spatial_dims
+        return self.of_neg_half_distance2(-0.5 * squared_distance(a[:, :-p], b[:, :-p]),
+                                          -0.5 * squared_distance(a[:, -p:], b[:, -p:]))
+
+    def of_neg_half_distance2(self, h_features: torch.Tensor, h_positions: torch.Tensor) -> torch.Tensor:
+        """k from the two parts' -|d|^2 / 2, consuming both in place."""
+        short = torch.add(h_features, h_positions, alpha=self.ratio ** 2).clamp_min_(EXP_FLOOR).exp_()
+        out = h_features.add_(h_positions).clamp_min_(EXP_FLOOR).exp_()
+        return out.mul_(1.0 - self.share).add_(short, alpha=self.share).mul_(self.outputscale)
+
+    def radius(self, tol: float) -> float:
+        # both terms are at most the long one's exp(-|dp|^2 / 2)
+        return math.sqrt(2.0 * math.log(1.0 / tol))
+
+    def sample_frequencies(self, n: int, dim: int, generator: torch.Generator | None = None,
+                           dtype=torch.float32, device="cpu") -> torch.Tensor:
+        omega = torch.randn(n, dim, generator=generator, dtype=torch.float64)
+        short = torch.rand(n, generator=generator, dtype=torch.float64) < self.share
+        omega[short, dim - self.spatial_dims:] *= self.ratio
+        return omega.to(dtype=dtype, device=device)
+
+
+KERNELS = ("rbf", "multiscale", "matern12", "matern32", "matern52")
+
+
+def make_kernel(name: str = "rbf", outputscale: float = 1.0, *, spatial_dims: int = 0, ratio: float = 3.0,
+                share: float = 0.3) -> RBF | Matern | MultiScaleRBF:
     name = name.lower()
     if name == "rbf":
         return RBF(outputscale)
+    if name == "multiscale":
+        if spatial_dims < 1:
+            raise ValueError("the multiscale kernel needs the number of spatial dimensions")
+        return MultiScaleRBF(spatial_dims, ratio, share, outputscale)
     if name.startswith("matern"):
         nu = {"matern12": 0.5, "matern32": 1.5, "matern52": 2.5, "matern": 2.5}.get(name)
         if nu is None:
-            raise ValueError(f"unknown kernel {name!r}: rbf, matern12, matern32 or matern52")
+            raise ValueError(f"unknown kernel {name!r}: {', '.join(KERNELS)}")
         return Matern(nu, outputscale)
-    raise ValueError(f"unknown kernel {name!r}: rbf, matern12, matern32 or matern52")
+    raise ValueError(f"unknown kernel {name!r}: {', '.join(KERNELS)}")

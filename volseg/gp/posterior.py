@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .kernels import RBF, Matern
+from .kernels import RBF, Matern, MultiScaleRBF
 
 LABEL_MARGIN = 0.5  # a clicked location's posterior mean stays at least this far on its side of 0
 MIN_NOISE = 1e-9
@@ -104,8 +104,10 @@ class ExactPosterior:
         # the hot path as two matrix multiplies: [z, |z|^2, 1] @ B = -|z - Z_n|^2 / 2 in one product,
         # then k @ [alpha | L^-T] gives the mean and the whitened row for the variance at once
         if self.n:
-            self._B = torch.cat([self.Z.T, torch.full((1, self.n), -0.5, dtype=torch.float64),
-                                 -0.5 * (self.Z * self.Z).sum(1)[None, :]]).to(dev, dt)
+            self._B = _distance_factor(self.Z).to(dev, dt)
+            if isinstance(self.kernel, MultiScaleRBF):  # features and positions apart: two products
+                p = self.kernel.spatial_dims
+                self._B_parts = (_distance_factor(self.Z[:, :-p]).to(dev, dt), _distance_factor(self.Z[:, -p:]).to(dev, dt))
         self._W = torch.cat([self.alpha, Linv.T], dim=1).to(dev, dt)
         self._fused = None  # made on first use by fused_terms()
 
@@ -123,6 +125,10 @@ class ExactPosterior:
         """k(z, X) for a chunk of inputs (n, Dz) in the compute dtype.  ``work`` holds buffers reused
         from chunk to chunk (fresh large allocations are page-faulted in on every chunk)."""
         n, d = z.shape
+        if isinstance(self.kernel, MultiScaleRBF):
+            p = self.kernel.spatial_dims
+            return self.kernel.of_neg_half_distance2(*(_augmented(part) @ B for part, B in
+                                                       zip((z[:, :-p], z[:, -p:]), self._B_parts)))
         work = work or Workspace(n, d, self.n, self._W.shape[1], z.dtype, z.device)
         za = work.augmented[:n]
         if za.data_ptr() != z.data_ptr():  # the input map may have written z into the buffer already
@@ -185,3 +191,13 @@ class Workspace:
     def inputs(self, n: int, input_dim: int) -> torch.Tensor:
         """Where an input map may write z for n locations, so the posterior reads it without a copy."""
         return self.augmented[:n, :input_dim]
+
+
+def _distance_factor(Z: torch.Tensor) -> torch.Tensor:
+    """B with ``[z, |z|^2, 1] @ B = -|z - Z_n|^2 / 2``: the squared distances as one matrix product."""
+    n = Z.shape[0]
+    return torch.cat([Z.T, torch.full((1, n), -0.5, dtype=Z.dtype), -0.5 * (Z * Z).sum(1)[None, :]])
+
+
+def _augmented(z: torch.Tensor) -> torch.Tensor:
+    return torch.cat([z, (z * z).sum(1, keepdim=True), torch.ones_like(z[:, :1])], dim=1)

@@ -214,7 +214,12 @@ class VideoSegmenter:
         has no result yet); clicks added to it refine that mask at full resolution."""
         from ..session import Session
 
-        s = Session(features=self.session_features, config=self.session_config)
+        from ..config import GPConfig
+
+        config = self.session_config if isinstance(self.session_config, GPConfig) else GPConfig.from_dict(self.session_config)
+        # frames keep the RBF unless asked otherwise: the multiscale 2D default is measured on
+        # Berkeley's click protocol, not on refining a propagated mask
+        s = Session(features=self.session_features, config=config.replace(kernel=config.kernel or "rbf"))
         prior = self.current_labels(frame)
         s.set_image(self.source[frame], prior=prior if prior is not None and prior.any() else None)
         return s
