@@ -103,11 +103,11 @@ class ExactPosterior:
         self._Linv = Linv.to(dev, dt)
         # the hot path as two matrix multiplies: [z, |z|^2, 1] @ B = -|z - Z_n|^2 / 2 in one product,
         # then k @ [alpha | L^-T] gives the mean and the whitened row for the variance at once
-        if self.n:
+        if self.n and isinstance(self.kernel, MultiScaleRBF):  # features and positions apart: two products
+            p = self.kernel.spatial_dims
+            self._B_parts = (_distance_factor(self.Z[:, :-p]).to(dev, dt), _distance_factor(self.Z[:, -p:]).to(dev, dt))
+        elif self.n:
             self._B = _distance_factor(self.Z).to(dev, dt)
-            if isinstance(self.kernel, MultiScaleRBF):  # features and positions apart: two products
-                p = self.kernel.spatial_dims
-                self._B_parts = (_distance_factor(self.Z[:, :-p]).to(dev, dt), _distance_factor(self.Z[:, -p:]).to(dev, dt))
         self._W = torch.cat([self.alpha, Linv.T], dim=1).to(dev, dt)
         self._fused = None  # made on first use by fused_terms()
 

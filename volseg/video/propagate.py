@@ -212,9 +212,8 @@ class VideoSegmenter:
     def session_for(self, frame: int):
         """A :class:`volseg.Session` on ``frame`` whose prior is the frame's current mask (none if the frame
         has no result yet); clicks added to it refine that mask at full resolution."""
-        from ..session import Session
-
         from ..config import GPConfig
+        from ..session import Session
 
         config = self.session_config if isinstance(self.session_config, GPConfig) else GPConfig.from_dict(self.session_config)
         # frames keep the RBF unless asked otherwise: the multiscale 2D default is measured on
