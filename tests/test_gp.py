@@ -15,10 +15,10 @@ from volseg.gp.sampling import PathwiseSampler
 
 def dense_kernel(name, a, b, s2=1.0):
     r = np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
-    if name == "multiscale":  # 2 spatial dims, ratio 3, share 0.3 (make_kernel's defaults)
+    if name == "multiscale":  # 2 spatial dims, ratio 4, share 0.3 (make_kernel's defaults)
         df = ((a[:, None, :-2] - b[None, :, :-2]) ** 2).sum(-1)
         dp = ((a[:, None, -2:] - b[None, :, -2:]) ** 2).sum(-1)
-        return s2 * np.exp(-0.5 * df) * (0.7 * np.exp(-0.5 * dp) + 0.3 * np.exp(-0.5 * 9.0 * dp))
+        return s2 * np.exp(-0.5 * df) * (0.7 * np.exp(-0.5 * dp) + 0.3 * np.exp(-0.5 * 16.0 * dp))
     if name == "rbf":
         return s2 * np.exp(-0.5 * r * r)
     nu = {"matern12": 0.5, "matern32": 1.5, "matern52": 2.5}[name]

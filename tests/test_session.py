@@ -215,7 +215,7 @@ def test_default_kernel_is_multiscale_in_2d_and_rbf_in_volumes():
     img3, _ = blob_image((16, 18, 14))
     s2 = Session().set_image(img2)
     assert isinstance(s2.kernel, MultiScaleRBF) and s2.kernel.spatial_dims == 2
-    assert s2.spatial_lengthscale == pytest.approx(0.13 * np.hypot(40, 48))
+    assert s2.spatial_lengthscale == pytest.approx(0.14 * np.hypot(40, 48))
     assert isinstance(Session().set_image(img3).kernel, RBF)
     rbf2 = Session(kernel="rbf").set_image(img2)
     assert isinstance(rbf2.kernel, RBF) and rbf2.spatial_lengthscale == pytest.approx(0.1 * np.hypot(40, 48))

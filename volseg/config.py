@@ -13,7 +13,7 @@ from .errors import InputError
 class GPConfig:
     kernel: str | None = None             # rbf | multiscale | matern12 | matern32 | matern52; None: multiscale
                                           # for 2D images, rbf for volumes (the fused CPU pass)
-    short_ratio: float = 3.0              # multiscale: the short spatial GP's lengthscale is this many times shorter
+    short_ratio: float = 4.0              # multiscale: the short spatial GP's lengthscale is this many times shorter
     short_share: float = 0.3              # ... and has this share of the prior variance
     outputscale: float = 1.0              # prior variance of the latent f
     noise: float = 0.1                    # s2; lowered automatically if a click would lose its label
@@ -52,7 +52,7 @@ class GPConfig:
         return cls.from_dict(data.get("gp", data))
 
     def kernel_for(self, ndim: int) -> str:
-        # Berkeley NoC@90 9.48 -> 9.21 with the multiscale kernel (late clicks stay local); volumes keep
+        # Berkeley NoC@90 9.48 -> 9.11 with the multiscale kernel (late clicks stay local); volumes keep
         # the RBF, which the fused CPU pass evaluates, until it is measured on them
         return self.kernel if self.kernel is not None else ("multiscale" if ndim == 2 else "rbf")
 
@@ -63,7 +63,7 @@ class GPConfig:
             return self.spatial_fraction
         if ndim != 2:
             return 0.05
-        return 0.13 if self.kernel_for(ndim) == "multiscale" else 0.1
+        return 0.14 if self.kernel_for(ndim) == "multiscale" else 0.1
 
     def edge_strength_for(self, ndim: int) -> float:
         # tuned on Berkeley (NoC@90 15.3 -> 12.7 on its first 30 objects); on the dev MR/CT volumes the

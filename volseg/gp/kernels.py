@@ -109,7 +109,7 @@ class MultiScaleRBF:
     second."""
 
     spatial_dims: int
-    ratio: float = 3.0
+    ratio: float = 4.0
     share: float = 0.3
     outputscale: float = 1.0
 
@@ -139,7 +139,7 @@ class MultiScaleRBF:
 KERNELS = ("rbf", "multiscale", "matern12", "matern32", "matern52")
 
 
-def make_kernel(name: str = "rbf", outputscale: float = 1.0, *, spatial_dims: int = 0, ratio: float = 3.0,
+def make_kernel(name: str = "rbf", outputscale: float = 1.0, *, spatial_dims: int = 0, ratio: float = 4.0,
                 share: float = 0.3) -> RBF | Matern | MultiScaleRBF:
     name = name.lower()
     if name == "rbf":
