@@ -27,7 +27,8 @@ class GPConfig:
     edge_strength: float | None = None    # minimum cut onto image edges (volseg.boundary); 0 disables;
                                           # None: 15 for 2D images, 0 for volumes
     edge_band: float = 1.5                # ... over locations whose latent mean is within this of 0
-    edge_reach: float = 20.0              # ... and within this many mm (pixels) of the GP's boundary
+    edge_reach: float = 35.0              # ... and within this many mm (pixels) of the GP's boundary; wide enough
+                                          # to undo a flood of look-alike background (Berkeley NoC@90 9.11 at 20)
     edge_max_locations: int = 4_000_000   # ... on images up to this size (a whole CT keeps the GP's own mask)
     appearance_weight: float = 0.5        # ... plus this times a colour model's log-likelihood ratio (GrabCut-like)
     tolerance: float = 1e-5               # a click may leave mean and variance this far off outside its reach
