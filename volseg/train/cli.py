@@ -13,6 +13,9 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--resume", help="continue from a last.ckpt (same config and data)")
     p.add_argument("--steps", type=int, help="total optimisation steps (overrides optim.steps)")
     p.add_argument("--max-minutes", type=float, help="stop after this much wall time and save")
+    p.add_argument("--exclude-like", action="append", default=[], metavar="DIR",
+                   help="evaluation images (e.g. ../shared/data/dev/2d/berkeley/images): refuse to start if a "
+                        "training image is identical or near-identical to one of them (repeatable)")
     p.add_argument("--quiet", action="store_true", help="no per-log-step lines on stdout")
     p.set_defaults(func=handler)
     return p
@@ -22,7 +25,7 @@ def handler(args: argparse.Namespace) -> int:
     from .loop import train
 
     path = train(args.config, args.out, resume=args.resume, max_steps=args.steps, max_minutes=args.max_minutes,
-                 quiet=args.quiet)
+                 quiet=args.quiet, exclude_like=args.exclude_like)
     print(f"wrote {path}")
     return 0
 

@@ -145,12 +145,14 @@ class TrainingData:
         if self.synthetic:
             n = int(self.synthetic.get("n", 32))
             self.items = list(range(n))
+            self.all_pairs: list[Pair] = []
             self.manifest = hashlib.sha256(f"synthetic {self.dims}D {n} {self.size}".encode()).hexdigest()
         else:
             roots = data.get("roots") or []
             if not roots:
                 raise InputError("training config has no data.roots (or data.synthetic)")
             pairs = [p for r in roots for p in find_pairs(resolve(r, base), self.dims)]
+            self.all_pairs = pairs
             train, val = split(pairs, float(data.get("val_fraction", 0.02)))
             self.items = val if validation else train
             self.manifest = manifest_sha256(pairs)

@@ -29,6 +29,7 @@ from ..features.backbones import Backbone, backbone_from_checkpoint, read_checkp
 from ..gp.differentiable import GPHyper, gp_inputs, posterior
 from ..gp.likelihood import probit
 from .data import TrainingData
+from .decontaminate import check_no_overlap
 from .losses import bce, segmentation_loss
 from .simulate import error_click, initial_clicks
 
@@ -158,8 +159,13 @@ def _hardware(device) -> str:
 
 
 def train(config: dict | str | Path, out: str | Path | None = None, *, resume: str | Path | None = None,
-          max_steps: int | None = None, max_minutes: float | None = None, quiet: bool = False) -> Path:
-    """Train (or continue training) a backbone; returns the path of ``model.ckpt``."""
+          max_steps: int | None = None, max_minutes: float | None = None, quiet: bool = False,
+          exclude_like: list[str | Path] = ()) -> Path:
+    """Train (or continue training) a backbone; returns the path of ``model.ckpt``.
+
+    ``exclude_like``: folders of evaluation images; training refuses to start if any training image
+    copies one of them (see volseg.train.decontaminate).
+    """
     cfg, base = load_config(config)
     torch.set_num_threads(int(cfg["threads"]))
     rank, world = _dist()
@@ -172,6 +178,10 @@ def train(config: dict | str | Path, out: str | Path | None = None, *, resume: s
     minutes = max_minutes or opt_cfg.get("max_minutes")
 
     data = TrainingData(cfg["data"], cfg["model"], base)
+    if exclude_like:
+        if data.synthetic:
+            raise InputError("--exclude-like checks image folders, but this config trains on synthetic data")
+        check_no_overlap([p.image for p in data.all_pairs], exclude_like)
     val = TrainingData(cfg["data"], cfg["model"], base, validation=True) if not cfg["data"].get("synthetic") else \
         TrainingData({**cfg["data"], "augment": False}, cfg["model"], base, validation=True)
     model = Trainee(cfg).to(device)
