@@ -6,12 +6,12 @@ import pytest
 from scipy.special import log_ndtr
 
 from volseg import Session
-from volseg.boundary import ColourModel, contrast_channels, cut, edge_weights, restore_collapsed
+from volseg.boundary import ColourModel, contrast_channels, cut, edge_weights, pair_slices, restore_collapsed
 
 
 def energy(fg, latent, weights, strength):
     unary = np.where(fg, -log_ndtr(latent), -log_ndtr(-latent)).sum()
-    pair = sum((strength * w * (np.diff(fg.astype(int), axis=a) != 0)).sum() for a, w in enumerate(weights))
+    pair = sum((strength * w * (fg[p] != fg[q])).sum() for o, w in weights for p, q in [pair_slices(o)])
     return unary + pair
 
 
@@ -26,10 +26,11 @@ def clicked_mask(image, inside, outside, **settings):
     return m
 
 
-def test_cut_is_the_minimum_energy_labelling():
+@pytest.mark.parametrize("connectivity", [1, 2])
+def test_cut_is_the_minimum_energy_labelling(connectivity):
     rng = np.random.default_rng(0)
     latent = rng.normal(0, 1, (3, 4))
-    weights = edge_weights(rng.normal(0, 1, (3, 4, 1)), (1.0, 1.0))
+    weights = edge_weights(rng.normal(0, 1, (3, 4, 1)), (1.0, 1.0), connectivity)
     got = cut(latent, weights, strength=0.8, band=np.inf, reach=np.inf)
     best = min((np.array(bits, bool).reshape(3, 4) for bits in itertools.product([0, 1], repeat=12)),
                key=lambda fg: energy(fg, latent, weights, 0.8))
@@ -145,3 +146,19 @@ def test_restore_collapsed_only_where_the_cut_left_almost_nothing():
     cut_fg[2, 12:18] = False                 # the second lost a row: a moved boundary, kept
     out = restore_collapsed(cut_fg.copy(), gp, [(4, 4), (5, 15)])
     assert out[2:8, 2:8].all() and not out[2, 12:18].any() and out[3:8, 12:18].all()
+
+
+@pytest.mark.parametrize("connectivity, ratio", [(1, np.sqrt(2)), (2, 1.0)])
+def test_diagonal_neighbours_price_a_boundary_by_its_euclidean_length(connectivity, ratio):
+    """On a flat image, a 45-degree boundary costs sqrt(2) times an axis-aligned one of the same
+    Euclidean length with face neighbours (so cuts run along the grid), about the same with diagonals."""
+    n = 64
+    weights = edge_weights(np.zeros((n, n, 1), np.float32), (1.0, 1.0), connectivity)
+    r, c = np.mgrid[:n, :n]
+
+    def cost(fg):
+        return sum((w * (fg[p] != fg[q])).sum() for o, w in weights for p, q in [pair_slices(o)])
+
+    axis = cost(c < n // 2) / n                 # a boundary n long
+    diagonal = cost(r + c < n) / (n * np.sqrt(2))  # a boundary n * sqrt(2) long
+    assert diagonal / axis == pytest.approx(ratio, rel=0.05)

@@ -35,24 +35,29 @@ def synthetic_volume(shape=(96, 96, 40), spacing=(0.9, 0.9, 2.5), seed=0) -> tup
     return gaussian_filter(vol, 0.7).astype(np.float32), lesion
 
 
-def _overview(path: Path, image: np.ndarray, mask: np.ndarray, prob: np.ndarray, unc: np.ndarray,
+def _overview(path: Path, image: np.ndarray, masks: dict[str, np.ndarray], prob: np.ndarray, unc: np.ndarray,
               clicks: list[Click], title: str) -> None:
+    """Image with clicks, one panel per mask (e.g. one per feature set, same clicks), probability and
+    uncertainty of the first."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 4, figsize=(16, 4.4))
+    n = 3 + len(masks)
+    fig, axes = plt.subplots(1, n, figsize=(4 * n, 4.4))
     shown = image if image.ndim == 3 and image.shape[-1] == 3 else image.squeeze()
     for ax in axes:
         ax.imshow(shown, cmap="gray")
         ax.set_axis_off()
-    axes[1].imshow(np.ma.masked_equal(mask, 0), cmap="autumn", alpha=0.5, vmin=0, vmax=max(1, mask.max()))
-    axes[2].imshow(prob, cmap="magma", vmin=0, vmax=1)
-    axes[3].imshow(unc, cmap="viridis")
+    for ax, mask in zip(axes[1:], masks.values()):
+        ax.imshow(np.ma.masked_equal(mask, 0), cmap="autumn", alpha=0.5, vmin=0, vmax=max(1, mask.max()))
+        ax.contour(mask > 0, [0.5], colors="cyan", linewidths=0.8)
+    axes[-2].imshow(prob, cmap="magma", vmin=0, vmax=1)
+    axes[-1].imshow(unc, cmap="viridis")
     for c in clicks:
         axes[0].plot(c.position[1], c.position[0], "o", ms=9, mec="white", mfc="lime" if c.positive else "red")
-    for ax, t in zip(axes, ("image + clicks", "mask", "probability", "uncertainty (posterior std)")):
+    for ax, t in zip(axes, ("image + clicks", *masks, "probability", "uncertainty (posterior std)")):
         ax.set_title(t)
     fig.suptitle(title)
     fig.tight_layout()
@@ -87,10 +92,18 @@ def run_demo(out: str | Path = "volseg-demo", *, device: str = "cpu", overwrite:
     img = s.image
     mask_path = write_mask(s.mask(), img, out / "coffee_mask.png", overwrite=overwrite)
     write_probability(s.probability(), img, out / "coffee_prob.png", overwrite=overwrite)
-    _overview(out / "coffee_overview.png", photo, s.mask(), s.probability(), s.uncertainty(), s.clicks,
-              "skimage.data.coffee: cup and saucer from 6 clicks")
+    # the packaged learned embedding stacked with the bank, same clicks, so a user sees what each does
+    learned = Session(features="learned2d+filterbank", device=device)
+    learned.set_image(photo)
+    for pos, positive in COFFEE_CLICKS:
+        learned.add_click(pos, positive)
+    write_mask(learned.mask(), img, out / "coffee_mask_learned.png", overwrite=overwrite)
+    _overview(out / "coffee_overview.png", photo,
+              {"mask: filterbank (default)": s.mask(), "mask: learned2d+filterbank": learned.mask()},
+              s.probability(), s.uncertainty(), s.clicks, "skimage.data.coffee: cup and saucer from 6 clicks")
     hint = s.suggest_click()
     _report("coffee 2D", s, f"mask {mask_path}; suggested next click at {hint.position}")
+    _report("coffee 2D, learned2d+filterbank", learned, f"mask {out / 'coffee_mask_learned.png'}")
     results["coffee"] = {"mask": str(mask_path), "click_seconds": s.timings}
 
     # -- case 2: a generated volume, through the same path as `volseg segment` ------------------------
@@ -117,7 +130,7 @@ def run_demo(out: str | Path = "volseg-demo", *, device: str = "cpu", overwrite:
     std = np.asarray(nib.load(out / "synthetic_std.nii.gz").dataobj)
     z = int(centre[2])
     vol_clicks = [Click(tuple(c["position"][:2]), c["label"] == "positive") for c in clicks if c["position"][2] == z]
-    _overview(out / "synthetic_overview.png", vol[:, :, z], mask[:, :, z].astype(np.uint8), prob[:, :, z],
+    _overview(out / "synthetic_overview.png", vol[:, :, z], {"mask": mask[:, :, z].astype(np.uint8)}, prob[:, :, z],
               std[:, :, z], vol_clicks, f"generated volume, slice k={z}: Dice {dice:.3f} after {len(clicks)} clicks")
     per = ", ".join(f"{x * 1000:.0f}" for x in rec["click_seconds"])
     print(f"[synthetic 3D] features {rec['feature_seconds']:.2f} s; per-click ms: {per}; Dice {dice:.3f}; "

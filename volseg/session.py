@@ -362,7 +362,8 @@ class Session:
 
         if self._cut_terms is None:  # once per image
             channels = boundary.contrast_channels(self.image.array)
-            self._cut_terms = boundary.edge_weights(channels, self.image.spacing), boundary.ColourModel(channels)
+            weights = boundary.edge_weights(channels, self.image.spacing, min(cfg.edge_connectivity, latent.ndim))
+            self._cut_terms = weights, boundary.ColourModel(channels)
         weights, colours = self._cut_terms
         appearance = None
         if cfg.appearance_weight > 0:  # refitted to the GP's labelling, as GrabCut refits to its last mask
