@@ -31,7 +31,7 @@ class GPConfig:
                                           # to undo a flood of look-alike background (Berkeley NoC@90 9.11 at 20)
     edge_max_locations: int = 4_000_000   # ... on images up to this size (a whole CT keeps the GP's own mask)
     appearance_weight: float = 0.5        # ... plus this times a colour model's log-likelihood ratio (GrabCut-like)
-    edge_connectivity: int = 1            # ... between face neighbours (1) or also diagonal ones (up to ndim)
+    edge_connectivity: int = 2            # ... between face and diagonal neighbours (1: faces only; up to ndim)
     tolerance: float = 1e-5               # a click may leave mean and variance this far off outside its reach
     memory_budget: str = "4GB"
     chunk_bytes: str = "256MB"
