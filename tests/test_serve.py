@@ -41,7 +41,8 @@ def ellipsoid_volume(shape=(36, 32, 20), spacing=(1.0, 1.0, 2.0), seed=0):
     rng = np.random.default_rng(seed)
     g = np.indices(shape).astype(float) * np.asarray(spacing)[:, None, None, None]
     centre = (np.asarray(shape) * spacing / 2)[:, None, None, None]
-    truth = (((g - centre) / np.array([9.0, 8.0, 12.0])[:, None, None, None]) ** 2).sum(0) < 1
+    radii = 0.25 * np.asarray(shape) * spacing  # a quarter of the extent along each axis
+    truth = (((g - centre) / radii[:, None, None, None]) ** 2).sum(0) < 1
     vol = (100.0 + 300.0 * truth + 20.0 * rng.standard_normal(shape)).astype(np.float32)
     return vol, truth
 

@@ -287,7 +287,7 @@ function draw() {
     ctx.fillStyle = "#000";
     ctx.fillRect(0, 0, canvas.width, canvas.height);
     if (v.base) ctx.drawImage(v.base, 0, 0, canvas.width, canvas.height);
-    if (v.heat) { ctx.globalAlpha = 0.7; ctx.drawImage(v.heat, 0, 0, canvas.width, canvas.height); }
+    if (v.heat) { ctx.globalAlpha = 0.55; ctx.drawImage(v.heat, 0, 0, canvas.width, canvas.height); }
     if (v.overlay) { ctx.globalAlpha = opacity; ctx.drawImage(v.overlay, 0, 0, canvas.width, canvas.height); }
     ctx.globalAlpha = 1;
     if (S.views.length > 1 && S.cursor) {   // the crosshair: where the other views cut this one
