@@ -111,6 +111,14 @@ def test_paths_outside_the_root_or_missing_are_refused(client, path, status):
     assert "error" in r.json()
 
 
+def test_a_single_served_file_is_all_that_opens(served):
+    with TestClient(create_app(served["root"] / "disc.png", out=served["out"])) as c:
+        assert [f["path"] for f in c.get("/api/files").json()["files"]] == ["disc.png"]
+        assert c.post("/api/open", json={"path": "vol.nii.gz"}).status_code == 403
+        sid = c.post("/api/open", json={"path": "disc.png"}).json()["id"]
+        assert c.get(f"/api/s/{sid}/image", params={"view": "image", "width": "wide"}).status_code == 400
+
+
 def test_2d_open_click_undo_save(client, served):
     info = client.post("/api/open", json={"path": "disc.png"}).json()
     sid = info["id"]

@@ -175,6 +175,11 @@ def test_image_and_volume_click_save(browser, small_data, outdir):
     assert not errors and not errors2, errors + errors2
 
 
+def vol_body(n: int) -> np.ndarray:
+    x, y = np.meshgrid(*[np.arange(n, dtype=np.float32) / n - 0.5] * 2, indexing="ij")
+    return ((x / 0.45) ** 2 + (y / 0.35) ** 2 < 0.8)[:, :, None]  # well inside the body's edge
+
+
 def ct_volume(n: int = 256, seed: int = 0):
     """A CT-like volume (HU): body ellipse of soft tissue, a liver-like organ, noise; returns (vol, organ)."""
     rng = np.random.default_rng(seed)
@@ -196,11 +201,19 @@ def test_click_to_overlay_latency_on_a_256_cubed_volume(browser, outdir, tmp_pat
         t0 = time.perf_counter()
         page, errors = open_page(browser, url, "ct.nii.gz", timeout_s=600)
         open_s = time.perf_counter() - t0
-        inside = np.argwhere(organ[:, :, n // 2])
+        z = n // 2
+        body = np.broadcast_to(vol_body(n), organ.shape)[:, :, z] & ~organ[:, :, z]
         rng = np.random.default_rng(0)
-        picks = inside[rng.choice(len(inside), 10, replace=False)]
-        for i, (a, b) in enumerate(picks):
-            click_and_wait(page, "axial", [int(a), int(b), n // 2], button="left" if i % 3 != 2 else "right")
+        inside, outside = np.argwhere(organ[:, :, z]), np.argwhere(body)
+        for i in range(10):  # two positives, then one negative, ...
+            positive = i % 3 != 2
+            a, b = (inside if positive else outside)[rng.integers(len(inside if positive else outside))]
+            click_and_wait(page, "axial", [int(a), int(b), z], button="left" if positive else "right")
+        centre = [int(v) for v in np.argwhere(organ[::2, ::2, ::2]).mean(0) * 2]
+        page.keyboard.down("Control")
+        page.mouse.click(*screen_point(page, "axial", centre))
+        page.keyboard.up("Control")
+        page.wait_for_timeout(1500)
         lat = page.evaluate("window.volseg.latencies")
         exact = page.evaluate("window.volseg.exactLatencies")
         page.screenshot(path=str(outdir / "serve-ct256.png"))
@@ -213,3 +226,31 @@ def test_click_to_overlay_latency_on_a_256_cubed_volume(browser, outdir, tmp_pat
     print("\nlatency", json.dumps(record))
     assert not errors, errors
     assert len(lat) == 10 and all(v > 0 for v in lat)
+
+
+def test_the_demo_volume_with_the_demo_clicks(browser, outdir, tmp_path):
+    """The page on `volseg demo`'s generated MR-like volume, default settings, the demo's four clicks
+    (its screenshot is the README's)."""
+    from volseg.demo import synthetic_volume
+
+    vol, lesion = synthetic_volume()
+    nib.save(nib.Nifti1Image(vol, np.diag([0.9, 0.9, 2.5, 1.0])), tmp_path / "synthetic_t2.nii.gz")
+    centre = [int(v) for v in np.argwhere(lesion).mean(0).round()]
+    with server(tmp_path, tmp_path / "out") as url:
+        page, errors = open_page(browser, url, "synthetic_t2.nii.gz")
+        page.keyboard.down("Control")
+        page.mouse.click(*screen_point(page, "axial", centre))
+        page.keyboard.up("Control")
+        click_and_wait(page, "axial", centre)
+        click_and_wait(page, "axial", [10, 48, centre[2]], button="right")
+        click_and_wait(page, "sagittal", [centre[0], centre[1], centre[2] + 5])
+        click_and_wait(page, "coronal", [48, centre[1], 30], button="right")
+        page.check("#suggest")
+        page.wait_for_function("window.volseg.state.suggestion !== null", timeout=60_000)
+        page.wait_for_timeout(1000)
+        page.screenshot(path=str(outdir / "serve-demo-volume.png"))
+        saved = save_and_read(page)
+        mask = np.asarray(nib.load(saved).dataobj) > 0
+        page.close()
+    assert not errors, errors
+    assert 2 * (mask & lesion).sum() / (mask.sum() + lesion.sum()) > 0.8  # the demo reports its Dice the same way

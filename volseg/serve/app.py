@@ -84,6 +84,15 @@ def create_app(root: str | Path, *, out: str | Path = "volseg-serve-out", settin
             raise BadRequest(f"{what} {value!r} is not an integer")
         return int(f)
 
+    def as_number(value) -> float:
+        try:
+            f = float(value)
+        except (TypeError, ValueError):
+            raise BadRequest(f"{value!r} is not a number") from None
+        if not np.isfinite(f):
+            raise BadRequest(f"{value!r} is not a finite number")
+        return f
+
     def overlays(state, shown, *, exact: bool) -> dict:
         """The labels of the views on screen, as data URLs: all a click sends back."""
         if not isinstance(shown, dict):
@@ -135,7 +144,8 @@ def create_app(root: str | Path, *, out: str | Path = "volseg-serve-out", settin
         def draw(state):
             view = view_of(state, q.get("view"))
             index = as_index(q.get("index"))
-            width, level = float(q.get("width", state.info()["window"]["auto"][0])), float(q.get("level", 0))
+            auto_width, auto_level = state.info()["window"]["auto"]
+            width, level = as_number(q.get("width", auto_width)), as_number(q.get("level", auto_level))
             pixels = state.frame_pixels(index)  # the whole array of an image, one frame of a video
             return render.png(render.grey(render.plane(pixels, view, None if view.axis is None else index),
                                           width, level))

@@ -221,8 +221,6 @@ async function click(idx, positive) {
   const t0 = performance.now();
   const position = S.info.kind === "video" ? idx.slice(0, 2) : idx;
   try {
-    S.cursor = idx.slice();
-    draw();
     const r = await api(`/api/s/${S.sid}/click`, {position, positive, object: S.object, frame: frame(),
                                                   shown: shown()});
     await applyOverlays(r);
@@ -290,7 +288,7 @@ function draw() {
     if (v.heat) { ctx.globalAlpha = 0.55; ctx.drawImage(v.heat, 0, 0, canvas.width, canvas.height); }
     if (v.overlay) { ctx.globalAlpha = opacity; ctx.drawImage(v.overlay, 0, 0, canvas.width, canvas.height); }
     ctx.globalAlpha = 1;
-    if (S.views.length > 1 && S.cursor) {   // the crosshair: where the other views cut this one
+    if (S.views.length > 1 && S.cursor) {   // the crosshair: where the other views' slices cut this one
       const p = toScreen(v, Object.assign(S.cursor.slice(), v.d.axis === null ? {} : {[v.d.axis]: v.index}));
       if (p) {
         ctx.strokeStyle = "rgba(255, 230, 80, 0.6)";
