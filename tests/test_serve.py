@@ -260,3 +260,18 @@ def test_cli_refuses_a_missing_path_and_knows_loopback(capsys):
     assert "does not exist" in capsys.readouterr().err
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4")
+
+
+def test_a_session_without_a_cached_mean_map_falls_back_to_its_mask():
+    vol, truth = ellipsoid_volume()
+
+    class Plain:  # what latent_labels may meet if Session stops caching its mean map
+        image = Image.from_array(vol)
+        objects = [1]
+
+    view = render.views_for(Plain.image)[0]
+    assert sessions.latent_labels(Plain(), view, 5) is None
+    state = sessions.ImageState.__new__(sessions.ImageState)
+    state.session, state.version, state.exact, state._mask = Plain(), 0, False, None
+    state.mask = lambda: truth.astype(np.uint8)
+    assert (state.labels(view, 5, exact=False) == render.plane(truth, view, 5)).all()

@@ -229,8 +229,8 @@ def test_click_to_overlay_latency_on_a_256_cubed_volume(browser, outdir, tmp_pat
 
 
 def test_the_demo_volume_with_the_demo_clicks(browser, outdir, tmp_path):
-    """The page on `volseg demo`'s generated MR-like volume, default settings, the demo's four clicks
-    (its screenshot is the README's)."""
+    """The page on `volseg demo`'s generated MR-like volume, default settings, four clicks like the
+    demo's (two in the lesion, two outside), and the suggested next click (the README's screenshot)."""
     from volseg.demo import synthetic_volume
 
     vol, lesion = synthetic_volume()
@@ -254,3 +254,37 @@ def test_the_demo_volume_with_the_demo_clicks(browser, outdir, tmp_path):
         page.close()
     assert not errors, errors
     assert 2 * (mask & lesion).sum() / (mask.sum() + lesion.sum()) > 0.8  # the demo reports its Dice the same way
+
+
+def test_video_click_propagate_and_correct(browser, outdir, tmp_path):
+    from PIL import Image as PILImage
+
+    from volseg.video.synthetic import moving_shapes
+
+    frames, labels = moving_shapes(8, 96, 128, seed=0)
+    (tmp_path / "clip").mkdir()
+    for t, f in enumerate(frames):
+        PILImage.fromarray(f).save(tmp_path / "clip" / f"{t:05d}.png")
+    with server(tmp_path, tmp_path / "out") as url:
+        page, errors = open_page(browser, url, "clip")
+        assert page.locator("#propagate").is_visible()
+        disc = [int(v) for v in np.argwhere(labels[0] == 1).mean(0).round()]
+        click_and_wait(page, "frame", disc)
+        drawn = page.evaluate("window.volseg.drawn")
+        page.click("#propagate")
+        page.wait_for_function(f"window.volseg.drawn > {drawn} && !window.volseg.state.busy", timeout=120_000)
+        page.locator("#view-frame input[type=range]").fill("5")
+        page.wait_for_function("window.volseg.state.views[0].index === 5")
+        page.wait_for_timeout(800)
+        later = [int(v) for v in np.argwhere(labels[5] == 2).mean(0).round()]
+        page.select_option("#object", "1")
+        page.click("#new-object")
+        click_and_wait(page, "frame", later)  # a second object, clicked on frame 5
+        page.screenshot(path=str(outdir / "serve-video.png"))
+        saved = save_and_read(page)
+        page.close()
+    assert not errors, errors
+    masks = sorted(saved.glob("*.png"))
+    assert len(masks) == 8
+    m5 = np.asarray(PILImage.open(saved / "00005.png"))
+    assert iou(m5 == 2, labels[5] == 2) > 0.6 and iou(m5 == 1, labels[5] == 1) > 0.5

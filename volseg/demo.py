@@ -80,6 +80,9 @@ def run_demo(out: str | Path = "volseg-demo", *, device: str = "cpu", overwrite:
 
     # -- case 1: a real photograph -----------------------------------------------------------------
     photo = data.coffee()
+    from PIL import Image as PILImage
+
+    PILImage.fromarray(photo).save(out / "coffee.png")  # the input too, so `volseg serve` can open it
     s = Session(device=device)
     s.set_image(photo)
     for pos, positive in COFFEE_CLICKS:
