@@ -42,7 +42,8 @@ def free_port() -> int:
 @contextlib.contextmanager
 def server(root: Path, out: Path, *extra: str, timeout: float = 60):
     port = free_port()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
+    paths = [str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     proc = subprocess.Popen([sys.executable, "-m", "volseg", "serve", str(root), "--port", str(port), "--out", str(out),
                              *extra], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
@@ -54,7 +55,8 @@ def server(root: Path, out: Path, *extra: str, timeout: float = 60):
                 break
             except OSError:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"volseg serve did not start: {proc.stdout.read() if proc.poll() is not None else ''}")
+                    said = proc.stdout.read() if proc.poll() is not None else ""
+                    raise RuntimeError(f"volseg serve did not start: {said}")
                 time.sleep(0.2)
         yield url
     finally:
@@ -105,7 +107,9 @@ def click_and_wait(page, view: str, index, button: str = "left") -> float:
     drawn = page.evaluate("window.volseg.drawn")
     x, y = screen_point(page, view, index)
     page.mouse.click(x, y, button=button)
-    page.wait_for_function(f"window.volseg.drawn > {drawn} && !window.volseg.state.busy", timeout=120_000)
+    # drawn, and the exact whole-volume mask (on a large volume) arrived too
+    done = f"window.volseg.drawn > {drawn} && !window.volseg.state.busy && !window.volseg.state.pending"
+    page.wait_for_function(done, timeout=120_000)
     return page.evaluate("window.volseg.latencies[window.volseg.latencies.length - 1]")
 
 
@@ -129,6 +133,7 @@ def small_data(tmp_path_factory):
     PILImage.fromarray(img).save(root / "disc.png")
     vol, ell = ellipsoid_volume()
     nib.save(nib.Nifti1Image(vol, np.diag([1.0, 1.0, 2.0, 1.0])), root / "ellipsoid.nii.gz")
+    (root / "broken.nii.gz").write_bytes(b"not a NIfTI file")
     # a wider spatial kernel than the default: two clicks fill the small generated ellipsoid
     (root.parent / "serve_test.yaml").write_text("gp:\n  spatial_fraction: 0.3\n")
     return {"root": root, "disc": disc, "ellipsoid": ell, "config": root.parent / "serve_test.yaml"}
@@ -171,6 +176,13 @@ def test_image_and_volume_click_save(browser, small_data, outdir):
         assert np.allclose(out_img.affine, np.diag([1.0, 1.0, 2.0, 1.0]))
         assert iou(np.asarray(out_img.dataobj) > 0, truth) > 0.9
         assert json.loads(saved.with_name(saved.name.replace(".nii.gz", ".json")).read_text())["clicks"]
+        page.select_option("#file", "broken.nii.gz")  # a corrupt file: a message, and the page carries on
+        page.click("#open")
+        page.wait_for_selector("#message.error", timeout=30_000)
+        assert "broken.nii.gz" in page.inner_text("#message")
+        page.select_option("#file", "ellipsoid.nii.gz")
+        page.click("#open")
+        page.wait_for_selector("body[data-ready='1']", timeout=60_000)
         page.close()
     assert not errors and not errors2, errors + errors2
 

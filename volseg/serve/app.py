@@ -101,7 +101,8 @@ def create_app(root: str | Path, *, out: str | Path = "volseg-serve-out", settin
         for name, index in shown.items():
             view = view_of(state, name)
             labels = state.labels(view, as_index(index), exact=exact)
-            result[name] = "data:image/png;base64," + base64.b64encode(render.png(render.colour_labels(labels))).decode()
+            encoded = base64.b64encode(render.png(render.colour_labels(labels))).decode()
+            result[name] = "data:image/png;base64," + encoded
         return result
 
     def run(sid: str, fn):
@@ -130,7 +131,10 @@ def create_app(root: str | Path, *, out: str | Path = "volseg-serve-out", settin
         def load():
             store.make_room()
             t0 = time.perf_counter()
-            state = VideoState(path, rel, settings, video_config) if kind == "video" else ImageState(path, rel, settings)
+            if kind == "video":
+                state = VideoState(path, rel, settings, video_config)
+            else:
+                state = ImageState(path, rel, settings)
             log.info("opened %s (%s) in %.2f s", rel, state.kind, time.perf_counter() - t0)
             return state
 

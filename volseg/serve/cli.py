@@ -16,7 +16,8 @@ def register(subparsers) -> None:
     p.add_argument("--port", type=int, default=8000, help="default 8000")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default 127.0.0.1: this machine only; anything else exposes your files)")
-    p.add_argument("--out", default="volseg-serve-out", help="folder Save writes masks into (default ./volseg-serve-out)")
+    p.add_argument("--out", default="volseg-serve-out",
+                   help="folder Save writes masks into (default ./volseg-serve-out)")
     p.add_argument("--idle-timeout", type=float, default=600.0,
                    help="seconds after which a session nobody uses (a closed tab) is freed (default 600)")
     p.add_argument("--max-sessions", type=int, default=4, help="sessions held at once (default 4)")

@@ -154,10 +154,11 @@ def latent_labels(session, view: View, index: int | None) -> np.ndarray | None:
     if not isinstance(mean, torch.Tensor) or mean.ndim != image.ndim + 1 or mean.shape[0] != len(objects):
         return None
     dtype = np.uint8 if max(objects, default=0) < 256 else np.uint16
-    if not objects:
-        return plane(np.zeros(image.shape, dtype), view, index)
     sl = [slice(None)] * image.ndim
     if view.axis is not None:
+        n = image.shape[view.axis]
+        if index is None or not 0 <= index < n:
+            raise IndexError(f"slice {index} outside 0..{n - 1} of the {view.name} view")
         sl[view.axis] = index
     m = mean[(slice(None), *sl)].cpu().numpy()
     best, arg = m.max(0), m.argmax(0)
@@ -189,7 +190,8 @@ class VideoState:
     def _new_segmenter(self) -> None:
         from ..video import VideoSegmenter
 
-        self.seg = VideoSegmenter(self.source, self.video_config, session_features=self.settings.get("features", "filterbank"),
+        self.seg = VideoSegmenter(self.source, self.video_config,
+                                  session_features=self.settings.get("features", "filterbank"),
                                   session_config=self.settings.get("config"))
         self.frame_sessions: OrderedDict[int, object] = OrderedDict()
         self.history: list[Click] = []

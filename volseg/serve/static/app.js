@@ -9,7 +9,7 @@ const PRESETS = {"soft tissue": [400, 40], "lung": [1500, -600], "bone": [1800, 
 const $ = (id) => document.getElementById(id);
 
 const S = {sid: null, info: null, views: [], cursor: null, object: 1, objects: [1], clicks: [],
-           suggestion: null, window: [255, 127.5], busy: false};
+           suggestion: null, window: [255, 127.5], busy: false, pending: 0};
 // for the browser test and for anyone curious: click -> overlay drawn, in ms
 window.volseg = {latencies: [], exactLatencies: [], version: 0, drawn: 0, state: S};
 
@@ -221,28 +221,38 @@ async function click(idx, positive) {
   const t0 = performance.now();
   const position = S.info.kind === "video" ? idx.slice(0, 2) : idx;
   try {
+    const sent = shown();
     const r = await api(`/api/s/${S.sid}/click`, {position, positive, object: S.object, frame: frame(),
-                                                  shown: shown()});
-    await applyOverlays(r);
+                                                  shown: sent});
+    await applyOverlays(r, sent);
     const ms = performance.now() - t0;
     window.volseg.latencies.push(ms);
     $("timing").textContent = `last click: ${r.seconds.toFixed(2)} s GP update, ` +
                               `${(ms / 1000).toFixed(2)} s to the overlay`;
     message("");
-    if (!r.exact) {   // a large volume: the exact mask (connected parts, filled holes) follows
-      await Promise.all(S.views.map((v) => refresh(v, {baseToo: false})));
-      window.volseg.exactLatencies.push(performance.now() - t0);
-    }
-    if ($("suggest").checked) await suggest();
+    if (!r.exact) refreshExact(t0);   // not awaited: the next click need not wait for it
+    else if ($("suggest").checked) suggest();
   } catch (e) {
     message(e.message, "error");
   } finally { S.busy = false; }
 }
 
-async function applyOverlays(r) {
+// a large volume: the whole-volume mask (connected parts, filled holes) replaces the first overlay
+async function refreshExact(t0) {
+  S.pending = (S.pending || 0) + 1;
+  try {
+    await Promise.all(S.views.map((v) => refresh(v, {baseToo: false})));
+    if (t0 !== undefined) window.volseg.exactLatencies.push(performance.now() - t0);
+    if ($("suggest").checked) await suggest();
+  } finally { S.pending -= 1; }
+}
+
+async function applyOverlays(r, sent) {
   S.clicks = r.clicks;
   for (const k of r.objects) if (!S.objects.includes(k)) S.objects.push(k);
-  const loads = S.views.filter((v) => r.overlays[v.d.name]).map(async (v) => {
+  // a view scrolled while the request ran gets its own overlay below, not the one for its old slice
+  const moved = sent ? S.views.filter((v) => sent[v.d.name] !== v.index) : [];
+  const loads = S.views.filter((v) => r.overlays[v.d.name] && !moved.includes(v)).map(async (v) => {
     v.overlay = await loadImage(r.overlays[v.d.name]);
     v.heat = $("uncertainty").checked ? await loadImage(layerUrl(v, "uncertainty")) : null;
   });
@@ -252,6 +262,7 @@ async function applyOverlays(r) {
   window.volseg.version = r.version;
   window.volseg.drawn += 1;
   document.body.dataset.version = r.version;
+  moved.forEach((v) => refresh(v, {baseToo: false}));
 }
 
 function layerUrl(v, layer) {
@@ -261,6 +272,7 @@ function layerUrl(v, layer) {
 async function refresh(v, {baseToo = true} = {}) {
   if (!S.sid) return;
   const token = ++v.token;
+  const version = window.volseg.version;
   const [w, l] = S.window;
   try {
     const jobs = [baseToo ? loadImage(`/api/s/${S.sid}/image?view=${v.d.name}&index=${v.index}&width=${w}&level=${l}`)
@@ -269,7 +281,9 @@ async function refresh(v, {baseToo = true} = {}) {
                   $("uncertainty").checked ? loadImage(layerUrl(v, "uncertainty")) : Promise.resolve(null)];
     const [base, overlay, heat] = await Promise.all(jobs);
     if (token !== v.token) return;   // a later slice was asked for meanwhile
-    Object.assign(v, {base, overlay, heat});
+    v.base = base;
+    // a click since this was asked for has brought newer overlays already
+    if (version === window.volseg.version) Object.assign(v, {overlay, heat});
     draw();
   } catch (e) {
     message(`could not load the ${v.d.name} view: ${e.message || "image error"}`, "error");
@@ -329,9 +343,10 @@ async function edit(action) {
   if (!S.sid || S.busy) return;
   S.busy = true;
   try {
-    const r = await api(`/api/s/${S.sid}/${action}`, {shown: shown()});
-    await applyOverlays(r);
-    if (!r.exact) await Promise.all(S.views.map((v) => refresh(v, {baseToo: false})));
+    const sent = shown();
+    const r = await api(`/api/s/${S.sid}/${action}`, {shown: sent});
+    await applyOverlays(r, sent);
+    if (!r.exact) refreshExact();
     message(`${action}: ${r.clicks.length} clicks left`);
   } catch (e) { message(e.message, "error"); } finally { S.busy = false; }
 }
@@ -353,8 +368,9 @@ async function propagate() {
   $("propagate").disabled = true;
   message("propagating ...", "busy");
   try {
-    const r = await api(`/api/s/${S.sid}/propagate`, {shown: shown()});
-    await applyOverlays(r);
+    const sent = shown();
+    const r = await api(`/api/s/${S.sid}/propagate`, {shown: sent});
+    await applyOverlays(r, sent);
     message(`propagated to ${r.frames} frames in ${r.seconds} s`);
   } catch (e) { message(e.message, "error"); } finally { S.busy = false; $("propagate").disabled = false; }
 }
@@ -381,7 +397,10 @@ $("save").addEventListener("click", save);
 $("propagate").addEventListener("click", propagate);
 $("opacity").addEventListener("input", draw);
 $("uncertainty").addEventListener("change", () => S.views.forEach((v) => refresh(v, {baseToo: false})));
-$("suggest").addEventListener("change", () => { if ($("suggest").checked) suggest(); else { S.suggestion = null; draw(); } });
+$("suggest").addEventListener("change", () => {
+  if ($("suggest").checked) suggest();
+  else { S.suggestion = null; draw(); }
+});
 $("object").addEventListener("change", () => { S.object = Number($("object").value); fillObjects(); });
 $("new-object").addEventListener("click", () => {
   S.object = Math.max(...S.objects) + 1; S.objects.push(S.object); fillObjects();
