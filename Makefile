@@ -28,7 +28,7 @@ test-all: $(STAMP)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 browser-deps: $(STAMP)
 	$(SUDO) apt-get update -q
-	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium chromium-driver
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,ray,browser]'
 
 test-browser: browser-deps
