@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all bench clean
+.PHONY: install demo test test-all test-browser browser-deps bench clean
 
 $(STAMP): pyproject.toml constraints.txt setup.py volseg/gp/_fused.c volseg/gp/_fused_rbf.h
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,17 @@ test: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "" 
+
+# the real-browser test of `volseg serve`: Debian's chromium (apt, as root or through sudo) and Playwright's
+# Python package pointed at it -- never `playwright install`, which downloads a browser build
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+browser-deps: $(STAMP)
+	$(SUDO) apt-get update -q
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test,ray,browser]'
+
+test-browser: browser-deps
+	$(BIN)/python -m pytest -q -m browser tests/test_serve_browser.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/segment_256.py

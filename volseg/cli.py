@@ -1,4 +1,4 @@
-"""The `volseg` command: segment | demo | batch | eval | eval3d | propagate | eval-video | train.
+"""The `volseg` command: segment | demo | batch | eval | eval3d | propagate | eval-video | train | serve.
 
 Each sub-command lives with the code it drives and registers itself here; this file only wires
 them up and turns a VolsegError into one line on stderr and exit code 2.
@@ -13,7 +13,8 @@ from . import __version__
 from .errors import VolsegError
 
 # modules whose register(subparsers) adds their sub-commands
-COMMAND_MODULES = ("volseg.batch", "volseg.eval.cli2d", "volseg.eval.cli3d", "volseg.video.cli", "volseg.train.cli")
+COMMAND_MODULES = ("volseg.batch", "volseg.eval.cli2d", "volseg.eval.cli3d", "volseg.video.cli", "volseg.train.cli",
+                   "volseg.serve.cli")
 
 
 def gp_options(parser: argparse.ArgumentParser) -> None:
