@@ -8,9 +8,11 @@ written as NIfTI) with a known lesion, segmented from a clicks file exactly as a
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
+from PIL import Image as PILImage
 
 from .clicks import Click
 from .session import Session
@@ -85,8 +87,6 @@ def run_demo(out: str | Path = "volseg-demo", *, device: str = "cpu", overwrite:
 
     # -- case 1: a real photograph -----------------------------------------------------------------
     photo = data.coffee()
-    from PIL import Image as PILImage
-
     PILImage.fromarray(photo).save(out / "coffee.png")  # the input too, so `volseg serve` can open it
     s = Session(device=device)
     s.set_image(photo)
@@ -140,8 +140,6 @@ def run_demo(out: str | Path = "volseg-demo", *, device: str = "cpu", overwrite:
           f"mask {rec['outputs']['mask']}")
     results["synthetic"] = {"mask": rec["outputs"]["mask"], "dice": float(dice), "click_seconds": rec["click_seconds"]}
     print(f"overviews: {out / 'coffee_overview.png'}, {out / 'synthetic_overview.png'}")
-    import sys
-
     command = sys.argv[0] if Path(sys.argv[0]).name == "volseg" else "volseg"  # .venv/bin/volseg under make demo
     print(f"click on these in a browser: {command} serve {out}   (then open http://127.0.0.1:8000/)")
     return results
