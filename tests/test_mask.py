@@ -107,3 +107,13 @@ def test_edge_cut_path_is_the_whole_image_computation():
     fg = s._snap_to_edges(best.numpy())
     labels = np.asarray(s.objects, np.uint8)[arg.numpy()] * fg
     np.testing.assert_array_equal(s.mask(), clean_topology(labels.astype(np.uint8), s._train_clicks))
+
+
+@pytest.mark.parametrize("shape", [(40, 50), (20, 24, 18)])
+def test_enclosed_is_what_fill_holes_adds(shape):
+    from volseg.mask import enclosed
+
+    rng = np.random.default_rng(0)
+    for threshold in (0.45, 0.5, 0.55):
+        region = ndi.gaussian_filter(rng.random(shape), 1.5) > threshold
+        np.testing.assert_array_equal(enclosed(~region), ndi.binary_fill_holes(region) & ~region)

@@ -24,7 +24,8 @@ import torch
 from .clicks import Click, make_click, validate_clicks
 from .config import GPConfig
 from .errors import ClickError, InputError, MemoryBudgetError, VolsegError
-from .features import get_extractor, parse_bytes
+from .features import FilterBank, get_extractor, parse_bytes
+from .features.tiles import TiledFeatures
 from .gp.evaluate import Box, evaluate_boxes
 from .gp.inputs import InputMap
 from .gp.kernels import make_kernel
@@ -106,9 +107,12 @@ class Session:
                 f"image of shape {img.shape} needs {(maps + img.array.nbytes) / 2**30:.2f} GiB for its posterior maps "
                 f"alone, over the memory budget of {budget / 2**30:.2f} GiB (raise --memory-budget or crop the image)")
         t0 = time.perf_counter()
-        feats = self.extractor.features(img, budget=budget - maps)
+        self.feature_tiles = self._feature_tiles(img, budget - maps)
+        if self.feature_tiles is not None:  # the filter bank's own lengthscale scaling is folded in
+            feats = torch.from_numpy(self.feature_tiles.array)
+        else:
+            feats = torch.as_tensor(self.extractor.features(img, budget=budget - maps)).to(self.device)
         self.feature_seconds = time.perf_counter() - t0
-        feats = torch.as_tensor(feats).to(self.device)
         # a learned prior-mean head (GPCIS) gives m0(x) so the first click already has a shape to refine
         head = getattr(self.extractor, "last_prior_mean", None)
         self._learned_mean = None if head is None else torch.as_tensor(np.asarray(head, dtype=np.float32), device=self.device)
@@ -120,14 +124,27 @@ class Session:
             np.linalg.norm(np.asarray(img.shape) * np.asarray(img.spacing)))
         # the features are ours: divide them by their lengthscale once here rather than on every click
         # (times sqrt(D), so the lengthscale means the same for any D; a stack scales its parts itself)
-        per_feature = 1.0 if getattr(self.extractor, "prescaled", False) else d_f ** 0.5
-        feats.mul_(1.0 / (self.config.feature_lengthscale * per_feature))
-        self.inputs = InputMap(feats, img.spacing, feature_lengthscale=1.0, spatial_lengthscale=self.spatial_lengthscale)
+        if self.feature_tiles is None:
+            per_feature = 1.0 if getattr(self.extractor, "prescaled", False) else d_f ** 0.5
+            feats.mul_(1.0 / (self.config.feature_lengthscale * per_feature))
+        self.inputs = InputMap(feats, img.spacing, feature_lengthscale=1.0, spatial_lengthscale=self.spatial_lengthscale,
+                               ensure=None if self.feature_tiles is None else self.feature_tiles.ensure)
         self._set_prior(prior)
         self._cut_terms = None  # edge weights and colour model for the boundary cut, made on first use
         self._label_map = LabelMap(img.shape)
         self.reset()
         return self
+
+    def _feature_tiles(self, img: Image, budget: int) -> TiledFeatures | None:
+        """Filter-bank features of a volume on the CPU are computed where the clicks reach, tile by
+        tile (:mod:`volseg.features.tiles`), so the first click need not wait for the whole volume;
+        elsewhere (2D, small volumes with superpixels, learned features, GPUs) they are computed whole."""
+        bank = self.extractor
+        if not isinstance(bank, FilterBank) or img.ndim != 3 or self.device.type != "cpu" \
+                or bank.superpixels_for(int(np.prod(img.shape))):
+            return None
+        d_f = bank.n_features(img.ndim, img.channels, int(np.prod(img.shape)))
+        return TiledFeatures(bank, img, budget=budget, scale=1.0 / (self.config.feature_lengthscale * d_f ** 0.5))
 
     def _set_prior(self, prior) -> None:
         self._prior_labels = self._prior_prob = None

@@ -1,0 +1,150 @@
+"""Filter-bank features computed where the clicks reach: tile by tile, on demand, each tile once.
+
+A click's posterior reads the features of its re-evaluated boxes only, so a whole CT need not be
+filtered before the first click.  The bank's scales split in two:
+
+* coarse scales (a pyramid factor above 1, :mod:`volseg.features.scale_space`) are filtered once
+  over the whole image on their coarse grid, which is a small fraction of the voxels; a tile
+  interpolates its values from the coarse samples around it;
+* fine scales are filtered per tile, over the tile plus a halo of ``4 sigma`` of the largest fine
+  scale (two voxels more for the differences), so the tile sees what the whole image would.
+
+So a tile's features equal the whole image's (:meth:`FilterBank.raw`) up to float rounding.  The
+standardisation (per-feature mean and spread) must be one for all tiles before any tile is stored:
+it is estimated from a few tiles spread over the image, which are then kept.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Sequence
+
+import numpy as np
+
+from ..errors import MemoryBudgetError
+from ..image import Image
+from .filterbank import TEMPORARIES
+from .scale_space import coarse_derivatives, gaussian_derivatives, pyramid_factors, upsample_window
+from .stream import GIB, storage_dtype
+
+Box = tuple[slice, ...]
+TILE = 32              # voxels per tile edge: fine enough that a click computes little beyond its reach
+SAMPLES_PER_AXIS = 2   # tiles per axis that set the standardisation (2^ndim tiles)
+CHUNK_BYTES = 256 * 1024 ** 2  # working memory of one computed region (its features and temporaries)
+
+
+class TiledFeatures:
+    """Standardised features (*spatial, D) of ``image`` in :attr:`array`, valid where :meth:`ensure`
+    has been asked for them.  ``scale`` multiplies every feature (the session's lengthscale)."""
+
+    def __init__(self, bank, image: Image, *, budget: int, scale: float = 1.0) -> None:
+        shape, n = image.shape, int(np.prod(image.shape))
+        self.bank, self.image, self.shape = bank, image, tuple(shape)
+        self.params = bank.prepare(image.array)
+        if self.params.get("superpixels"):
+            raise ValueError("superpixel features are not local: compute them with FilterBank.features")
+        D = bank.n_features(image.ndim, image.channels, n)
+        dtype = storage_dtype(n, D, budget)
+        if n * D * dtype.itemsize + image.array.nbytes > budget:
+            raise MemoryBudgetError(
+                f"image of shape {shape} needs about {(n * D * dtype.itemsize + image.array.nbytes) / GIB:.1f} GiB "
+                f"for its {D} features, over the memory budget of {budget / GIB:.1f} GiB "
+                "(raise --memory-budget or crop the image)")
+        self.n_features = D
+        # channel-first storage behind a (*spatial, D) view, as FilterBank.features gives; its pages
+        # are taken from the system only when a tile is written
+        self._storage = np.empty((D,) + self.shape, dtype=dtype)
+        self.array = np.moveaxis(self._storage, 0, -1)
+        self.grid = tuple(-(-s // TILE) for s in self.shape)
+        self.done = np.zeros(self.grid, dtype=bool)
+        self.halo = self._fine_halo()
+        self._coarse: dict = {}
+        self._whole_channels: np.ndarray | None = None
+        self.seconds = 0.0  # spent computing features so far
+        t0 = time.perf_counter()
+        self._set_standardisation(scale)
+        self.seconds += time.perf_counter() - t0
+
+    # -- public ------------------------------------------------------------------------------------
+    def ensure(self, boxes: Sequence[Box]) -> None:
+        """Compute every tile that meets one of ``boxes`` and is not computed yet."""
+        need = np.zeros(self.grid, dtype=bool)
+        for b in boxes:
+            if all(s.stop > s.start for s in b):
+                need[tuple(slice(s.start // TILE, -(-s.stop // TILE)) for s in b)] = True
+        missing = need & ~self.done
+        if not missing.any():
+            return
+        t0 = time.perf_counter()
+        plane_tiles = int(np.prod([min(TILE, s) for s in self.shape[1:]]))
+        per_tile_row = 4 * (self.n_features + TEMPORARIES) * TILE * plane_tiles * int(np.prod(self.grid[1:]))
+        rows = max(1, CHUNK_BYTES // max(per_tile_row, 1))
+        for a in range(0, self.grid[0], rows):
+            part = missing[a: a + rows]
+            if not part.any():
+                continue
+            hit = np.argwhere(part)
+            lo, hi = hit.min(0), hit.max(0) + 1
+            lo[0] += a
+            hi[0] += a
+            self._compute(tuple(slice(int(l) * TILE, min(int(h) * TILE, s)) for l, h, s in zip(lo, hi, self.shape)))
+            self.done[tuple(slice(int(l), int(h)) for l, h in zip(lo, hi))] = True
+        self.seconds += time.perf_counter() - t0
+
+    def ensure_all(self) -> np.ndarray:
+        self.ensure([tuple(slice(0, s) for s in self.shape)])
+        return self.array
+
+    def raw(self, box: Box) -> np.ndarray:
+        """Unstandardised features (*box, D) of a box, as :meth:`FilterBank.raw` gives them for the
+        whole image, computed from the box, its fine halo and the coarse maps."""
+        region = tuple(slice(max(0, s.start - h), min(n, s.stop + h)) for s, h, n in zip(box, self.halo, self.shape))
+
+        def derivatives(c: int, x: np.ndarray, sigma, orders):
+            if max(pyramid_factors(sigma)) == 1:
+                return gaussian_derivatives(x, sigma, orders)
+            maps, factors = self._coarse_maps(c, sigma, orders)
+            return [upsample_window(m, factors, region) for m in maps]
+
+        f = self.bank.raw(self.image.array[region], self.image.spacing, self.params, derivatives=derivatives)
+        return f[tuple(slice(s.start - r.start, s.stop - r.start) for s, r in zip(box, region))]
+
+    # -- inside --------------------------------------------------------------------------------------
+    def _compute(self, box: Box) -> None:
+        self.array[box] = ((self.raw(box) - self._mean) * self._scale).astype(self.array.dtype)
+
+    def _coarse_maps(self, c: int, sigma, orders):
+        key = (c, tuple(float(s) for s in sigma), tuple(tuple(o) for o in orders))
+        if key not in self._coarse:
+            if self._whole_channels is None:
+                self._whole_channels = self.bank.channels(self.image.array, self.params)
+            self._coarse[key] = coarse_derivatives(self._whole_channels[..., c], sigma, orders)
+        return self._coarse[key]
+
+    def _fine_halo(self) -> tuple[int, ...]:
+        """Per axis, what a fine scale's Gaussian (scipy truncates it at 4 sigma) and differences reach."""
+        sp = np.asarray(self.image.spacing, np.float64)
+        halo = [0] * len(self.shape)
+        bank = self.bank
+        for s in bank.smoothing_scales + bank.gradient_scales + bank.hessian_scales:
+            sigma = s / sp
+            if s > 0 and max(pyramid_factors(sigma)) == 1:
+                halo = [max(h, int(math.ceil(4.0 * g)) + 2) for h, g in zip(halo, sigma)]
+        return tuple(halo)
+
+    def _set_standardisation(self, scale: float) -> None:
+        """Mean and spread per feature from a few tiles spread over the image (which are then kept)."""
+        picks = [sorted({min(g - 1, int(g * (k + 0.5) / SAMPLES_PER_AXIS)) for k in range(SAMPLES_PER_AXIS)})
+                 for g in self.grid]
+        boxes = [tuple(slice(t * TILE, min((t + 1) * TILE, n)) for t, n in zip(idx, self.shape))
+                 for idx in np.stack(np.meshgrid(*picks, indexing="ij"), -1).reshape(-1, len(self.shape))]
+        raws = [self.raw(b) for b in boxes]
+        flat = np.concatenate([r.reshape(-1, self.n_features) for r in raws]).astype(np.float64)
+        mean, std = flat.mean(0), flat.std(0)
+        std = np.where(std > 1e-6 * (1.0 + np.abs(mean)), std, 1.0)  # constant features stay constant
+        weights = self.bank.weights(self.image.ndim, self.image.channels, int(np.prod(self.shape)))
+        self._mean = mean.astype(np.float32)
+        self._scale = (weights / std * scale).astype(np.float32)
+        for b, r in zip(boxes, raws):
+            self.array[b] = ((r - self._mean) * self._scale).astype(self.array.dtype)
+            self.done[tuple(slice(s.start // TILE, s.start // TILE + 1) for s in b)] = True
