@@ -109,7 +109,8 @@ def run_one(shape, device, spatial_lengthscale, clicks, name=None, budget="5GB")
     mm = matmul_flops(s.device)
     return {
         "volume": name or "x".join(map(str, shape)), "voxels": int(np.prod(img.shape)), "device": str(s.device),
-        "features_s": round(t_feat, 2), "first_click_s": round(first, 3), "set_image_to_first_mask_s": round(first_mask, 2),
+        "features_s": round(t_feat, 2), "first_click_s": round(first, 3),
+        "set_image_to_first_mask_s": round(first_mask, 2),
         "click_mask_p50_s": round(float(np.percentile(click_mask, 50)), 3),
         "click_mask_p95_s": round(float(np.percentile(click_mask, 95)), 3),
         # features computed on demand (volseg.features.tiles): the share of the volume computed by the end
@@ -137,8 +138,8 @@ def main() -> None:
     p.add_argument("--memory-budget", default="5GB", help="the session's budget (a plain Session() has 4GB)")
     a = p.parse_args()
     if a.size or a.real:
-        print(json.dumps(run_one(tuple(a.size or ()), a.device, a.spatial_lengthscale, a.clicks, a.real, a.memory_budget)),
-              flush=True)
+        row = run_one(tuple(a.size or ()), a.device, a.spatial_lengthscale, a.clicks, a.real, a.memory_budget)
+        print(json.dumps(row), flush=True)
         return
     jobs = [["--size", *map(str, s)] for s in SIZES]
     if (DEV / "3d/brats/flair.nii.gz").exists():

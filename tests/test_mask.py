@@ -88,7 +88,8 @@ def test_label_map_crop_matches_whole_image():
     raw[raw > 0] = rng.integers(1, 3, int(raw.sum()))
     raw = ndi.median_filter(raw, 3)
     fg = np.argwhere(raw)
-    clicks = [Click(tuple(map(float, fg[i])), True, int(raw[tuple(fg[i])])) for i in range(0, len(fg), max(1, len(fg) // 5))]
+    picks = fg[:: max(1, len(fg) // 5)]
+    clicks = [Click(tuple(map(float, v)), True, int(raw[tuple(v)])) for v in picks]
     clicks.append(Click((0.0, 0.0, 0.0), False, 1))
     m = LabelMap(raw.shape)
     mean = torch.as_tensor(np.stack([(raw == k) * 2.0 - 1.0 for k in (1, 2)]).astype(np.float32))

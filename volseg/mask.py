@@ -147,7 +147,8 @@ class LabelMap:
             old = self._raw[box]
             for a, counts in enumerate(self._plane_counts):
                 others = tuple(b for b in range(len(self.shape)) if b != a)
-                counts[box[a]] += new.astype(bool).sum(others, dtype=np.int64) - old.astype(bool).sum(others, dtype=np.int64)
+                counts[box[a]] += new.astype(bool).sum(others, dtype=np.int64) \
+                    - old.astype(bool).sum(others, dtype=np.int64)
             self._raw[box] = new
             if not topology:
                 self._labels[box] = new

@@ -108,8 +108,10 @@ class Session:
                 f"alone, over the memory budget of {budget / 2**30:.2f} GiB (raise --memory-budget or crop the image)")
         t0 = time.perf_counter()
         self.feature_tiles = self._feature_tiles(img, budget - maps)
-        if self.feature_tiles is not None:  # the filter bank's own lengthscale scaling is folded in
+        if self.feature_tiles is not None and self.device.type == "cpu":  # the lengthscale is folded in
             feats = torch.from_numpy(self.feature_tiles.array)
+        elif self.feature_tiles is not None:  # a GPU reads them from its own memory: all of them, now
+            feats = torch.from_numpy(self.feature_tiles.ensure_all()).to(self.device)
         else:
             feats = torch.as_tensor(self.extractor.features(img, budget=budget - maps)).to(self.device)
         self.feature_seconds = time.perf_counter() - t0
@@ -127,8 +129,10 @@ class Session:
         if self.feature_tiles is None:
             per_feature = 1.0 if getattr(self.extractor, "prescaled", False) else d_f ** 0.5
             feats.mul_(1.0 / (self.config.feature_lengthscale * per_feature))
-        self.inputs = InputMap(feats, img.spacing, feature_lengthscale=1.0, spatial_lengthscale=self.spatial_lengthscale,
-                               ensure=None if self.feature_tiles is None else self.feature_tiles.ensure)
+        lazy = self.feature_tiles is not None and self.device.type == "cpu"
+        self.inputs = InputMap(feats, img.spacing, feature_lengthscale=1.0,
+                               spatial_lengthscale=self.spatial_lengthscale,
+                               ensure=self.feature_tiles.ensure if lazy else None)
         self._set_prior(prior)
         self._cut_terms = None  # edge weights and colour model for the boundary cut, made on first use
         self._label_map = LabelMap(img.shape)
@@ -136,12 +140,12 @@ class Session:
         return self
 
     def _feature_tiles(self, img: Image, budget: int) -> TiledFeatures | None:
-        """Filter-bank features of a volume on the CPU are computed where the clicks reach, tile by
-        tile (:mod:`volseg.features.tiles`), so the first click need not wait for the whole volume;
-        elsewhere (2D, small volumes with superpixels, learned features, GPUs) they are computed whole."""
+        """Filter-bank features of a volume are computed where the clicks reach, tile by tile
+        (:mod:`volseg.features.tiles`), so the first click need not wait for the whole volume (a GPU
+        session takes every tile at once, so its features are the CPU's); 2D images, small volumes
+        (with superpixels) and learned features are computed whole."""
         bank = self.extractor
-        if not isinstance(bank, FilterBank) or img.ndim != 3 or self.device.type != "cpu" \
-                or bank.superpixels_for(int(np.prod(img.shape))):
+        if not isinstance(bank, FilterBank) or img.ndim != 3 or bank.superpixels_for(int(np.prod(img.shape))):
             return None
         d_f = bank.n_features(img.ndim, img.channels, int(np.prod(img.shape)))
         return TiledFeatures(bank, img, budget=budget, scale=1.0 / (self.config.feature_lengthscale * d_f ** 0.5))

@@ -45,14 +45,15 @@ def gaussian_derivatives(x: np.ndarray, sigma: Sequence[float], orders: Sequence
     return [upsample_linear(d, f, np.shape(x)) if max(f) > 1 else np.asarray(d, dtype=np.float32) for d in coarse]
 
 
-def coarse_derivatives(x: np.ndarray, sigma: Sequence[float], orders: Sequence[Sequence[int]]
-                       ) -> tuple[list[np.ndarray], tuple[int, ...]]:
+def coarse_derivatives(x: np.ndarray, sigma: Sequence[float], orders: Sequence[Sequence[int]],
+                       level: tuple[np.ndarray, list[float]] | None = None) -> tuple[list[np.ndarray], tuple[int, ...]]:
     """What :func:`gaussian_derivatives` computes before its last step, on the pyramid level it
     works on: the derivatives at coarse samples (sample i at voxel i * f) and the factors f.  The
-    full-grid values anywhere follow by linear interpolation (:func:`upsample_window`)."""
+    full-grid values anywhere follow by linear interpolation (:func:`upsample_window`).  ``level``:
+    ``pyramid_level(x, pyramid_factors(sigma))`` if already at hand (scales on one level share it)."""
     x = np.asarray(x, dtype=np.float32)
     f = pyramid_factors(sigma)
-    grid, variance = pyramid_level(x, f)
+    grid, variance = level if level is not None else pyramid_level(x, f)
     rest = [math.sqrt(max(s * s - v, 0.0)) / k for s, v, k in zip(sigma, variance, f)]
     smooth = ndi.gaussian_filter(grid, rest) if any(r > 0 for r in rest) else grid
     out = []

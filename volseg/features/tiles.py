@@ -20,11 +20,12 @@ import time
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from ..errors import MemoryBudgetError
 from ..image import Image
 from .filterbank import TEMPORARIES
-from .scale_space import coarse_derivatives, gaussian_derivatives, pyramid_factors, upsample_window
+from .scale_space import coarse_derivatives, gaussian_derivatives, pyramid_factors, pyramid_level, upsample_window
 from .stream import GIB, storage_dtype
 
 Box = tuple[slice, ...]
@@ -58,11 +59,15 @@ class TiledFeatures:
         self.grid = tuple(-(-s // TILE) for s in self.shape)
         self.done = np.zeros(self.grid, dtype=bool)
         self.halo = self._fine_halo()
-        self._coarse: dict = {}
+        self._coarse: dict = {}  # (channel, sigma, orders) -> coarse derivative maps and their factors
+        self._levels: dict = {}  # (channel, factors) -> pyramid level of the whole image
         self._whole_channels: np.ndarray | None = None
         self.seconds = 0.0  # spent computing features so far
         t0 = time.perf_counter()
         self._set_standardisation(scale)
+        # every coarse map is made by now (the sample tiles asked for all of them): the whole-image
+        # channels and pyramid levels are not needed again
+        self._whole_channels, self._levels = None, {}
         self.seconds += time.perf_counter() - t0
 
     # -- public ------------------------------------------------------------------------------------
@@ -106,19 +111,31 @@ class TiledFeatures:
             maps, factors = self._coarse_maps(c, sigma, orders)
             return [upsample_window(m, factors, region) for m in maps]
 
-        f = self.bank.raw(self.image.array[region], self.image.spacing, self.params, derivatives=derivatives)
+        # the bank's torch steps (eigenvalues, interpolation) on one thread: on tile-sized maps a
+        # parallel region per op costs more than it gains, most of all on a busy machine
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            f = self.bank.raw(self.image.array[region], self.image.spacing, self.params, derivatives=derivatives)
+        finally:
+            torch.set_num_threads(threads)
         return f[tuple(slice(s.start - r.start, s.stop - r.start) for s, r in zip(box, region))]
 
     # -- inside --------------------------------------------------------------------------------------
     def _compute(self, box: Box) -> None:
-        self.array[box] = ((self.raw(box) - self._mean) * self._scale).astype(self.array.dtype)
+        f = self.raw(box)
+        for k in range(self.n_features):  # feature by feature: contiguous rows of the channel-first storage
+            self._storage[(k,) + tuple(box)] = (f[..., k] - self._mean[k]) * self._scale[k]
 
     def _coarse_maps(self, c: int, sigma, orders):
         key = (c, tuple(float(s) for s in sigma), tuple(tuple(o) for o in orders))
         if key not in self._coarse:
             if self._whole_channels is None:
                 self._whole_channels = self.bank.channels(self.image.array, self.params)
-            self._coarse[key] = coarse_derivatives(self._whole_channels[..., c], sigma, orders)
+            x, factors = self._whole_channels[..., c], pyramid_factors(sigma)
+            if (c, factors) not in self._levels:  # scales on one pyramid level share its reduction
+                self._levels[(c, factors)] = pyramid_level(np.asarray(x, np.float32), factors)
+            self._coarse[key] = coarse_derivatives(x, sigma, orders, level=self._levels[(c, factors)])
         return self._coarse[key]
 
     def _fine_halo(self) -> tuple[int, ...]:
