@@ -31,7 +31,7 @@ from .stream import GIB, storage_dtype
 Box = tuple[slice, ...]
 TILE = 32              # voxels per tile edge: fine enough that a click computes little beyond its reach
 SAMPLES_PER_AXIS = 2   # tiles per axis that set the standardisation (2^ndim tiles)
-CHUNK_BYTES = 256 * 1024 ** 2  # working memory of one computed region (its features and temporaries)
+CHUNK_BYTES = 512 * 1024 ** 2  # working memory of one computed region (its features and temporaries)
 
 
 class TiledFeatures:
@@ -81,15 +81,17 @@ class TiledFeatures:
         if not missing.any():
             return
         t0 = time.perf_counter()
-        plane_tiles = int(np.prod([min(TILE, s) for s in self.shape[1:]]))
-        per_tile_row = 4 * (self.n_features + TEMPORARIES) * TILE * plane_tiles * int(np.prod(self.grid[1:]))
-        rows = max(1, CHUNK_BYTES // max(per_tile_row, 1))
-        for a in range(0, self.grid[0], rows):
+        hit = np.argwhere(missing)
+        # regions of whole tile rows along axis 0, as thick as the working memory allows (the fine
+        # halo is then a small part of each)
+        width = (hit.max(0) - hit.min(0) + 1)[1:] * TILE
+        rows = max(1, CHUNK_BYTES // (4 * (self.n_features + TEMPORARIES) * TILE * int(np.prod(width))))
+        for a in range(int(hit[:, 0].min()), int(hit[:, 0].max()) + 1, rows):
             part = missing[a: a + rows]
             if not part.any():
                 continue
-            hit = np.argwhere(part)
-            lo, hi = hit.min(0), hit.max(0) + 1
+            inside = np.argwhere(part)
+            lo, hi = inside.min(0), inside.max(0) + 1
             lo[0] += a
             hi[0] += a
             self._compute(tuple(slice(int(l) * TILE, min(int(h) * TILE, s)) for l, h, s in zip(lo, hi, self.shape)))
