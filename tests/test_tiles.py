@@ -78,3 +78,16 @@ def test_tiled_features_respect_the_budget_and_tile_grid():
         TiledFeatures(FilterBank(), img, budget=1 << 30)
     tiles = TiledFeatures(LOCAL_BANK, img, budget=1 << 30)
     assert tiles.done.shape == tuple(-(-n // TILE) for n in vol.shape)
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_session_takes_every_tile_and_matches_the_cpu():
+    vol, _ = ct_like((64, 64, 48))
+    img = Image.from_array(vol)
+    cpu = Session(features=LOCAL_BANK, spatial_lengthscale=3.0).set_image(img)
+    gpu = Session(features=LOCAL_BANK, spatial_lengthscale=3.0, device="cuda").set_image(img)
+    assert gpu.feature_tiles.done.all()
+    for s in (cpu, gpu):
+        s.add_click((25, 25, 19), True)
+        s.add_click((25, 25, 4), False)
+    np.testing.assert_allclose(gpu._mean.cpu().numpy(), cpu._mean.cpu().numpy(), atol=1e-3)

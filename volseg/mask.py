@@ -41,25 +41,34 @@ def clean_topology(labels: np.ndarray, clicks: Sequence[Click], *, connected: bo
     Clicks outside the crop lie on background and change nothing."""
     offset = np.zeros(labels.ndim, np.int64) if offset is None else np.asarray(offset, np.int64)
 
-    def inside(c: Click) -> tuple[int, ...] | None:
-        v = np.asarray(c.voxel(), np.int64) - offset
-        return tuple(int(x) for x in v) if ((v >= 0) & (v < labels.shape)).all() else None
-
-    negatives = [v for v in (inside(c) for c in clicks if not c.positive) if v is not None]
     for obj in {c.object for c in clicks if c.positive}:
-        region = labels == obj
+        found = ndi.find_objects((labels == obj).view(np.uint8))
+        if not found:
+            continue
+        # the object's bounding box, one voxel wider: it holds all its parts and all its holes, and
+        # its margin is connected to the image border outside the box, as the array border is
+        box = tuple(slice(max(0, s.start - 1), min(n, s.stop + 1)) for s, n in zip(found[0], labels.shape))
+        corner = offset + [s.start for s in box]
+        part = labels[box]  # a view: the object's work is written into ``labels``
+
+        def inside(c: Click) -> tuple[int, ...] | None:
+            v = np.asarray(c.voxel(), np.int64) - corner
+            return tuple(int(x) for x in v) if ((v >= 0) & (v < part.shape)).all() else None
+
+        region = part == obj
         if connected:
             comp, n = ndi.label(region)
             if n > 1:
                 keep = [comp[v] for v in (inside(c) for c in clicks if c.positive and c.object == obj) if v is not None]
-                labels[region & ~np.isin(comp, keep)] = 0
-                region = labels == obj
+                part[region & ~np.isin(comp, keep)] = 0
+                region = part == obj
         if fill_holes:
-            holes = enclosed(~region) & (labels == 0)
+            holes = enclosed(~region) & (part == 0)
+            negatives = [v for v in (inside(c) for c in clicks if not c.positive) if v is not None]
             if negatives and holes.any():
                 comp, _ = ndi.label(holes)
                 holes &= ~np.isin(comp, [comp[v] for v in negatives if comp[v] > 0])
-            labels[holes] = obj
+            part[holes] = obj
     return labels
 
 
