@@ -88,7 +88,8 @@ class Session:
         self.image: Image | None = None
         self.clicks: list[Click] = []
         self.timings: list[float] = []
-        self.feature_seconds = 0.0
+        self._feature_seconds = 0.0
+        self.feature_tiles: TiledFeatures | None = None
 
     # -- image -----------------------------------------------------------------------------------
     def set_image(self, image: Image | np.ndarray | str | Path, prior: np.ndarray | Image | None = None) -> "Session":
@@ -114,7 +115,7 @@ class Session:
             feats = torch.from_numpy(self.feature_tiles.ensure_all()).to(self.device)
         else:
             feats = torch.as_tensor(self.extractor.features(img, budget=budget - maps)).to(self.device)
-        self.feature_seconds = time.perf_counter() - t0
+        self._feature_seconds = time.perf_counter() - t0
         # a learned prior-mean head (GPCIS) gives m0(x) so the first click already has a shape to refine
         head = getattr(self.extractor, "last_prior_mean", None)
         self._learned_mean = None if head is None else torch.as_tensor(np.asarray(head, dtype=np.float32), device=self.device)
@@ -138,6 +139,13 @@ class Session:
         self._label_map = LabelMap(img.shape)
         self.reset()
         return self
+
+    @property
+    def feature_seconds(self) -> float:
+        """Seconds spent on features so far: at set_image, plus the tiles clicks have computed since."""
+        if self.feature_tiles is None:
+            return self._feature_seconds
+        return self._feature_seconds + self.feature_tiles.seconds - self.feature_tiles.initial_seconds
 
     def _feature_tiles(self, img: Image, budget: int) -> TiledFeatures | None:
         """Filter-bank features of a volume are computed where the clicks reach, tile by tile

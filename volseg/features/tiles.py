@@ -69,6 +69,7 @@ class TiledFeatures:
         # channels and pyramid levels are not needed again
         self._whole_channels, self._levels = None, {}
         self.seconds += time.perf_counter() - t0
+        self.initial_seconds = self.seconds  # what making the object took (before any click asked)
 
     # -- public ------------------------------------------------------------------------------------
     def ensure(self, boxes: Sequence[Box]) -> None:
