@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -83,20 +85,33 @@ class TiledFeatures:
             return
         t0 = time.perf_counter()
         hit = np.argwhere(missing)
-        # regions of whole tile rows along axis 0, as thick as the working memory allows (the fine
-        # halo is then a small part of each)
+        first, last = int(hit[:, 0].min()), int(hit[:, 0].max()) + 1
+        # regions of whole tile rows along axis 0, one per thread at a time, as thick as the working
+        # memory allows (the fine halo is then a small part of each) and no thicker than sharing
+        # the rows among the threads needs
+        workers = max(1, torch.get_num_threads())
         width = (hit.max(0) - hit.min(0) + 1)[1:] * TILE
-        rows = max(1, CHUNK_BYTES // (4 * (self.n_features + TEMPORARIES) * TILE * int(np.prod(width))))
-        for a in range(int(hit[:, 0].min()), int(hit[:, 0].max()) + 1, rows):
+        rows = CHUNK_BYTES // workers // (4 * (self.n_features + TEMPORARIES) * TILE * int(np.prod(width)))
+        rows = max(1, min(rows, -(-(last - first) // workers)))
+        tiles = []
+        for a in range(first, last, rows):
             part = missing[a: a + rows]
-            if not part.any():
-                continue
-            inside = np.argwhere(part)
-            lo, hi = inside.min(0), inside.max(0) + 1
-            lo[0] += a
-            hi[0] += a
-            self._compute(tuple(slice(int(l) * TILE, min(int(h) * TILE, s)) for l, h, s in zip(lo, hi, self.shape)))
-            self.done[tuple(slice(int(l), int(h)) for l, h in zip(lo, hi))] = True
+            if part.any():
+                inside = np.argwhere(part)
+                lo, hi = inside.min(0), inside.max(0) + 1
+                lo[0] += a
+                hi[0] += a
+                tiles.append(tuple(slice(int(low), int(high)) for low, high in zip(lo, hi)))
+        regions = [tuple(slice(t.start * TILE, min(t.stop * TILE, n)) for t, n in zip(ts, self.shape)) for ts in tiles]
+        with _one_torch_thread() as threads:
+            if threads > 1 and len(regions) > 1:  # scipy's filters let go of the GIL: the regions run side by side
+                with ThreadPoolExecutor(min(threads, len(regions))) as pool:
+                    list(pool.map(self._compute, regions))
+            else:
+                for region in regions:
+                    self._compute(region)
+        for ts in tiles:
+            self.done[ts] = True
         self.seconds += time.perf_counter() - t0
 
     def ensure_all(self) -> np.ndarray:
@@ -114,14 +129,7 @@ class TiledFeatures:
             maps, factors = self._coarse_maps(c, sigma, orders)
             return [upsample_window(m, factors, region) for m in maps]
 
-        # the bank's torch steps (eigenvalues, interpolation) on one thread: on tile-sized maps a
-        # parallel region per op costs more than it gains, most of all on a busy machine
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            f = self.bank.raw(self.image.array[region], self.image.spacing, self.params, derivatives=derivatives)
-        finally:
-            torch.set_num_threads(threads)
+        f = self.bank.raw(self.image.array[region], self.image.spacing, self.params, derivatives=derivatives)
         return f[tuple(slice(s.start - r.start, s.stop - r.start) for s, r in zip(box, region))]
 
     # -- inside --------------------------------------------------------------------------------------
@@ -158,7 +166,8 @@ class TiledFeatures:
                  for g in self.grid]
         boxes = [tuple(slice(t * TILE, min((t + 1) * TILE, n)) for t, n in zip(idx, self.shape))
                  for idx in np.stack(np.meshgrid(*picks, indexing="ij"), -1).reshape(-1, len(self.shape))]
-        raws = [self.raw(b) for b in boxes]
+        with _one_torch_thread():
+            raws = [self.raw(b) for b in boxes]
         flat = np.concatenate([r.reshape(-1, self.n_features) for r in raws]).astype(np.float64)
         mean, std = flat.mean(0), flat.std(0)
         std = np.where(std > 1e-6 * (1.0 + np.abs(mean)), std, 1.0)  # constant features stay constant
@@ -168,3 +177,16 @@ class TiledFeatures:
         for b, r in zip(boxes, raws):
             self.array[b] = ((r - self._mean) * self._scale).astype(self.array.dtype)
             self.done[tuple(slice(s.start // TILE, s.start // TILE + 1) for s in b)] = True
+
+
+@contextmanager
+def _one_torch_thread() -> Iterator[int]:
+    """The bank's torch steps (eigenvalues, interpolation) on one thread each, and how many threads
+    there were: on tile-sized maps a parallel region per op costs more than it gains, most of all on
+    a busy machine, so the threads take whole regions instead."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(threads)
