@@ -142,8 +142,9 @@ class LabelMap:
             return
         whole = tuple(slice(0, n) for n in self.shape)
         self._raw = threshold(mean, objects, whole, dtype)
-        self._plane_counts = [self._raw.astype(bool).sum(tuple(b for b in range(len(self.shape)) if b != a),
-                                                         dtype=np.int64) for a in range(len(self.shape))]
+        # counted from the foreground's coordinates: the foreground is mostly a small part of a volume
+        where = np.unravel_index(np.flatnonzero(self._raw), self.shape)
+        self._plane_counts = [np.bincount(w, minlength=n).astype(np.int64) for w, n in zip(where, self.shape)]
         if not topology:
             self._labels = self._raw.copy()
             return
