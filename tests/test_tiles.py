@@ -40,18 +40,20 @@ def test_tiles_equal_whole_volume_features(spacing):
     assert tiles.done.sum() == computed
     full = tiles.ensure_all()
     assert tiles.done.all() and np.isfinite(full).all()
-    # the standardisation comes from sample tiles: close to, not equal to, the whole volume's
-    std = full.reshape(-1, full.shape[-1]).std(0)
-    weights = LOCAL_BANK.weights(3, 1, vol.size)
-    assert np.all(np.abs(std / weights - 1) < 0.5)
+    # the standardisation comes from a sample: close to the whole volume's for the smoothed
+    # intensities, a few times off at worst for the heavy-tailed edge features (why only a whole CT
+    # takes it)
+    ratio = full.reshape(-1, full.shape[-1]).std(0) / LOCAL_BANK.weights(3, 1, vol.size)
+    assert np.all(np.abs(ratio[:5] - 1) < 0.25) and np.all((ratio > 1 / 4) & (ratio < 4)), ratio
 
 
 def test_session_computes_features_only_where_clicks_reach():
     vol, organ = ct_like((128, 128, 64))
     img = Image.from_array(vol, spacing=(1.0, 1.0, 1.5))
-    s = Session(features=LOCAL_BANK, spatial_lengthscale=3.0).set_image(img)
+    # on demand even for a small volume (by default only a whole CT is)
+    s = Session(features=LOCAL_BANK, spatial_lengthscale=3.0, on_demand_features_above=0).set_image(img)
     assert s.feature_tiles is not None
-    eager = Session(features=LOCAL_BANK, spatial_lengthscale=3.0).set_image(img)
+    eager = Session(features=LOCAL_BANK, spatial_lengthscale=3.0, on_demand_features_above=0).set_image(img)
     eager.feature_tiles.ensure_all()
     clicks = [((51, 51, 26), True), ((51, 51, 8), False), ((60, 52, 26), True)]
     for pos, positive in clicks:
@@ -67,6 +69,20 @@ def test_session_computes_features_only_where_clicks_reach():
     s.undo()
     eager.undo()
     np.testing.assert_array_equal(s.mask(), eager.mask())
+
+
+def test_all_at_once_equals_the_whole_volume_bank():
+    """Below the on-demand size a session computes every tile at set_image, standardised by the whole
+    volume's statistics: the features FilterBank.features gives (to float16 storage)."""
+    from volseg.features import compute_features
+
+    vol, _ = ct_like((64, 60, 48))
+    img = Image.from_array(vol, spacing=(0.8, 0.8, 2.0))
+    s = Session(features=LOCAL_BANK).set_image(img)
+    assert s.feature_tiles is not None and s.feature_tiles.done.all()
+    tiles = TiledFeatures(LOCAL_BANK, img, budget=1 << 30, on_demand=False)
+    whole = compute_features(LOCAL_BANK, img, budget=1 << 30).astype(np.float32)
+    np.testing.assert_allclose(tiles.array.astype(np.float32), whole, atol=2e-2, rtol=1e-2)
 
 
 def test_tiled_features_respect_the_budget_and_tile_grid():

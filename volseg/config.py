@@ -32,6 +32,8 @@ class GPConfig:
     edge_max_locations: int = 4_000_000   # ... on images up to this size (a whole CT keeps the GP's own mask)
     appearance_weight: float = 0.5        # ... plus this times a colour model's log-likelihood ratio (GrabCut-like)
     tolerance: float = 1e-5               # a click may leave mean and variance this far off outside its reach
+    on_demand_features_above: int = 30_000_000  # volumes over this many voxels compute features where clicks
+                                          # reach, standardised from a sample; smaller ones all at once, exactly
     memory_budget: str = "4GB"
     chunk_bytes: str = "256MB"
 

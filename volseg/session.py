@@ -148,15 +148,18 @@ class Session:
         return self._feature_seconds + self.feature_tiles.seconds - self.feature_tiles.initial_seconds
 
     def _feature_tiles(self, img: Image, budget: int) -> TiledFeatures | None:
-        """Filter-bank features of a volume are computed where the clicks reach, tile by tile
-        (:mod:`volseg.features.tiles`), so the first click need not wait for the whole volume (a GPU
-        session takes every tile at once, so its features are the CPU's); 2D images, small volumes
-        (with superpixels) and learned features are computed whole."""
+        """Filter-bank features of a volume come tile by tile (:mod:`volseg.features.tiles`): those of a
+        whole CT (over ``on_demand_features_above`` voxels) where the clicks reach, so the first click
+        need not wait for the whole volume (a GPU session takes every tile at once, so its features
+        are the CPU's); smaller volumes all at once.  2D images, small volumes (with superpixels) and
+        learned features are computed whole by their extractor."""
         bank = self.extractor
         if not isinstance(bank, FilterBank) or img.ndim != 3 or bank.superpixels_for(int(np.prod(img.shape))):
             return None
-        d_f = bank.n_features(img.ndim, img.channels, int(np.prod(img.shape)))
-        return TiledFeatures(bank, img, budget=budget, scale=1.0 / (self.config.feature_lengthscale * d_f ** 0.5))
+        n = int(np.prod(img.shape))
+        d_f = bank.n_features(img.ndim, img.channels, n)
+        return TiledFeatures(bank, img, budget=budget, scale=1.0 / (self.config.feature_lengthscale * d_f ** 0.5),
+                             on_demand=n > self.config.on_demand_features_above)
 
     def _set_prior(self, prior) -> None:
         self._prior_labels = self._prior_prob = None

@@ -11,7 +11,10 @@ filtered before the first click.  The bank's scales split in two:
 
 So a tile's features equal the whole image's (:meth:`FilterBank.raw`) up to float rounding.  The
 standardisation (per-feature mean and spread) must be one for all tiles before any tile is stored:
-it is estimated from a few tiles spread over the image, which are then kept.
+it is estimated from small blocks on a regular lattice over the image.  That estimate moves the
+feature weights (heavy-tailed edge features most), and with them the GP's answers, so volumes up
+to ``GPConfig.on_demand_features_above`` voxels take every tile at once (``on_demand=False``) and
+the whole image's own statistics, as :meth:`FilterBank.features` does.
 """
 from __future__ import annotations
 
@@ -32,7 +35,8 @@ from .stream import GIB, storage_dtype
 
 Box = tuple[slice, ...]
 TILE = 32              # voxels per tile edge: fine enough that a click computes little beyond its reach
-SAMPLES_PER_AXIS = 2   # tiles per axis that set the standardisation (2^ndim tiles)
+SAMPLES_PER_AXIS = 4   # sample blocks per axis that set the standardisation (4^ndim blocks) ...
+SAMPLE_EDGE = 8        # ... of this many voxels per edge
 CHUNK_BYTES = 512 * 1024 ** 2  # working memory of one computed region (its features and temporaries)
 
 
@@ -40,7 +44,7 @@ class TiledFeatures:
     """Standardised features (*spatial, D) of ``image`` in :attr:`array`, valid where :meth:`ensure`
     has been asked for them.  ``scale`` multiplies every feature (the session's lengthscale)."""
 
-    def __init__(self, bank, image: Image, *, budget: int, scale: float = 1.0) -> None:
+    def __init__(self, bank, image: Image, *, budget: int, scale: float = 1.0, on_demand: bool = True) -> None:
         shape, n = image.shape, int(np.prod(image.shape))
         self.bank, self.image, self.shape = bank, image, tuple(shape)
         self.params = bank.prepare(image.array)
@@ -66,11 +70,14 @@ class TiledFeatures:
         self._whole_channels: np.ndarray | None = None
         self.seconds = 0.0  # spent computing features so far
         t0 = time.perf_counter()
-        self._set_standardisation(scale)
-        # every coarse map is made by now (the sample tiles asked for all of them): the whole-image
+        if on_demand:
+            self._set_standardisation(scale)
+        else:
+            self._compute_all_standardised(scale)
+        # every coarse map is made by now (the sample blocks asked for all of them): the whole-image
         # channels and pyramid levels are not needed again
         self._whole_channels, self._levels = None, {}
-        self.seconds += time.perf_counter() - t0
+        self.seconds = time.perf_counter() - t0  # (ensure_all above counted its own part already)
         self.initial_seconds = self.seconds  # what making the object took (before any click asked)
 
     # -- public ------------------------------------------------------------------------------------
@@ -160,23 +167,42 @@ class TiledFeatures:
                 halo = [max(h, int(math.ceil(4.0 * g)) + 2) for h, g in zip(halo, sigma)]
         return tuple(halo)
 
-    def _set_standardisation(self, scale: float) -> None:
-        """Mean and spread per feature from a few tiles spread over the image (which are then kept)."""
-        picks = [sorted({min(g - 1, int(g * (k + 0.5) / SAMPLES_PER_AXIS)) for k in range(SAMPLES_PER_AXIS)})
-                 for g in self.grid]
-        boxes = [tuple(slice(t * TILE, min((t + 1) * TILE, n)) for t, n in zip(idx, self.shape))
-                 for idx in np.stack(np.meshgrid(*picks, indexing="ij"), -1).reshape(-1, len(self.shape))]
-        with _one_torch_thread():
-            raws = [self.raw(b) for b in boxes]
-        flat = np.concatenate([r.reshape(-1, self.n_features) for r in raws]).astype(np.float64)
-        mean, std = flat.mean(0), flat.std(0)
+    def _compute_all_standardised(self, scale: float) -> None:
+        """Every tile now, standardised by the whole image's own statistics (as FilterBank.features)."""
+        self._mean = np.zeros(self.n_features, np.float32)
+        self._scale = np.ones(self.n_features, np.float32)
+        self.ensure_all()  # the raw features, stored
+        total, total2, n = np.zeros(self.n_features), np.zeros(self.n_features), int(np.prod(self.shape))
+        for k in range(self.n_features):
+            for plane in self._storage[k]:  # float64 accumulators, a plane of float32 at a time
+                p = plane.astype(np.float32)
+                total[k] += p.sum(dtype=np.float64)
+                total2[k] += np.einsum("ij,ij->", p, p, dtype=np.float64)
+        mean = total / n
+        std = np.sqrt(np.maximum(total2 / n - mean * mean, 0.0))
+        self._finish_standardisation(mean, std, scale)
+        for k in range(self.n_features):
+            for plane in self._storage[k]:
+                plane[...] = (plane.astype(np.float32) - self._mean[k]) * self._scale[k]
+
+    def _finish_standardisation(self, mean: np.ndarray, std: np.ndarray, scale: float) -> None:
         std = np.where(std > 1e-6 * (1.0 + np.abs(mean)), std, 1.0)  # constant features stay constant
         weights = self.bank.weights(self.image.ndim, self.image.channels, int(np.prod(self.shape)))
         self._mean = mean.astype(np.float32)
         self._scale = (weights / std * scale).astype(np.float32)
-        for b, r in zip(boxes, raws):
-            self.array[b] = ((r - self._mean) * self._scale).astype(self.array.dtype)
-            self.done[tuple(slice(s.start // TILE, s.start // TILE + 1) for s in b)] = True
+
+    def _set_standardisation(self, scale: float) -> None:
+        """Mean and spread per feature from small blocks on a regular lattice over the image: a
+        stratified sample of the whole image's statistics (an estimate: the spread of heavy-tailed
+        edge features can be off by a few times, see the module's doc)."""
+        starts = [sorted({min(n - SAMPLE_EDGE, int(n * (k + 0.5) / SAMPLES_PER_AXIS) - SAMPLE_EDGE // 2)
+                          for k in range(SAMPLES_PER_AXIS)}) for n in self.shape]
+        boxes = [tuple(slice(max(0, int(a)), max(0, int(a)) + min(SAMPLE_EDGE, n)) for a, n in zip(corner, self.shape))
+                 for corner in np.stack(np.meshgrid(*starts, indexing="ij"), -1).reshape(-1, len(self.shape))]
+        with _one_torch_thread():
+            raws = [self.raw(b) for b in boxes]
+        flat = np.concatenate([r.reshape(-1, self.n_features) for r in raws]).astype(np.float64)
+        self._finish_standardisation(flat.mean(0), flat.std(0), scale)
 
 
 @contextmanager
