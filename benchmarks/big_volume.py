@@ -1,8 +1,14 @@
-"""Whole-volume interactivity (issue 4): features, first click, per-click p50/p95, peak RSS, roofline ratio.
+"""Whole-volume interactivity (issues 4, 27): features, first mask, click (+mask) p50/p95, peak RSS, roofline.
 
     python benchmarks/big_volume.py                     # 128^3, 256^3, 512x512x300 (+ BraTS if present)
     python benchmarks/big_volume.py --size 256 256 256  # one size, in this process
     python benchmarks/big_volume.py --device cuda       # on a GPU machine
+    python benchmarks/big_volume.py --features-ready    # every feature tile before the first click
+
+Volumes compute their features where the clicks reach (volseg.features.tiles): by default a
+click's time includes the tiles it computes, and ``set_image_to_first_mask_s`` is what a user waits
+from opening the volume to seeing the first click's mask.  ``--features-ready`` times the clicks
+with the features ready (the posterior update and the mask alone).
 
 Each size runs in its own process so its peak RSS is its own.  The roofline ratio is the
 posterior evaluation's achieved FLOP/s (counted from the two matrix products and the elementwise
@@ -70,7 +76,7 @@ def robot_click(truth, mask, rng):
     return np.unravel_index(idx[rng.integers(idx.size)], truth.shape), positive
 
 
-def run_one(shape, device, spatial_lengthscale, clicks, name=None):
+def run_one(shape, device, spatial_lengthscale, clicks, name=None, budget="5GB", features_ready=False):
     from volseg import Image, Session
 
     if name == "brats":
@@ -82,20 +88,27 @@ def run_one(shape, device, spatial_lengthscale, clicks, name=None):
         vol, truth, spacing = synthetic(shape)
         img = Image.from_array(vol, spacing=spacing)
         del vol
-    s = Session(device=device, spatial_lengthscale=spatial_lengthscale, memory_budget="5GB")
+    s = Session(device=device, spatial_lengthscale=spatial_lengthscale, memory_budget=budget)
     t0 = time.perf_counter()
     s.set_image(img)
+    if features_ready and s.feature_tiles is not None:  # the clicks then time the GP and the mask alone
+        s.feature_tiles.ensure_all()
     t_feat = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     centre = tuple(int(v) for v in np.argwhere(truth)[len(np.argwhere(truth)) // 2]) if truth.sum() < 5e6 else \
         tuple(int(v) for v in np.mean(np.nonzero(truth[::4, ::4, ::4]), axis=1) * 4)
     first = s.add_click(centre, True)
-    per_click, flops, eval_s = [], 0.0, 0.0
+    mask = s.mask()
+    first_mask = time.perf_counter() - t0  # what a user waits from opening the image to seeing a first mask
+    per_click, click_mask, flops, eval_s = [], [], 0.0, 0.0
     for _ in range(clicks - 1):
-        pos, positive = robot_click(truth, s.mask(), rng)
+        pos, positive = robot_click(truth, mask, rng)
         if pos is None:
             break
+        t = time.perf_counter()
         per_click.append(s.add_click(pos, positive))
+        mask = s.mask()
+        click_mask.append(time.perf_counter() - t)
         # a click updates the mean only (the variance waits until asked for), so count that work
         flops += s.last_update["locations"] * s.posterior.flops_per_location(s.inputs.dim, with_var=False)
         eval_s += s.last_update["seconds"]
@@ -105,6 +118,12 @@ def run_one(shape, device, spatial_lengthscale, clicks, name=None):
     return {
         "volume": name or "x".join(map(str, shape)), "voxels": int(np.prod(img.shape)), "device": str(s.device),
         "features_s": round(t_feat, 2), "first_click_s": round(first, 3),
+        "set_image_to_first_mask_s": round(first_mask, 2),
+        "click_mask_p50_s": round(float(np.percentile(click_mask, 50)), 3),
+        "click_mask_p95_s": round(float(np.percentile(click_mask, 95)), 3),
+        # features computed on demand (volseg.features.tiles): the share of the volume computed by the end
+        "features_computed": round(float(s.feature_tiles.done.mean()), 3) if s.feature_tiles is not None else 1.0,
+        "feature_total_s": round(s.feature_tiles.seconds, 2) if s.feature_tiles is not None else round(t_feat, 2),
         "click_p50_s": round(float(np.percentile(per_click, 50)), 3),
         "click_p95_s": round(float(np.percentile(per_click, 95)), 3), "clicks": 1 + len(per_click),
         "spatial_lengthscale_mm": s.spatial_lengthscale,
@@ -124,9 +143,15 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--spatial-lengthscale", type=float, default=15.0, help="mm; bounds each click's reach")
     p.add_argument("--clicks", type=int, default=20)
+    p.add_argument("--memory-budget", default="5GB", help="the session's budget (a plain Session() has 4GB)")
+    p.add_argument("--features-ready", action="store_true",
+                   help="compute every feature tile before the first click (default: tiles are computed where "
+                        "clicks reach, and a click's time includes its new tiles)")
     a = p.parse_args()
     if a.size or a.real:
-        print(json.dumps(run_one(tuple(a.size or ()), a.device, a.spatial_lengthscale, a.clicks, a.real)), flush=True)
+        row = run_one(tuple(a.size or ()), a.device, a.spatial_lengthscale, a.clicks, a.real, a.memory_budget,
+                      a.features_ready)
+        print(json.dumps(row), flush=True)
         return
     jobs = [["--size", *map(str, s)] for s in SIZES]
     if (DEV / "3d/brats/flair.nii.gz").exists():
@@ -134,13 +159,16 @@ def main() -> None:
     rows = []
     for job in jobs:
         out = subprocess.run([sys.executable, __file__, *job, "--device", a.device, "--clicks", str(a.clicks),
-                              "--spatial-lengthscale", str(a.spatial_lengthscale)], capture_output=True, text=True)
+                              "--spatial-lengthscale", str(a.spatial_lengthscale),
+                              "--memory-budget", a.memory_budget] + ["--features-ready"] * a.features_ready,
+                             capture_output=True, text=True)
         if out.returncode:
             print(out.stderr[-2000:], file=sys.stderr)
             continue
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
-    keys = ["volume", "features_s", "first_click_s", "click_p50_s", "click_p95_s", "peak_rss_gb", "eval_gflops",
+    keys = ["volume", "features_s", "first_click_s", "set_image_to_first_mask_s", "click_p50_s", "click_p95_s",
+            "click_mask_p50_s", "click_mask_p95_s", "features_computed", "peak_rss_gb", "eval_gflops",
             "matmul_gflops", "roofline_ratio", "dice"]
     print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
     for r in rows:

@@ -33,6 +33,8 @@ class GPConfig:
     appearance_weight: float = 0.5        # ... plus this times a colour model's log-likelihood ratio (GrabCut-like)
     edge_connectivity: int = 2            # ... between face and diagonal neighbours (1: faces only; up to ndim)
     tolerance: float = 1e-5               # a click may leave mean and variance this far off outside its reach
+    on_demand_features_above: int = 30_000_000  # volumes over this many voxels compute features where clicks
+                                          # reach, standardised from a sample; smaller ones all at once, exactly
     memory_budget: str = "4GB"
     chunk_bytes: str = "256MB"
 

@@ -24,7 +24,8 @@ import torch
 from .clicks import Click, make_click, validate_clicks
 from .config import GPConfig
 from .errors import ClickError, InputError, MemoryBudgetError, VolsegError
-from .features import get_extractor, parse_bytes
+from .features import FilterBank, get_extractor, parse_bytes
+from .features.tiles import TiledFeatures
 from .gp.evaluate import Box, evaluate_boxes
 from .gp.inputs import InputMap
 from .gp.kernels import make_kernel
@@ -33,6 +34,7 @@ from .gp.posterior import ExactPosterior
 from .gp.reach import ball_boxes, box_size, influence_radii, merge_boxes
 from .gp.sampling import PathwiseSampler
 from .image import Image
+from .mask import LabelMap
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,8 @@ class Session:
         self.image: Image | None = None
         self.clicks: list[Click] = []
         self.timings: list[float] = []
-        self.feature_seconds = 0.0
+        self._feature_seconds = 0.0
+        self.feature_tiles: TiledFeatures | None = None
 
     # -- image -----------------------------------------------------------------------------------
     def set_image(self, image: Image | np.ndarray | str | Path, prior: np.ndarray | Image | None = None) -> "Session":
@@ -105,9 +108,14 @@ class Session:
                 f"image of shape {img.shape} needs {(maps + img.array.nbytes) / 2**30:.2f} GiB for its posterior maps "
                 f"alone, over the memory budget of {budget / 2**30:.2f} GiB (raise --memory-budget or crop the image)")
         t0 = time.perf_counter()
-        feats = self.extractor.features(img, budget=budget - maps)
-        self.feature_seconds = time.perf_counter() - t0
-        feats = torch.as_tensor(feats).to(self.device)
+        self.feature_tiles = self._feature_tiles(img, budget - maps)
+        if self.feature_tiles is not None and self.device.type == "cpu":  # the lengthscale is folded in
+            feats = torch.from_numpy(self.feature_tiles.array)
+        elif self.feature_tiles is not None:  # a GPU reads them from its own memory: all of them, now
+            feats = torch.from_numpy(self.feature_tiles.ensure_all()).to(self.device)
+        else:
+            feats = torch.as_tensor(self.extractor.features(img, budget=budget - maps)).to(self.device)
+        self._feature_seconds = time.perf_counter() - t0
         # a learned prior-mean head (GPCIS) gives m0(x) so the first click already has a shape to refine
         head = getattr(self.extractor, "last_prior_mean", None)
         self._learned_mean = None if head is None else torch.as_tensor(np.asarray(head, dtype=np.float32), device=self.device)
@@ -119,13 +127,39 @@ class Session:
             np.linalg.norm(np.asarray(img.shape) * np.asarray(img.spacing)))
         # the features are ours: divide them by their lengthscale once here rather than on every click
         # (times sqrt(D), so the lengthscale means the same for any D; a stack scales its parts itself)
-        per_feature = 1.0 if getattr(self.extractor, "prescaled", False) else d_f ** 0.5
-        feats.mul_(1.0 / (self.config.feature_lengthscale * per_feature))
-        self.inputs = InputMap(feats, img.spacing, feature_lengthscale=1.0, spatial_lengthscale=self.spatial_lengthscale)
+        if self.feature_tiles is None:
+            per_feature = 1.0 if getattr(self.extractor, "prescaled", False) else d_f ** 0.5
+            feats.mul_(1.0 / (self.config.feature_lengthscale * per_feature))
+        lazy = self.feature_tiles is not None and self.device.type == "cpu"
+        self.inputs = InputMap(feats, img.spacing, feature_lengthscale=1.0,
+                               spatial_lengthscale=self.spatial_lengthscale,
+                               ensure=self.feature_tiles.ensure if lazy else None)
         self._set_prior(prior)
         self._cut_terms = None  # edge weights and colour model for the boundary cut, made on first use
+        self._label_map = LabelMap(img.shape)
         self.reset()
         return self
+
+    @property
+    def feature_seconds(self) -> float:
+        """Seconds spent on features so far: at set_image, plus the tiles clicks have computed since."""
+        if self.feature_tiles is None:
+            return self._feature_seconds
+        return self._feature_seconds + self.feature_tiles.seconds - self.feature_tiles.initial_seconds
+
+    def _feature_tiles(self, img: Image, budget: int) -> TiledFeatures | None:
+        """Filter-bank features of a volume come tile by tile (:mod:`volseg.features.tiles`): those of a
+        whole CT (over ``on_demand_features_above`` voxels) where the clicks reach, so the first click
+        need not wait for the whole volume (a GPU session takes every tile at once, so its features
+        are the CPU's); smaller volumes all at once.  2D images, small volumes (with superpixels) and
+        learned features are computed whole by their extractor."""
+        bank = self.extractor
+        if not isinstance(bank, FilterBank) or img.ndim != 3 or bank.superpixels_for(int(np.prod(img.shape))):
+            return None
+        n = int(np.prod(img.shape))
+        d_f = bank.n_features(img.ndim, img.channels, n)
+        return TiledFeatures(bank, img, budget=budget, scale=1.0 / (self.config.feature_lengthscale * d_f ** 0.5),
+                             on_demand=n > self.config.on_demand_features_above)
 
     def _set_prior(self, prior) -> None:
         self._prior_labels = self._prior_prob = None
@@ -274,6 +308,7 @@ class Session:
         self._stale_var: list[Box] = []
         box = tuple(slice(0, n) for n in img.shape)
         self.last_region = box
+        self._label_map.invalidate(None)
         if self.posterior.n == 0:  # no clicks: the prior everywhere, and no kernel to evaluate
             self._mean.view(K, -1).copy_(self._prior_mean(box, self.objects or [0]).T.expand(K, -1))
             self._var.fill_(self.kernel.outputscale)
@@ -313,6 +348,7 @@ class Session:
         self.last_update = {"locations": sum(box_size(b) for b in boxes),
                             "seconds": time.perf_counter() - t0}
         self._stale_var = merge_boxes(self._stale_var + list(boxes))
+        self._label_map.invalidate(boxes)
 
     def _variance(self) -> torch.Tensor:
         """The posterior variance map, brought up to date over the regions clicks have changed."""
@@ -335,29 +371,25 @@ class Session:
         return probit(self._mean[self._channel(object)], self._variance()).cpu().numpy()
 
     def mask(self) -> np.ndarray:
-        """Label map: 0 background, else the object whose probability is highest and above 1/2.
-        Objects share the posterior variance, so that is the object with the largest positive mean."""
-        img = self._require_image()
-        dtype = np.uint8 if max(self.objects, default=0) < 256 else np.uint16
-        if not self.objects:
-            return np.zeros(img.shape, dtype=dtype)
-        # one object needs no arg-max, whose int64 index map would be 8 bytes a voxel on a whole CT
-        best, arg = self._mean.max(0) if len(self.objects) > 1 else (self._mean[0], None)
-        fg = self._snap_to_edges(best.cpu().numpy())
-        ids = np.asarray(self.objects, dtype=dtype)
-        labels = ids[arg.cpu().numpy()] if arg is not None else np.full(img.shape, ids[0], dtype=dtype)
-        labels *= fg
-        if self._prior_labels is None and self._prior_prob is None:  # a prior may have several parts
-            labels = self._clean_topology(labels)
-        return labels
+        """Label map: 0 background, else the object whose probability is highest and above 1/2
+        (objects share the posterior variance, so that is the object with the largest positive mean),
+        then cleaned by the clicks (:func:`volseg.mask.clean_topology`).  Brought up to date only where
+        the clicks since the last call moved the latent (:class:`volseg.mask.LabelMap`)."""
+        self._require_image()
+        cfg = self.config
+        labels = self._label_map.labels(
+            self._mean, self.objects, self._train_clicks, connected=cfg.connected, fill_holes=cfg.fill_holes,
+            topology=self._prior_labels is None and self._prior_prob is None,  # a prior may have several parts
+            snap=self._snap_to_edges if self._cuts_edges() else None)
+        return labels.copy()
+
+    def _cuts_edges(self) -> bool:
+        return self.config.edge_strength_for(self.image.ndim) > 0 and int(np.prod(self.image.shape)) <= self.config.edge_max_locations
 
     def _snap_to_edges(self, latent: np.ndarray) -> np.ndarray:
         """Foreground (any object) from the largest latent mean, moved onto image edges by a minimum
-        cut where the image is small enough (:mod:`volseg.boundary`); clicked voxels are hard constraints."""
+        cut (:mod:`volseg.boundary`); clicked voxels are hard constraints."""
         cfg = self.config
-        strength = cfg.edge_strength_for(latent.ndim)
-        if strength <= 0 or latent.size > cfg.edge_max_locations:
-            return latent > 0
         from . import boundary
 
         if self._cut_terms is None:  # once per image
@@ -368,35 +400,11 @@ class Session:
         appearance = None
         if cfg.appearance_weight > 0:  # refitted to the GP's labelling, as GrabCut refits to its last mask
             appearance = cfg.appearance_weight * colours.log_ratio(latent > 0)
-        return boundary.cut(latent, weights, strength=strength, band=cfg.edge_band,
+        return boundary.cut(latent, weights, strength=cfg.edge_strength_for(latent.ndim), band=cfg.edge_band,
                             reach=cfg.edge_reach, spacing=self.image.spacing,
                             positives=[c.voxel() for c in self._train_clicks if c.positive],
                             negatives=[c.voxel() for c in self._train_clicks if not c.positive],
                             appearance=appearance)
-
-    def _clean_topology(self, labels: np.ndarray) -> np.ndarray:
-        """The GP says 'looks like the object'; topology says 'is the object that was clicked'.
-        Each object keeps only its parts connected to one of its positive clicks, and its enclosed
-        holes are filled unless a negative click lies in them.  Clicked voxels keep their label:
-        positive ones lie in kept parts, negative ones in unfilled holes or outside."""
-        from scipy import ndimage as ndi
-
-        negatives = [c.voxel() for c in self._train_clicks if not c.positive]
-        for obj in {c.object for c in self._train_clicks if c.positive}:
-            region = labels == obj
-            if self.config.connected:
-                comp, n = ndi.label(region)
-                if n > 1:
-                    keep = [comp[c.voxel()] for c in self._train_clicks if c.positive and c.object == obj]
-                    labels[region & ~np.isin(comp, keep)] = 0
-                    region = labels == obj
-            if self.config.fill_holes:
-                holes = ndi.binary_fill_holes(region) & ~region & (labels == 0)
-                if negatives and holes.any():
-                    comp, _ = ndi.label(holes)
-                    holes &= ~np.isin(comp, [comp[v] for v in negatives if comp[v] > 0])
-                labels[holes] = obj
-        return labels
 
     def uncertainty(self) -> np.ndarray:
         """Posterior standard deviation of the latent function, float32 (*spatial)."""

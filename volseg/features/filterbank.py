@@ -86,12 +86,15 @@ class FilterBank:
         a = array.astype(np.float32, copy=False)
         return np.clip((a - params["lo"]) / (params["hi"] - params["lo"]), -0.5, 1.5)
 
-    def raw(self, array: np.ndarray, spacing: Sequence[float], params: dict) -> np.ndarray:
+    def raw(self, array: np.ndarray, spacing: Sequence[float], params: dict, derivatives=None) -> np.ndarray:
         """Unstandardised features (*spatial, D) of a slab (with its halo) or a whole image, in the
         order of :meth:`weights`.  Each feature is written into the result as soon as it is made and
         its intermediates dropped, so a slab holds about D + 10 float32 maps (:data:`TEMPORARIES`).
         Superpixels are the one non-local part: they are used only when the image is small enough
-        to be a single slab (``params["superpixels"]``, set by :meth:`prepare`)."""
+        to be a single slab (``params["superpixels"]``, set by :meth:`prepare`).
+        ``derivatives(channel, x, sigma, orders)``, if given, stands in for :func:`gaussian_derivatives`
+        of channel ``x`` (:mod:`volseg.features.tiles` serves coarse scales from whole-image maps)."""
+        deriv = derivatives or (lambda c, x, sigma, orders: gaussian_derivatives(x, sigma, orders))
         ch = self.channels(array, params)
         sp = np.asarray(spacing, dtype=np.float64)
         d, C = ch.ndim - 1, ch.shape[-1]
@@ -103,18 +106,18 @@ class FilterBank:
         out = np.empty(ch.shape[:-1] + (C * S + G + d * len(self.hessian_scales) + C * len(sizes),), np.float32)
         for c in range(C):
             for i, s in enumerate(self.smoothing_scales):
-                out[..., c * S + i] = ch[..., c] if s == 0 else gaussian_derivatives(ch[..., c], s / sp, [zero])[0]
+                out[..., c * S + i] = ch[..., c] if s == 0 else deriv(c, ch[..., c], s / sp, [zero])[0]
         lum = ch[..., 0]
         for g, s in enumerate(self.gradient_scales):
             # derivatives per mm, not per voxel, so anisotropic grids agree with isotropic ones
-            grads = gaussian_derivatives(lum, s / sp, first)
+            grads = deriv(0, lum, s / sp, first)
             for k, x in enumerate(grads):
                 x *= np.float32(s / sp[k])  # scale-normalised
             out[..., C * S + g] = np.sqrt(sum(x * x for x in grads))
             del grads
         for h, s in enumerate(self.hessian_scales):
             # scale-normalised (times sigma^2), per mm^2
-            elems = gaussian_derivatives(lum, s / sp, second)
+            elems = deriv(0, lum, s / sp, second)
             for o, x in zip(second, elems):
                 x *= np.float32(s * s / np.prod([sp[i] ** n for i, n in enumerate(o)]))
             col, step = C * S + G + h * d, max(1, ch.shape[0] // 8)

@@ -41,9 +41,19 @@ def gaussian_derivatives(x: np.ndarray, sigma: Sequence[float], orders: Sequence
     """``x`` smoothed with a Gaussian of ``sigma`` voxels (per axis), then differentiated: one array per
     multi-index in ``orders`` (``(0,) * ndim`` is the smoothed image; ``(1, 0)`` d/d axis 0; ...),
     derivatives per voxel of ``x``, float32 with ``x``'s shape."""
+    coarse, f = coarse_derivatives(x, sigma, orders)
+    return [upsample_linear(d, f, np.shape(x)) if max(f) > 1 else np.asarray(d, dtype=np.float32) for d in coarse]
+
+
+def coarse_derivatives(x: np.ndarray, sigma: Sequence[float], orders: Sequence[Sequence[int]],
+                       level: tuple[np.ndarray, list[float]] | None = None) -> tuple[list[np.ndarray], tuple[int, ...]]:
+    """What :func:`gaussian_derivatives` computes before its last step, on the pyramid level it
+    works on: the derivatives at coarse samples (sample i at voxel i * f) and the factors f.  The
+    full-grid values anywhere follow by linear interpolation (:func:`upsample_window`).  ``level``:
+    ``pyramid_level(x, pyramid_factors(sigma))`` if already at hand (scales on one level share it)."""
     x = np.asarray(x, dtype=np.float32)
     f = pyramid_factors(sigma)
-    grid, variance = pyramid_level(x, f)
+    grid, variance = level if level is not None else pyramid_level(x, f)
     rest = [math.sqrt(max(s * s - v, 0.0)) / k for s, v, k in zip(sigma, variance, f)]
     smooth = ndi.gaussian_filter(grid, rest) if any(r > 0 for r in rest) else grid
     out = []
@@ -52,8 +62,8 @@ def gaussian_derivatives(x: np.ndarray, sigma: Sequence[float], orders: Sequence
         for axis, n in enumerate(order):
             if n:  # central differences; per voxel of x, hence the division by the grid's step
                 d = ndi.correlate1d(d, DIFFERENCES[n], axis=axis, mode="nearest") / float(f[axis]) ** n
-        out.append(upsample_linear(d, f, x.shape) if max(f) > 1 else np.asarray(d, dtype=np.float32))
-    return out
+        out.append(d)
+    return out, f
 
 
 def pyramid_level(x: np.ndarray, factors: Sequence[int]) -> tuple[np.ndarray, list[float]]:
@@ -86,3 +96,13 @@ def upsample_linear(coarse: np.ndarray, factors: Sequence[int], shape: Sequence[
     # align_corners=True puts coarse sample i exactly on fine voxel i * f
     up = F.interpolate(t, size=size, mode=mode, align_corners=True)[0, 0]
     return up[tuple(slice(0, n) for n in shape)].numpy()
+
+
+def upsample_window(coarse: np.ndarray, factors: Sequence[int], box: Sequence[slice]) -> np.ndarray:
+    """:func:`upsample_linear` of ``coarse`` restricted to the full-grid ``box``, computed from the
+    coarse samples around the box only (linear interpolation is local: the values are the same)."""
+    lo = [s.start // k for s, k in zip(box, factors)]
+    hi = [min(n, -(-(s.stop - 1) // k) + 1) for s, k, n in zip(box, factors, coarse.shape)]
+    part = coarse[tuple(slice(a, b) for a, b in zip(lo, hi))]
+    up = upsample_linear(part, factors, [(b - a - 1) * k + 1 for a, b, k in zip(lo, hi, factors)])
+    return up[tuple(slice(s.start - a * k, s.stop - a * k) for s, a, k in zip(box, lo, factors))]

@@ -61,6 +61,7 @@ def evaluate_boxes(posterior: ExactPosterior, inputs: InputMap, prior_mean: Call
     of every chunk wait for the slowest core, which on a machine busy with anything else costs
     10-20x."""
     K = mean_out.shape[0] if mean_out is not None else 1
+    inputs.ensure(boxes)
     cpu = inputs.device.type == "cpu"
     workers = max(1, torch.get_num_threads()) if cpu else 1
     if fused.applies(posterior, inputs, mean_out, var_out):

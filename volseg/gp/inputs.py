@@ -8,7 +8,7 @@ on the fly from voxel indices, so no coordinate grid of the whole volume is ever
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -16,8 +16,11 @@ import torch
 
 class InputMap:
     def __init__(self, features: torch.Tensor, spacing: Sequence[float], *, feature_lengthscale: float,
-                 spatial_lengthscale: float, compute_dtype: torch.dtype = torch.float32) -> None:
+                 spatial_lengthscale: float, compute_dtype: torch.dtype = torch.float32,
+                 ensure: Callable[[list[tuple[slice, ...]]], None] | None = None) -> None:
         self.features = features  # (*spatial, D), any float dtype, on the evaluation device
+        # features computed on demand (volseg.features.tiles): called with the boxes about to be read
+        self._ensure = ensure
         self.shape = tuple(features.shape[:-1])
         self.ndim = len(self.shape)
         self.n_features = int(features.shape[-1])
@@ -34,9 +37,15 @@ class InputMap:
     def dim(self) -> int:
         return self.n_features + self.ndim
 
+    def ensure(self, boxes: list[tuple[slice, ...]]) -> None:
+        """Make the features of these boxes valid before they are read (a no-op unless computed on demand)."""
+        if self._ensure is not None:
+            self._ensure(boxes)
+
     def at(self, voxels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """z at integer voxel indices (n, ndim)."""
         idx = torch.as_tensor(np.asarray(voxels), dtype=torch.long, device=self.device).reshape(-1, self.ndim)
+        self.ensure([tuple(slice(int(v), int(v) + 1) for v in row) for row in idx.tolist()])
         z = torch.empty(idx.shape[0], self.dim, dtype=self.dtype, device=self.device)
         z[:, : self.n_features] = self.features[tuple(idx.T)]
         z[:, self.n_features:] = (idx.to(self.dtype) - self.centre) * self.position_scale
@@ -48,6 +57,7 @@ class InputMap:
         (``out``, (n, dim), may be a column block of a wider one): positions broadcast from one arange
         per axis, so no coordinate grid is built."""
         shape = tuple(s.stop - s.start for s in box)
+        self.ensure([tuple(box)])
         flat = out if out is not None else torch.empty(int(np.prod(shape)), self.dim, dtype=self.dtype, device=self.device)
         z = flat.view(shape + (self.dim,))
         z[..., : self.n_features] = self.features[box]
