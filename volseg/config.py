@@ -17,6 +17,8 @@ class GPConfig:
     short_share: float = 0.3              # ... and has this share of the prior variance
     outputscale: float = 1.0              # prior variance of the latent f
     noise: float = 0.1                    # s2; lowered automatically if a click would lose its label
+    noise_per_point: bool | None = None   # lower the noise only at a click that would lose its label (else at all);
+                                          # None: volumes only (2D is tuned with the global lowering)
     feature_lengthscale: float = 1.0      # times sqrt(number of features): features are standardised
     spatial_lengthscale: float | None = None  # mm (pixels for rasters); None: spatial_fraction of the diagonal
     spatial_fraction: float | None = None  # None: 0.1 for 2D images, 0.05 for volumes (objects fill less of a volume)
@@ -31,6 +33,13 @@ class GPConfig:
                                           # to undo a flood of look-alike background (Berkeley NoC@90 9.11 at 20)
     edge_max_locations: int = 4_000_000   # ... on images up to this size (a whole CT keeps the GP's own mask)
     appearance_weight: float = 0.5        # ... plus this times a colour model's log-likelihood ratio (GrabCut-like)
+    seed_points: int = 0                  # a positive click lends its label to this many points of the region around
+                                          # it that looks like it (volseg.seeds); 0: off (on the dev volumes the
+                                          # region leaked into neighbouring tissue, README)
+    seed_radius: float = 3.0              # ... within this many spatial lengthscales of the click
+    seed_similarity: float = 0.6          # ... whose feature kernel to the click is at least this
+    seed_spacing: float = 0.5             # ... spaced at least this many spatial lengthscales apart
+    seed_noise: float = 0.5               # ... as weak labels with this much extra noise (clicks override them)
     tolerance: float = 1e-5               # a click may leave mean and variance this far off outside its reach
     memory_budget: str = "4GB"
     chunk_bytes: str = "256MB"
@@ -65,6 +74,10 @@ class GPConfig:
         if ndim != 2:
             return 0.05
         return 0.14 if self.kernel_for(ndim) == "multiscale" else 0.1
+
+    def noise_per_point_for(self, ndim: int) -> bool:
+        # the global lowering made correcting clicks on the dev volumes add false foreground far away
+        return self.noise_per_point if self.noise_per_point is not None else ndim != 2
 
     def edge_strength_for(self, ndim: int) -> float:
         # tuned on Berkeley (NoC@90 15.3 -> 12.7 on its first 30 objects); on the dev MR/CT volumes the
