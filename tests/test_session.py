@@ -221,7 +221,7 @@ def test_default_kernel_is_multiscale_in_2d_and_in_volumes():
     assert isinstance(s2.kernel, MultiScaleRBF) and s2.kernel.spatial_dims == 2 and s2.kernel.share == 0.3
     assert s2.spatial_lengthscale == pytest.approx(0.14 * np.hypot(40, 48))
     s3 = Session().set_image(img3)
-    assert isinstance(s3.kernel, MultiScaleRBF) and s3.kernel.spatial_dims == 3 and s3.kernel.share == 0.7
+    assert isinstance(s3.kernel, MultiScaleRBF) and s3.kernel.spatial_dims == 3 and s3.kernel.share == 0.3
     assert s3.spatial_lengthscale == pytest.approx(0.07 * np.linalg.norm((16, 18, 14)))
     rbf2 = Session(kernel="rbf").set_image(img2)
     assert isinstance(rbf2.kernel, RBF) and rbf2.spatial_lengthscale == pytest.approx(0.1 * np.hypot(40, 48))

@@ -13,8 +13,7 @@ from .errors import InputError
 class GPConfig:
     kernel: str | None = None             # rbf | multiscale | matern12 | matern32 | matern52; None: multiscale
     short_ratio: float = 4.0              # multiscale: the short spatial GP's lengthscale is this many times shorter
-    short_share: float | None = None      # ... and has this share of the prior variance; None: 0.3 for 2D images,
-                                          # 0.7 for volumes
+    short_share: float = 0.3              # ... and has this share of the prior variance
     outputscale: float = 1.0              # prior variance of the latent f
     noise: float = 0.1                    # s2; lowered automatically if a click would lose its label
     noise_per_point: bool | None = None   # lower the noise only at a click that would lose its label (else at all);
@@ -75,11 +74,6 @@ class GPConfig:
         if ndim != 2:
             return 0.07 if multiscale else 0.05
         return 0.14 if multiscale else 0.1
-
-    def short_share_for(self, ndim: int) -> float:
-        # tuned on Berkeley and on the dev volumes' tune part, where a larger short part kept correcting
-        # clicks from undoing what earlier ones got right (fewer Dice drops, README)
-        return self.short_share if self.short_share is not None else (0.3 if ndim == 2 else 0.7)
 
     def noise_per_point_for(self, ndim: int) -> bool:
         # the global lowering made correcting clicks on the dev volumes add false foreground far away

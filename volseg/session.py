@@ -122,7 +122,7 @@ class Session:
         d_f = int(feats.shape[-1])
         cfg = self.config
         self.kernel = make_kernel(cfg.kernel_for(img.ndim), cfg.outputscale, spatial_dims=img.ndim,
-                                  ratio=cfg.short_ratio, share=cfg.short_share_for(img.ndim))
+                                  ratio=cfg.short_ratio, share=cfg.short_share)
         self.spatial_lengthscale = self.config.spatial_lengthscale or self.config.spatial_fraction_for(img.ndim) * float(
             np.linalg.norm(np.asarray(img.shape) * np.asarray(img.spacing)))
         # the features are ours: divide them by their lengthscale once here rather than on every click
