@@ -284,3 +284,48 @@ def _write_volume(image: Image, path: Path) -> None:
     from volseg.io import write_probability
 
     write_probability(image.array[..., 0], image, path)  # any float volume, written on image's grid
+
+
+# -- a reference label map on another grid of the same world box ------------------------------
+
+def _flipped(img: Image, labels: np.ndarray) -> Image:
+    """The label map stored with its second axis reversed (direction diag(1, -1, 1)), as TotalSegmentator's
+    NIfTI is next to its DICOM series: the same world box, another array order."""
+    last = np.asarray(img.index_to_world([[0, img.shape[1] - 1, 0]]))[0]
+    return Image.from_array(labels[:, ::-1, :].copy(), spacing=img.spacing, origin=tuple(last),
+                            direction=np.diag([1.0, -1.0, 1.0]))
+
+
+def test_label_map_on_another_grid_is_resampled_by_world_geometry(tmp_path):
+    from volseg.errors import GeometryError
+    from volseg.io import read_mask, write_mask
+
+    img, lab = _case(3)
+    flipped = _flipped(img, lab)
+    write_mask(flipped.array[..., 0], flipped, tmp_path / "seg.nii.gz")
+    with pytest.raises(GeometryError):
+        read_mask(tmp_path / "seg.nii.gz", like=img)  # a prior or a mask to refine must be on the grid
+    np.testing.assert_array_equal(read_mask(tmp_path / "seg.nii.gz", like=img, resample=True), lab)
+    far = Image.from_array(lab, spacing=img.spacing, origin=(500.0, 0.0, 0.0))
+    write_mask(lab, far, tmp_path / "far.nii.gz")
+    with pytest.raises(GeometryError, match="does not overlap"):
+        read_mask(tmp_path / "far.nii.gz", like=img, resample=True)
+
+
+def test_eval3d_resamples_a_flipped_label_map_and_fails_one_from_elsewhere(tmp_path):
+    from volseg.io import write_mask
+
+    img, lab = _case(4)
+    _write_volume(img, tmp_path / "img.nii.gz")
+    flipped = _flipped(img, lab)
+    write_mask(flipped.array[..., 0], flipped, tmp_path / "seg.nii.gz")
+    far = Image.from_array(lab, spacing=img.spacing, origin=(0.0, 0.0, -900.0))
+    write_mask(lab, far, tmp_path / "far.nii.gz")
+    (tmp_path / "pairs.csv").write_text("image,label,label_ids,name\nimg.nii.gz,seg.nii.gz,1,ok\n"
+                                        "img.nii.gz,far.nii.gz,1,elsewhere\n")
+    out = tmp_path / "out"
+    assert _run_cli(["--pairs-csv", str(tmp_path / "pairs.csv"), "--out", str(out), "--clicks", "2", "--quiet"]) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert [o["name"] for o in summary["objects"]] == ["ok"] and summary["objects"][0]["voxels"] == int((lab == 1).sum())
+    assert [f["name"] for f in summary["failures"]] == ["elsewhere"]
+    assert "does not overlap" in summary["failures"][0]["reason"]

@@ -224,3 +224,25 @@ def test_the_widest_pass_the_cpu_has_is_the_one_that_runs():
     want = 512 if {"avx512f", "avx512dq", "avx512bw", "avx512vl"} <= flags else \
         256 if {"avx2", "fma", "f16c"} <= flags else 0
     assert fused.simd() == want
+
+
+@needs_fused
+@pytest.mark.parametrize("shape,box", [((23, 37), (slice(3, 21), slice(5, 36))),
+                                       ((9, 11, 19), (slice(1, 8), slice(0, 11), slice(2, 19)))])
+def test_multiscale_mean_in_two_fused_passes_matches_the_kernel(shape, box):
+    """The multiscale kernel's mean (what the mask reads) as two fused RBF passes, against float64 exact;
+    with a prior mean per location and one row."""
+    rng = np.random.default_rng(5)
+    feats = torch.tensor(rng.normal(size=shape + (4,)), dtype=torch.float32)
+    inputs = InputMap(feats, tuple(rng.uniform(0.5, 2.0, len(shape))), feature_lengthscale=1.7, spatial_lengthscale=5.0)
+    vox = np.stack([rng.integers(0, s, 12) for s in shape], 1)
+    labels = torch.tensor(rng.choice([-1.0, 1.0], size=(12, 2)))
+    post = ExactPosterior(make_kernel("multiscale", 1.3, spatial_dims=len(shape)), noise=1e-2).fit(
+        inputs.at(vox).double(), labels, torch.full((12, 2), -0.5, dtype=torch.float64))
+    n = int(np.prod([s.stop - s.start for s in box]))
+    for m0 in (torch.full((1, 2), -0.5), torch.tensor(rng.normal(size=(n, 2)), dtype=torch.float32)):
+        mean = torch.full((2,) + shape, 7.0)
+        evaluate_boxes(post, inputs, lambda b: m0, [box], mean, None, max_bytes=1 << 20)
+        ref, _ = _exact(post, inputs, box, m0)
+        np.testing.assert_allclose(mean[(slice(None),) + box].numpy(), ref.numpy(), atol=2e-5)
+        assert (mean == 7.0).sum() == 2 * (np.prod(shape) - n)  # nothing outside the box is written

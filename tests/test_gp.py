@@ -116,6 +116,19 @@ def test_conflicting_close_clicks_keep_their_labels():
     assert torch.all(mean.abs() >= 0.5 - 1e-9)
 
 
+def test_per_point_noise_is_lowered_only_where_a_label_would_be_lost():
+    """per_point: the conflicting pair is interpolated harder, a far click keeps the noise it asked for,
+    and a weak point (extra noise) may yield to a click on top of it."""
+    z = torch.tensor([[0.0, 0.0], [1e-2, 0.0], [3.0, 0.0], [3.0, 0.0]], dtype=torch.float64)
+    y = torch.tensor([[1.0], [-1.0], [1.0], [-1.0]], dtype=torch.float64)
+    extra = torch.tensor([0.0, 0.0, 0.0, 2.0])
+    post = ExactPosterior(RBF(), noise=1e-1, compute_dtype=torch.float64, per_point=True).fit(z, y, torch.zeros_like(y), extra)
+    mean, _ = post.mean_var(z, torch.zeros_like(y))
+    assert post.noise == 1e-1 and post.scale[0] < 1 and post.scale[1] < 1 and post.scale[2] == 1
+    assert torch.all(torch.sign(mean[:3]) == y[:3]) and torch.all(mean[:3].abs() >= 0.5 - 1e-9)
+    assert post.point_noise()[3] == pytest.approx(2.1)
+
+
 def test_slabs_cover_box_once():
     box = (slice(2, 9), slice(0, 5), slice(1, 4))
     seen = np.zeros((9, 5, 4), int)

@@ -12,14 +12,15 @@ from .errors import InputError
 @dataclass(frozen=True)
 class GPConfig:
     kernel: str | None = None             # rbf | multiscale | matern12 | matern32 | matern52; None: multiscale
-                                          # for 2D images, rbf for volumes (the fused CPU pass)
     short_ratio: float = 4.0              # multiscale: the short spatial GP's lengthscale is this many times shorter
     short_share: float = 0.3              # ... and has this share of the prior variance
     outputscale: float = 1.0              # prior variance of the latent f
     noise: float = 0.1                    # s2; lowered automatically if a click would lose its label
+    noise_per_point: bool | None = None   # lower the noise only at a click that would lose its label (else at all);
+                                          # None: volumes only (2D is tuned with the global lowering)
     feature_lengthscale: float = 1.0      # times sqrt(number of features): features are standardised
     spatial_lengthscale: float | None = None  # mm (pixels for rasters); None: spatial_fraction of the diagonal
-    spatial_fraction: float | None = None  # None: 0.1 for 2D images, 0.05 for volumes (objects fill less of a volume)
+    spatial_fraction: float | None = None  # None: 0.14 for 2D images, 0.07 for volumes (0.1 / 0.05 with rbf)
     background_mean: float = -0.5         # prior mean without a prior mask: unclicked regions lean background
     prior_strength: float = 1.0           # prior mean is +-this inside/outside a prior mask
     connected: bool = True                # mask keeps only regions connected to a positive click of their object
@@ -32,6 +33,13 @@ class GPConfig:
     edge_max_locations: int = 4_000_000   # ... on images up to this size (a whole CT keeps the GP's own mask)
     appearance_weight: float = 0.5        # ... plus this times a colour model's log-likelihood ratio (GrabCut-like)
     edge_connectivity: int = 2            # ... between face and diagonal neighbours (1: faces only; up to ndim)
+    seed_points: int = 0                  # a positive click lends its label to this many points of the region around
+                                          # it that looks like it (volseg.seeds); 0: off (on the dev volumes the
+                                          # region leaked into neighbouring tissue, README)
+    seed_radius: float = 3.0              # ... within this many spatial lengthscales of the click
+    seed_similarity: float = 0.6          # ... whose feature kernel to the click is at least this
+    seed_spacing: float = 0.5             # ... spaced at least this many spatial lengthscales apart
+    seed_noise: float = 0.5               # ... as weak labels with this much extra noise (clicks override them)
     tolerance: float = 1e-5               # a click may leave mean and variance this far off outside its reach
     on_demand_features_above: int = 30_000_000  # volumes over this many voxels compute features where clicks
                                           # reach, standardised from a sample; smaller ones all at once, exactly
@@ -56,18 +64,23 @@ class GPConfig:
         return cls.from_dict(data.get("gp", data))
 
     def kernel_for(self, ndim: int) -> str:
-        # Berkeley NoC@90 9.48 -> 9.11 with the multiscale kernel (late clicks stay local); volumes keep
-        # the RBF, which the fused CPU pass evaluates, until it is measured on them
-        return self.kernel if self.kernel is not None else ("multiscale" if ndim == 2 else "rbf")
+        # the multiscale kernel everywhere: late clicks stay local (measured on Berkeley and on the dev volumes'
+        # tune part, README), and its mean, what a click's mask reads, runs in the fused pass
+        return self.kernel if self.kernel is not None else "multiscale"
 
     def spatial_fraction_for(self, ndim: int) -> float:
-        # tuned on Berkeley (2D photos, objects ~17% of the image) and on the dev MR/CT volumes; the
-        # multiscale kernel's long part is longer, as it carries only part of the variance
+        # tuned on Berkeley (2D photos, objects ~17% of the image) and on the dev volumes' tune part (objects
+        # fill less of a volume); the multiscale kernel's long part is longer, as it carries only part of the variance
         if self.spatial_fraction is not None:
             return self.spatial_fraction
+        multiscale = self.kernel_for(ndim) == "multiscale"
         if ndim != 2:
-            return 0.05
-        return 0.14 if self.kernel_for(ndim) == "multiscale" else 0.1
+            return 0.07 if multiscale else 0.05
+        return 0.14 if multiscale else 0.1
+
+    def noise_per_point_for(self, ndim: int) -> bool:
+        # the global lowering made correcting clicks on the dev volumes add false foreground far away
+        return self.noise_per_point if self.noise_per_point is not None else ndim != 2
 
     def edge_strength_for(self, ndim: int) -> float:
         # tuned on Berkeley (NoC@90 15.3 -> 12.7 on its first 30 objects); on the dev MR/CT volumes the

@@ -38,6 +38,14 @@ from .mask import LabelMap
 
 
 @dataclass(frozen=True)
+class TrainingPoint:
+    voxel: tuple[int, ...]
+    positive: bool
+    object: int
+    extra: float                # noise on top of the GP's: 0 for a click, more for a point a click lends its label
+
+
+@dataclass(frozen=True)
 class Suggestion:
     position: tuple[int, ...]   # index coordinates of the suggested click
     predicted_label: int        # what the current mask says there (0 background)
@@ -236,7 +244,10 @@ class Session:
         self.clicks, self.timings = [], []
         self._train_voxels: list[tuple[int, ...]] = []
         self._train_clicks: list[Click] = []
-        self.posterior = ExactPosterior(self.kernel, self.config.noise, self.device)
+        self._points: list[TrainingPoint] = []
+        self._seed_cache: dict = {}
+        self.posterior = ExactPosterior(self.kernel, self.config.noise, self.device,
+                                        per_point=self.config.noise_per_point_for(self.image.ndim))
         self._objects_fitted = list(self.objects)
         self._evaluate_all()
 
@@ -249,13 +260,46 @@ class Session:
             last[c.voxel()] = c
         return list(last.values())
 
-    def _targets(self, train: Sequence[Click], objects: Sequence[int]) -> torch.Tensor:
-        """+1 where a click is a positive of that object, -1 otherwise (negatives are background for all)."""
-        y = torch.full((len(train), len(objects)), -1.0, dtype=torch.float64)
-        for i, c in enumerate(train):
-            if c.positive:
-                y[i, objects.index(c.object)] = 1.0
+    def _targets(self, points: Sequence["TrainingPoint"], objects: Sequence[int]) -> torch.Tensor:
+        """+1 where a point is a positive of that object, -1 otherwise (negatives are background for all)."""
+        y = torch.full((len(points), len(objects)), -1.0, dtype=torch.float64)
+        for i, p in enumerate(points):
+            if p.positive:
+                y[i, objects.index(p.object)] = 1.0
         return y
+
+    def _points_for(self, train: Sequence[Click]) -> list["TrainingPoint"]:
+        """The GP's training points: each click, and after a positive click the weak points it lends its
+        homogeneous neighbourhood (:mod:`volseg.seeds`), none of them on an earlier point.  A later click
+        on such a point is a second observation there, the click's the one kept; so a click only ever
+        appends points, and the update stays local."""
+        taken: set[tuple[int, ...]] = set()
+        points = []
+        for i, c in enumerate(train):
+            taken.add(c.voxel())
+            points.append(TrainingPoint(c.voxel(), c.positive, c.object, 0.0))
+            if not c.positive:
+                continue
+            for v in self._seeds(c, tuple(d.voxel() for d in train[:i] if not d.positive)):
+                if v not in taken:
+                    taken.add(v)
+                    points.append(TrainingPoint(v, True, c.object, self.config.seed_noise))
+        return points
+
+    def _seeds(self, click: Click, negatives: tuple[tuple[int, ...], ...]) -> list[tuple[int, ...]]:
+        n = self.config.seed_points
+        if n <= 0:
+            return []
+        key = (click.voxel(), negatives)
+        if key not in self._seed_cache:  # a click's points depend only on it and the negatives before it
+            from .seeds import homogeneous_points
+
+            ls, cfg = self.spatial_lengthscale, self.config
+            found = homogeneous_points(self.inputs.features, click.voxel(), self.image.spacing, radius=cfg.seed_radius * ls,
+                                       n_points=n, similarity=cfg.seed_similarity, min_distance=cfg.seed_spacing * ls,
+                                       avoid=negatives)
+            self._seed_cache[key] = [tuple(int(x) for x in v) for v in found]
+        return self._seed_cache[key]
 
     def _apply(self, clicks: list[Click]) -> None:
         """Move the posterior and the cached maps to a new click list, touching as little as possible."""
@@ -264,37 +308,46 @@ class Session:
             if c.positive and c.object not in objects:
                 objects.append(c.object)
         train = self._training_set(clicks)
-        voxels = np.array([c.voxel() for c in train], dtype=np.int64).reshape(len(train), -1)
-        old = self._train_clicks
+        points = self._points_for(train)
+        voxels = np.array([p.voxel for p in points], dtype=np.int64).reshape(len(points), -1)
+        old = self._points
         if not old and self.posterior.n == 0 and objects != self._objects_fitted:
             # the first click of a session adds its object: the maps become the prior of the new object
             # list (no kernel work), and the click then acts only within its reach like any other
             self.objects, self._objects_fitted = list(objects), list(objects)
             self._evaluate_all()
-        appended = objects == self._objects_fitted and len(train) == len(old) + 1 and train[:-1] == old
-        removed = objects == self._objects_fitted and len(train) == len(old) - 1 and old[:-1] == train
-        alpha_before, noise_before = self.posterior.alpha.clone(), self.posterior.noise
-        if appended:
-            c = train[-1]
-            self.posterior.append(self.inputs.at(voxels[-1:]), self._targets([c], objects),
-                                  self._prior_mean_at(voxels[-1:], objects).double())
-            changed_point, common = voxels[-1], len(old)
-        elif removed:
-            self.posterior.truncate(len(train))
-            changed_point, common = np.array(old[-1].voxel()), len(train)
+        same = objects == self._objects_fitted
+        grew = same and len(points) > len(old) and points[:len(old)] == old
+        shrank = same and len(points) < len(old) and old[:len(points)] == points
+        noise_before, balls = self.posterior.point_noise().clone(), []
+        if grew:  # one point at a time, each bordering the factor; the union of their reaches is re-evaluated
+            targets = self._targets(points, objects)
+            prior = self._prior_mean_at(voxels, objects).double()
+            for j in range(len(old), len(points)):
+                alpha_before = self.posterior.alpha.clone()
+                self.posterior.append(self.inputs.at(voxels[j:j + 1]), targets[j:j + 1], prior[j:j + 1], points[j].extra)
+                balls.append(self._reach(voxels[:j], voxels[j], points[j].extra, alpha_before, j))
+        elif shrank:
+            for j in range(len(old) - 1, len(points) - 1, -1):
+                alpha_before = self.posterior.alpha.clone()
+                self.posterior.truncate(j)
+                balls.append(self._reach(voxels[:j], np.array(old[j].voxel), old[j].extra, alpha_before, j))
         else:
-            Z = self.inputs.at(voxels) if len(train) else torch.zeros(0, self.inputs.dim)
-            self.posterior.fit(Z, self._targets(train, objects), self._prior_mean_at(voxels, objects).double())
-            changed_point = None
-        self.clicks, self._train_clicks = list(clicks), train
+            Z = self.inputs.at(voxels) if len(points) else torch.zeros(0, self.inputs.dim)
+            self.posterior.fit(Z, self._targets(points, objects), self._prior_mean_at(voxels, objects).double(),
+                               torch.tensor([p.extra for p in points], dtype=torch.float64))
+        self.clicks, self._train_clicks, self._points = list(clicks), train, points
         self._train_voxels = [tuple(int(x) for x in v) for v in voxels]
         self.objects, self._objects_fitted = objects, list(objects)
         # a changed noise (the fit lowers it so conflicting clicks keep their labels) moves every weight
-        if changed_point is None or self.posterior.noise != noise_before \
-                or alpha_before.shape[0] < common or self.posterior.alpha.shape[0] < common:
+        kept = min(len(noise_before), self.posterior.n)
+        if not balls or any(b is None for b in balls) or \
+                not torch.equal(self.posterior.point_noise()[:kept], noise_before[:kept]):
             self._evaluate_all()
             return
-        self._evaluate_local(changed_point, alpha_before, common)
+        boxes = ball_boxes(np.concatenate([c for c, _ in balls]), np.concatenate([h for _, h in balls]), self.image.shape)
+        self._evaluate_boxes(boxes)
+        self.last_region = boxes
 
     # -- map evaluation --------------------------------------------------------------------------
     def _max_bytes(self) -> int:
@@ -316,24 +369,25 @@ class Session:
             return
         self._evaluate_boxes([box])
 
-    def _evaluate_local(self, point: np.ndarray, alpha_before: torch.Tensor, common: int) -> None:
-        """Re-evaluate only where the added (or removed) click moved the mean or the variance by more
-        than the tolerance: a ball around each click whose terms changed (:mod:`volseg.gp.reach`)."""
+    def _reach(self, before: np.ndarray, point: np.ndarray, extra: float, alpha_before: torch.Tensor, common: int):
+        """Where adding (or removing) one training point moved the mean or the variance by more than the
+        tolerance: a ball around each point whose terms changed (:mod:`volseg.gp.reach`), as (centres,
+        half-widths) in voxels; None where the weights of the first ``common`` points were refitted."""
         post = self.posterior
+        if alpha_before.shape[0] < common or post.alpha.shape[0] < common:
+            return None
         point_alpha = (post.alpha if post.n > common else alpha_before)[common].abs().max()
         moved = (post.alpha[:common] - alpha_before[:common]).abs().amax(1) if common else torch.zeros(0, dtype=torch.float64)
         z_point = self.inputs.at(point[None]).double().cpu()  # the solve lives on the CPU in float64
         k_point = self.kernel(post.Z[:common], z_point)
         w = torch.cholesky_solve(k_point, post.L[:common, :common])[:, 0] if common else moved
-        d2 = float(self.kernel(z_point, z_point)) + post.noise - (float(k_point[:, 0] @ w) if common else 0.0)
+        d2 = float(self.kernel(z_point, z_point)) + post.noise + extra - (float(k_point[:, 0] @ w) if common else 0.0)
         radii = influence_radii(self.kernel, torch.cat([moved, point_alpha[None]]).numpy(),
                                 torch.cat([w.abs(), torch.ones(1, dtype=torch.float64)]).numpy() / max(d2, 1e-12) ** 0.5,
                                 self.config.tolerance)
-        centres = np.array(self._train_voxels[:common] + [tuple(int(v) for v in point)], np.float64).reshape(-1, self.image.ndim)
-        half_widths = radii[:, None] / self.inputs.pos_scale[None, :]
-        boxes = ball_boxes(centres, half_widths, self.image.shape)
-        self._evaluate_boxes(boxes)
-        self.last_region = boxes
+        centres = np.concatenate([np.asarray(before, np.float64).reshape(-1, self.image.ndim),
+                                  np.asarray(point, np.float64).reshape(1, -1)])
+        return centres, radii[:, None] / self.inputs.pos_scale[None, :]
 
     def _evaluate_boxes(self, boxes: list[Box]) -> None:
         """Update the mean now (the mask needs it) and mark the variance stale there: it is computed

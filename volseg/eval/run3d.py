@@ -87,7 +87,7 @@ def evaluate_object(image: Image, gt: np.ndarray, options: EvalOptions) -> dict:
     session.set_image(image)
     set_image_s = time.perf_counter() - t0
     pred = np.zeros_like(gt)
-    clicks, dices, nsds, seconds, predicted = [], [], [], [], []
+    clicks, dices, nsds, seconds, predicted, noic = [], [], [], [], [], 0
     for _ in range(options.n_clicks):
         c = next_click(gt, pred, spacing)
         if c is None:  # nothing left to correct: the curve stays at its last value
@@ -96,6 +96,7 @@ def evaluate_object(image: Image, gt: np.ndarray, options: EvalOptions) -> dict:
         session.add_click(c.position, positive=c.positive, object=1)
         pred = np.asarray(session.mask()) == 1
         seconds.append(time.perf_counter() - t)
+        noic += int(pred[c.voxel()] != c.positive)  # the click's own voxel came out with the other label
         clicks.append({"position": [int(v) for v in c.voxel()], "positive": c.positive})
         dices.append(dice(gt, pred))
         nsds.append(nsd(gt, pred, spacing, options.tolerance))
@@ -113,12 +114,19 @@ def evaluate_object(image: Image, gt: np.ndarray, options: EvalOptions) -> dict:
         "dice": dices,
         "nsd": nsds,
         "predicted_voxels": predicted,
+        "noic": noic,
+        "max_dice_drop": max_drop(dices),
         "seconds_per_click": seconds,
         "mean_seconds_per_click": float(np.mean(seconds)) if seconds else 0.0,
         "set_image_seconds": set_image_s,
         "auc_dice": auc(dices),
         "auc_nsd": auc(nsds),
     }
+
+
+def max_drop(curve: Sequence[float]) -> float:
+    """The largest fall of a curve from one click to the next (0 when it never falls)."""
+    return float(max([0.0, *(a - b for a, b in zip(curve[:-1], curve[1:]))]))
 
 
 def _safe(name: str) -> str:
@@ -144,7 +152,7 @@ def run_eval(cases: Iterable[EvalCase], out_dir: str | Path, options: EvalOption
         bar.set_postfix_str(case.name)
         try:
             image = read_image(case.image)
-            labels = read_mask(case.label, like=image)
+            labels = read_mask(case.label, like=image, resample=True)  # a reference on its own grid
             objects = objects_in(labels, case.label_ids)
             if not objects:
                 raise InputError(f"label {case.label} has no nonzero voxels")
@@ -188,6 +196,7 @@ def summarize(rows: list[dict], options: EvalOptions) -> dict:
             **{f"dice@{k}": r["dice"][k - 1] for k in at},
             **{f"nsd@{k}": r["nsd"][k - 1] for k in at},
             "auc_dice": r["auc_dice"], "auc_nsd": r["auc_nsd"],
+            "noic": r.get("noic", 0), "max_dice_drop": r.get("max_dice_drop", max_drop(r["dice"])),
             "seconds_per_click": r["mean_seconds_per_click"], "set_image_seconds": r["set_image_seconds"],
         })
     keys = [k for k in (objects[0] if objects else {}) if k not in ("name", "label_id", "voxels")]
@@ -212,12 +221,15 @@ def write_csv(path: Path, summary: dict) -> None:
 def format_table(summary: dict) -> str:
     """Plain-text table: one row per object, then the mean; time per click in ms."""
     at = summary["checkpoints"]
-    head = ["case", "id", "voxels", *[f"Dice@{k}" for k in at], *[f"NSD@{k}" for k in at], "AUC-D", "AUC-N", "ms/click"]
+    head = ["case", "id", "voxels", *[f"Dice@{k}" for k in at], *[f"NSD@{k}" for k in at], "AUC-D", "AUC-N",
+            "drop", "NoIC", "ms/click"]
     lines = []
 
     def row(name, lid, vox, o):
-        vals = [*(o[f"dice@{k}"] for k in at), *(o[f"nsd@{k}"] for k in at), o["auc_dice"], o["auc_nsd"]]
-        return [name, str(lid), str(vox), *(f"{v:.3f}" for v in vals), f"{1000 * o['seconds_per_click']:.0f}"]
+        vals = [*(o[f"dice@{k}"] for k in at), *(o[f"nsd@{k}"] for k in at), o["auc_dice"], o["auc_nsd"],
+                o.get("max_dice_drop", 0.0)]
+        return [name, str(lid), str(vox), *(f"{v:.3f}" for v in vals), f"{o.get('noic', 0):g}",
+                f"{1000 * o['seconds_per_click']:.0f}"]
 
     for o in summary["objects"]:
         lines.append(row(o["name"], o["label_id"], o["voxels"], o))

@@ -39,6 +39,10 @@ class FilterBank:
     smooth_weight: float = 1.0
     edge_weight: float = 0.3
     superpixel_weight: float = 1.0
+    # grey volumes: intensities through their own distribution function first (histogram equalisation), so
+    # the range a body is made of gets the feature range; None: volumes only (2D keeps the linear map)
+    equalise: bool | None = None
+    equalise_share: float = 0.5  # ... blended with the linear map by this share
     name: str = "filterbank"
 
     # -- per-image constants ---------------------------------------------------------------------
@@ -50,8 +54,13 @@ class FilterBank:
         if looks_rgb(sample):
             return {"colour": "lab", "superpixels": sp}
         lo, hi = np.percentile(sample, [0.5, 99.5], axis=0)
-        return {"colour": "none", "lo": lo.astype(np.float32), "hi": np.maximum(hi, lo + 1e-6).astype(np.float32),
-                "superpixels": sp}
+        params = {"colour": "none", "lo": lo.astype(np.float32), "hi": np.maximum(hi, lo + 1e-6).astype(np.float32),
+                  "superpixels": sp}
+        if self.equalise or (self.equalise is None and array.ndim - 1 >= 3):
+            # a CT spends most of its range on air and bone: soft tissues 40 HU apart are a few percent of
+            # it, and the feature kernel cannot tell them apart; their share of the voxels is far larger
+            params["quantiles"] = np.percentile(sample, np.linspace(0.0, 100.0, 257), axis=0).astype(np.float32)
+        return params
 
     def halo(self, spacing: Sequence[float]) -> tuple[int, ...]:
         s = max(self.smoothing_scales + self.gradient_scales + self.hessian_scales)
@@ -84,7 +93,14 @@ class FilterBank:
         if params["colour"] == "lab":
             return rgb_to_lab(array) / np.array([100.0, 128.0, 128.0], dtype=np.float32)
         a = array.astype(np.float32, copy=False)
-        return np.clip((a - params["lo"]) / (params["hi"] - params["lo"]), -0.5, 1.5)
+        linear = np.clip((a - params["lo"]) / (params["hi"] - params["lo"]), -0.5, 1.5)
+        if "quantiles" not in params:
+            return linear
+        q, levels = params["quantiles"], np.linspace(0.0, 1.0, params["quantiles"].shape[0])
+        ranked = np.stack([np.interp(a[..., c], _increasing(q[:, c]), levels).astype(np.float32)
+                           for c in range(a.shape[-1])], axis=-1)
+        w = np.float32(self.equalise_share)
+        return ranked * w + linear * (1 - w) if w < 1 else ranked
 
     def raw(self, array: np.ndarray, spacing: Sequence[float], params: dict, derivatives=None) -> np.ndarray:
         """Unstandardised features (*spatial, D) of a slab (with its halo) or a whole image, in the
@@ -164,6 +180,11 @@ def superpixel_means(channels: np.ndarray, size: float, spacing: np.ndarray, com
     flat = labels.ravel()
     return np.stack([(np.bincount(flat, weights=channels[..., c].ravel()) / np.maximum(counts, 1))[labels]
                      for c in range(channels.shape[-1])]).astype(np.float32)
+
+
+def _increasing(knots: np.ndarray) -> np.ndarray:
+    """Quantiles made strictly increasing (ties: many voxels of one value), as np.interp needs."""
+    return knots + np.arange(knots.shape[0], dtype=np.float64) * 1e-6 * max(float(knots[-1] - knots[0]), 1.0)
 
 
 def _unit(ndim: int, k: int) -> list[int]:

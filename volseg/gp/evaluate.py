@@ -67,6 +67,15 @@ def evaluate_boxes(posterior: ExactPosterior, inputs: InputMap, prior_mean: Call
     if fused.applies(posterior, inputs, mean_out, var_out):
         _evaluate_fused(posterior, inputs, prior_mean, boxes, mean_out, var_out, workers, max_bytes)
         return
+    parts = fused.multiscale_parts(posterior, inputs) if var_out is None and mean_out is not None else None
+    if parts and all(fused.applies(p, i, mean_out) for p, i in parts):
+        # the mask's mean in two fused RBF passes; the second adds its term to what the first wrote
+        (long, long_inputs), (short, short_inputs) = parts
+        _evaluate_fused(long, long_inputs, prior_mean, boxes, mean_out, None, workers, max_bytes)
+        K = mean_out.shape[0]
+        written = lambda b: mean_out[(slice(None),) + b].reshape(K, -1).T  # noqa: E731
+        _evaluate_fused(short, short_inputs, written, boxes, mean_out, None, workers, max_bytes, per_location=True)
+        return
     chunk = max(1, min(max_bytes // workers // bytes_per_location(inputs.dim, posterior.n, K), CHUNK_LOCATIONS))
     subs = [sub for box in boxes for sub in slabs(box, chunk)]
     if not subs:
@@ -99,7 +108,7 @@ def evaluate_boxes(posterior: ExactPosterior, inputs: InputMap, prior_mean: Call
 
 
 def _evaluate_fused(posterior, inputs, prior_mean, boxes: list[Box], mean_out, var_out, threads: int,
-                    max_bytes: int) -> None:
+                    max_bytes: int, *, per_location: bool = False) -> None:
     """The fused pass over the boxes: chunks small enough that every thread has work to the end of a
     click (the extension's threads take them largest first, at ~1 us each), in as few calls as
     the prior means' bytes allow.  ``prior_mean`` gives one row (1, K) where the prior mean is the
@@ -114,7 +123,7 @@ def _evaluate_fused(posterior, inputs, prior_mean, boxes: list[Box], mean_out, v
         fused.evaluate_region(posterior, inputs, subs, None, None, var_out, threads)
         return
     first = prior_mean(subs[0]).to(torch.float32)
-    if first.shape[0] == 1:  # one row: the prior mean is the same everywhere, the region is one call
+    if first.shape[0] == 1 and not per_location:  # one row: the same prior mean everywhere, the region is one call
         fused.evaluate_region(posterior, inputs, subs, first, mean_out, var_out, threads)
         return
     budget = max(1, max_bytes // (4 * K))  # locations whose prior means one call may hold

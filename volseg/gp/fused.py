@@ -10,13 +10,14 @@ takes the torch path.
 """
 from __future__ import annotations
 
+import copy
 import ctypes
 import os
 
 import numpy as np
 import torch
 
-from .kernels import EXP_FLOOR, RBF, Matern
+from .kernels import EXP_FLOOR, RBF, Matern, MultiScaleRBF
 
 _KINDS = {0.5: 1, 1.5: 2, 2.5: 3}  # Matern nu -> the extension's kernel code (RBF is 0)
 _P = ctypes.c_void_p
@@ -71,6 +72,34 @@ def _kind(kernel) -> int | None:
     if isinstance(kernel, Matern):
         return _KINDS.get(kernel.nu)
     return None
+
+
+class _RBFPart:
+    """One RBF term of a sum kernel, as :func:`evaluate_region` reads a posterior: the kernel, the weights and
+    the training inputs (their positions scaled as the term scales them)."""
+
+    def __init__(self, posterior, outputscale: float, position_factor: float, spatial_dims: int) -> None:
+        Z = posterior.Z.clone()
+        Z[:, -spatial_dims:] *= position_factor
+        self.kernel, self.n, self.alpha = RBF(outputscale), posterior.n, posterior.alpha
+        f32 = lambda t: t.to("cpu", torch.float32).contiguous()  # noqa: E731
+        self._terms = {"Z": f32(Z), "half_sq": f32(0.5 * (Z * Z).sum(1)), "alpha": f32(posterior.alpha), "Linv": None}
+
+    def fused_terms(self) -> dict:
+        return self._terms
+
+
+def multiscale_parts(posterior, inputs) -> list[tuple[_RBFPart, object]] | None:
+    """The multiscale kernel's mean as two RBF passes: ``k = s2 k_f [(1 - w) k_p(dp) + w k_p(r dp)]``, so
+    ``mean = m0 + (1 - w) sum alpha k_rbf(z) + w sum alpha k_rbf(z')``, z' with positions r times larger.
+    (The mean only: the variance is not a sum of two such terms.)  None where the kernel is another."""
+    kern = posterior.kernel
+    if not isinstance(kern, MultiScaleRBF) or posterior.n == 0:
+        return None
+    short = copy.copy(inputs)
+    short.position_scale = inputs.position_scale * kern.ratio
+    return [(_RBFPart(posterior, kern.outputscale * (1.0 - kern.share), 1.0, kern.spatial_dims), inputs),
+            (_RBFPart(posterior, kern.outputscale * kern.share, kern.ratio, kern.spatial_dims), short)]
 
 
 def _longs(values) -> ctypes.Array:

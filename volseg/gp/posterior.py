@@ -8,7 +8,12 @@ With ``A = K + s2 I = L L^T`` and ``alpha = A^-1 (y - m0(X))``:
 
 At a training point the mean is exactly ``y_n - s2 alpha_n``, so ``|s2 alpha| < 1`` is the
 condition under which every click keeps its label; :meth:`ExactPosterior.fit` lowers the noise
-until it holds with a margin.  Adding a click borders the Cholesky factor (no new solve from
+until it holds with a margin.  A point may carry extra noise of its own (``extra``): a weak label
+that a click's neighbourhood lends it (:mod:`volseg.seeds`), which need not be kept and yields to
+the clicks; its noise is ``s2 + extra``.  With ``per_point`` the noise is lowered only at the clicks
+that would lose their label, by halves: lowering it everywhere makes the interpolant ring (weights of
+tens, bumps of foreground far from the clicks), which a volume's long spatial kernel shows as a
+correcting click that adds false foreground elsewhere.  Adding a click borders the Cholesky factor (no new solve from
 scratch) and undoing one drops the last row, which leaves the leading factor unchanged.
 """
 from __future__ import annotations
@@ -23,7 +28,7 @@ MIN_NOISE = 1e-9
 
 class ExactPosterior:
     def __init__(self, kernel: RBF | Matern, noise: float = 1e-3, device: str | torch.device = "cpu",
-                 compute_dtype: torch.dtype = torch.float32) -> None:
+                 compute_dtype: torch.dtype = torch.float32, *, per_point: bool = False) -> None:
         self.kernel = kernel
         self.noise = float(noise)
         self.requested_noise = float(noise)
@@ -33,65 +38,93 @@ class ExactPosterior:
         self.R = torch.zeros(0, 0, dtype=torch.float64)  # residual targets y - m0(X), (N, K)
         self.L = torch.zeros(0, 0, dtype=torch.float64)
         self.alpha = torch.zeros(0, 0, dtype=torch.float64)
+        self.extra = torch.zeros(0, dtype=torch.float64)  # per point noise on top of s2 (0: a click)
+        self.per_point = per_point
+        self.scale = torch.ones(0, dtype=torch.float64)  # per point factor on s2 (per_point: < 1 where lowered)
+        self.refitted = False  # whether the last change solved from scratch (every weight may have moved)
 
     @property
     def n(self) -> int:
         return int(self.Z.shape[0])
 
     # -- solve ---------------------------------------------------------------------------------
-    def fit(self, Z: torch.Tensor, Y: torch.Tensor, M0: torch.Tensor) -> "ExactPosterior":
-        """Solve from scratch: Z (N, Dz) inputs, Y (N, K) +-1 labels, M0 (N, K) prior means."""
+    def fit(self, Z: torch.Tensor, Y: torch.Tensor, M0: torch.Tensor, extra: torch.Tensor | None = None) -> "ExactPosterior":
+        """Solve from scratch: Z (N, Dz) inputs, Y (N, K) +-1 labels, M0 (N, K) prior means, ``extra`` (N,)
+        each point's noise on top of s2 (default 0: all clicks)."""
         self.Z = Z.detach().to("cpu", torch.float64)
         self.R = Y.detach().to("cpu", torch.float64) - M0.detach().to("cpu", torch.float64)
+        self.extra = torch.zeros(self.n, dtype=torch.float64) if extra is None else \
+            torch.as_tensor(extra, dtype=torch.float64).reshape(self.n).clone()
         self.noise = self.requested_noise
+        self.scale = torch.ones(self.n, dtype=torch.float64)
+        K = self.kernel(self.Z, self.Z)
         while True:
-            A = self.kernel(self.Z, self.Z) + self.noise * torch.eye(self.n, dtype=torch.float64)
-            self.L = _cholesky(A)
+            self.L = _cholesky(K + torch.diag(self.point_noise()))
             self.alpha = torch.cholesky_solve(self.R, self.L)
-            if self._labels_kept() or self.noise <= MIN_NOISE:
+            lost = self._labels_lost()
+            if not bool(lost.any()) or float(self.point_noise()[lost].min()) <= MIN_NOISE:
                 break
-            self.noise *= 0.01  # conflicting nearby clicks: interpolate harder so each keeps its label
+            # conflicting nearby clicks: interpolate harder so each keeps its label
+            if self.per_point:
+                self.scale[lost] *= 0.5
+            else:
+                self.noise *= 0.01
+        self.refitted = True
         self._refresh()
         return self
 
-    def append(self, z: torch.Tensor, y: torch.Tensor, m0: torch.Tensor) -> "ExactPosterior":
+    def append(self, z: torch.Tensor, y: torch.Tensor, m0: torch.Tensor, extra: float = 0.0) -> "ExactPosterior":
         """Add one training point by bordering the Cholesky factor: O(N^2)."""
         z = z.detach().to("cpu", torch.float64).reshape(1, -1)
         r = (y.detach().to("cpu", torch.float64) - m0.detach().to("cpu", torch.float64)).reshape(1, -1)
+        e = torch.tensor([float(extra)], dtype=torch.float64)
         if self.n == 0:
-            return self.fit(z, r, torch.zeros_like(r))
+            return self.fit(z, r, torch.zeros_like(r), e)
         k = self.kernel(self.Z, z)  # (N, 1)
         c = torch.linalg.solve_triangular(self.L, k, upper=False)
-        d2 = float(self.kernel(z, z)) + self.noise - float((c * c).sum())
+        self.refitted = False
+        d2 = float(self.kernel(z, z)) + self.noise + float(extra) - float((c * c).sum())
         if d2 <= 1e-12 * (1.0 + self.noise):
             # numerically a duplicate of existing points: refit, which raises the jitter as needed
-            return self.fit(torch.cat([self.Z, z]), torch.cat([self.R, r]), torch.zeros(self.n + 1, r.shape[1], dtype=torch.float64))
+            return self.fit(torch.cat([self.Z, z]), torch.cat([self.R, r]), torch.zeros(self.n + 1, r.shape[1], dtype=torch.float64),
+                            torch.cat([self.extra, e]))
         n = self.n
         L = torch.zeros(n + 1, n + 1, dtype=torch.float64)
         L[:n, :n] = self.L
         L[n, :n] = c[:, 0]
         L[n, n] = d2 ** 0.5
-        self.Z, self.R, self.L = torch.cat([self.Z, z]), torch.cat([self.R, r]), L
+        self.Z, self.R, self.L, self.extra = torch.cat([self.Z, z]), torch.cat([self.R, r]), L, torch.cat([self.extra, e])
+        self.scale = torch.cat([self.scale, torch.ones(1, dtype=torch.float64)])
         self.alpha = torch.cholesky_solve(self.R, self.L)
-        if not self._labels_kept():
-            return self.fit(self.Z, self.R, torch.zeros_like(self.R))
+        if bool(self._labels_lost().any()):
+            return self.fit(self.Z, self.R, torch.zeros_like(self.R), self.extra)
         self._refresh()
         return self
 
     def truncate(self, n: int) -> "ExactPosterior":
         """Keep the first n training points (undo): the leading block of L is their factor."""
-        self.Z, self.R, self.L = self.Z[:n], self.R[:n], self.L[:n, :n]
+        self.Z, self.R, self.L, self.extra = self.Z[:n], self.R[:n], self.L[:n, :n], self.extra[:n]
+        self.scale, self.refitted = self.scale[:n], False
         self.alpha = torch.cholesky_solve(self.R, self.L) if n else self.R.clone()
         self._refresh()
         return self
 
     def train_mean_residual(self) -> torch.Tensor:
-        """mean(X) - m0(X) at the training points, exactly R - s2 alpha."""
-        return self.R - self.noise * self.alpha
+        """mean(X) - m0(X) at the training points, exactly R - s2_n alpha."""
+        return self.R - self.point_noise()[:, None] * self.alpha
 
-    def _labels_kept(self) -> bool:
-        # mean(x_n) = y_n - s2 alpha_n, so the label survives while |s2 alpha| stays below 1
-        return bool((self.noise * self.alpha).abs().max() < 1.0 - LABEL_MARGIN) if self.n else True
+    def point_noise(self) -> torch.Tensor:
+        """Each training point's noise variance, (N,)."""
+        return self.noise * self.scale + self.extra
+
+    def _labels_lost(self) -> torch.Tensor:
+        """Which points are clicks whose label is not kept with the margin, (N,) bool."""
+        # mean(x_n) = y_n - s2 alpha_n, so a click's label survives while |s2 alpha| stays below 1; points
+        # with extra noise are weak labels that may yield
+        if not self.n:
+            return torch.zeros(0, dtype=torch.bool)
+        slack = (self.point_noise()[:, None] * self.alpha).abs().amax(1)
+        return (self.extra == 0) & (slack >= 1.0 - LABEL_MARGIN)
 
     def _refresh(self) -> None:
         # float32 copies on the evaluation device (inputs are standardised features and positions

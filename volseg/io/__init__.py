@@ -96,8 +96,10 @@ def read_image(path: str | Path) -> Image:
     return img
 
 
-def read_mask(path: str | Path, like: Image | None = None) -> np.ndarray:
-    """Read a label map as a spatial integer array; with ``like``, insist on ``like``'s voxel grid.
+def read_mask(path: str | Path, like: Image | None = None, *, resample: bool = False) -> np.ndarray:
+    """Read a label map as a spatial integer array; with ``like``, insist on ``like``'s voxel grid, or with
+    ``resample`` bring a volume on another grid onto it by world geometry (nearest neighbour; an error
+    where the two do not overlap in the world), as for a reference label map stored in its own orientation.
 
     Palette PNGs give their indices (DAVIS style); values are kept as stored (0/255 stays 0/255).
     Raster and .npy masks carry no geometry, so only their shape is checked.
@@ -122,6 +124,12 @@ def read_mask(path: str | Path, like: Image | None = None) -> np.ndarray:
         if fmt in _NO_GEOMETRY or like.meta.get("format") == "raster":
             if arr.shape != like.shape:
                 raise GeometryError(f"mask {p} has shape {arr.shape}, the image has {like.shape}")
+        elif resample and not like.same_grid(labels):
+            from .itk import resample_labels
+
+            arr = _as_labels(arr, p)  # checked before resampling: nearest neighbour keeps values as they are
+            labels = Image.from_array(arr, spacing=labels.spacing, origin=labels.origin, direction=labels.direction)
+            arr = resample_labels(labels, like, what=f"mask {p}")
         else:
             like.check_same_grid(labels, what=f"mask {p}")
     return _as_labels(arr, p)

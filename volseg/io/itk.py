@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from ..errors import InputError
+from ..errors import GeometryError, InputError
 from ..image import Image
 from .atomic import atomic_files, atomic_path
 
@@ -38,6 +38,29 @@ def to_sitk(arr: np.ndarray, like: Image) -> sitk.Image:
     img.SetOrigin(like.origin)
     img.SetDirection(like.direction.ravel().tolist())
     return img
+
+
+def world_box(img: Image) -> tuple[np.ndarray, np.ndarray]:
+    """The world (LPS mm) axis-aligned box covered by an image's voxels, voxel edges included."""
+    corners = np.array(np.meshgrid(*[(-0.5, n - 0.5) for n in img.shape], indexing="ij")).reshape(img.ndim, -1).T
+    world = img.index_to_world(corners)
+    return world.min(0), world.max(0)
+
+
+def resample_labels(labels: Image, like: Image, what: str = "label map") -> np.ndarray:
+    """A label map on another voxel grid brought onto ``like``'s grid by world geometry (nearest
+    neighbour: labels stay labels); voxels of ``like`` outside the label map's box get 0.  Raises
+    GeometryError when the two world boxes do not overlap (a label map of another scan)."""
+    lo_a, hi_a = world_box(like)
+    lo_b, hi_b = world_box(labels)
+    if labels.ndim != like.ndim or np.any(np.minimum(hi_a, hi_b) <= np.maximum(lo_a, lo_b)):
+        fmt = lambda lo, hi: "[" + ", ".join(f"{a:.1f}..{b:.1f}" for a, b in zip(lo, hi)) + "] mm"  # noqa: E731
+        raise GeometryError(f"{what} covers the world box {fmt(lo_b, hi_b)}, which does not overlap the image's "
+                            f"{fmt(lo_a, hi_a)}: it belongs to another scan")
+    source = to_sitk(labels.array[..., 0], labels)
+    target = to_sitk(np.zeros(like.shape, np.uint8), like)
+    out = sitk.Resample(source, target, sitk.Transform(), sitk.sitkNearestNeighbor, 0, source.GetPixelID())
+    return np.ascontiguousarray(sitk.GetArrayFromImage(out).transpose())
 
 
 def read_itk(path: Path) -> Image:
