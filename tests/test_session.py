@@ -223,5 +223,5 @@ def test_default_kernel_is_multiscale_in_2d_and_rbf_in_volumes():
     s2.add_click((15, 15), True)
     s2.add_click((30, 36), False)
     assert s2.mask()[15, 15] == 1 and s2.mask()[30, 36] == 0
-    with pytest.raises(ValueError, match="unknown kernel"):
+    with pytest.raises(InputError, match="unknown kernel"):
         Session(kernel="cubic")

@@ -28,10 +28,13 @@ def gp_options(parser: argparse.ArgumentParser) -> None:
 
 def session_settings(args: argparse.Namespace) -> dict:
     from .config import GPConfig
+    from .units import parse_bytes
 
+    budget = getattr(args, "memory_budget", None)
+    if budget is not None:  # refused here, before any work, with the option's own name
+        parse_bytes(budget, what="--memory-budget")
     cfg = GPConfig.from_yaml(args.config) if getattr(args, "config", None) else GPConfig()
-    return {"features": args.features, "device": args.device,
-            "config": cfg.replace(memory_budget=getattr(args, "memory_budget", None))}
+    return {"features": args.features, "device": args.device, "config": cfg.replace(memory_budget=budget)}
 
 
 def _segment(args: argparse.Namespace) -> int:

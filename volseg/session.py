@@ -24,7 +24,7 @@ import torch
 from .clicks import Click, make_click, validate_clicks
 from .config import GPConfig
 from .errors import ClickError, InputError, MemoryBudgetError, VolsegError
-from .features import get_extractor, parse_bytes
+from .features import get_extractor
 from .gp.evaluate import Box, evaluate_boxes
 from .gp.inputs import InputMap
 from .gp.kernels import make_kernel
@@ -33,6 +33,10 @@ from .gp.posterior import ExactPosterior
 from .gp.reach import ball_boxes, box_size, influence_radii, merge_boxes
 from .gp.sampling import PathwiseSampler
 from .image import Image
+from .units import format_bytes, parse_bytes
+
+# the smallest image segmented: a click's neighbourhood needs a second location along every axis
+MIN_SIDE = 2
 
 
 @dataclass(frozen=True)
@@ -94,16 +98,21 @@ class Session:
         probability map on the same grid, refined by the clicks that follow."""
         img = as_image(image)
         img.check_finite()
+        if min(img.shape) < MIN_SIDE:
+            raise InputError(f"image of size {'x'.join(map(str, img.shape))} is too small to segment: volseg needs "
+                             f"at least {MIN_SIDE} pixels (voxels) along every axis")
         self.image = img
-        budget = parse_bytes(self.config.memory_budget)
+        budget = parse_bytes(self.config.memory_budget, what="memory budget")
         # the cached maps (mean for one object, variance) and one evaluation chunk come off the top;
-        # the features get what is left, and say so if it is not enough
+        # the features get what is left, and say so if it is not enough.  The chunk shrinks to a
+        # quarter of a small budget: it only sets how many locations one evaluation pass takes
         n = int(np.prod(img.shape))
-        maps = 2 * n * 4 + parse_bytes(self.config.chunk_bytes)
+        self._chunk_bytes = min(parse_bytes(self.config.chunk_bytes, what="chunk_bytes"), max(budget // 4, 1))
+        maps = 2 * n * 4 + self._chunk_bytes
         if maps + img.array.nbytes >= budget:
             raise MemoryBudgetError(
-                f"image of shape {img.shape} needs {(maps + img.array.nbytes) / 2**30:.2f} GiB for its posterior maps "
-                f"alone, over the memory budget of {budget / 2**30:.2f} GiB (raise --memory-budget or crop the image)")
+                f"image of shape {img.shape} needs {format_bytes(maps + img.array.nbytes)} for its posterior maps "
+                f"alone, over the memory budget of {format_bytes(budget)} (raise --memory-budget or crop the image)")
         t0 = time.perf_counter()
         feats = self.extractor.features(img, budget=budget - maps)
         self.feature_seconds = time.perf_counter() - t0
@@ -229,6 +238,9 @@ class Session:
         for c in clicks:
             if c.positive and c.object not in objects:
                 objects.append(c.object)
+        # only negative clicks so far: no object yet, so the GP fits the background-only placeholder
+        # column the maps keep (object 0), and the mask stays empty
+        fit_objects = objects or [0]
         train = self._training_set(clicks)
         voxels = np.array([c.voxel() for c in train], dtype=np.int64).reshape(len(train), -1)
         old = self._train_clicks
@@ -242,15 +254,15 @@ class Session:
         alpha_before, noise_before = self.posterior.alpha.clone(), self.posterior.noise
         if appended:
             c = train[-1]
-            self.posterior.append(self.inputs.at(voxels[-1:]), self._targets([c], objects),
-                                  self._prior_mean_at(voxels[-1:], objects).double())
+            self.posterior.append(self.inputs.at(voxels[-1:]), self._targets([c], fit_objects),
+                                  self._prior_mean_at(voxels[-1:], fit_objects).double())
             changed_point, common = voxels[-1], len(old)
         elif removed:
             self.posterior.truncate(len(train))
             changed_point, common = np.array(old[-1].voxel()), len(train)
         else:
             Z = self.inputs.at(voxels) if len(train) else torch.zeros(0, self.inputs.dim)
-            self.posterior.fit(Z, self._targets(train, objects), self._prior_mean_at(voxels, objects).double())
+            self.posterior.fit(Z, self._targets(train, fit_objects), self._prior_mean_at(voxels, fit_objects).double())
             changed_point = None
         self.clicks, self._train_clicks = list(clicks), train
         self._train_voxels = [tuple(int(x) for x in v) for v in voxels]
@@ -264,7 +276,7 @@ class Session:
 
     # -- map evaluation --------------------------------------------------------------------------
     def _max_bytes(self) -> int:
-        return parse_bytes(self.config.chunk_bytes)
+        return self._chunk_bytes
 
     def _evaluate_all(self) -> None:
         img = self._require_image()
