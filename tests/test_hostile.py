@@ -326,10 +326,17 @@ def test_7_too_small_images_are_refused(work, capfd, shape):
                    work / "out" / "m.png", message=f"{shape[0]}x{shape[1]}")
 
 
-def test_7_two_pixels_per_axis_are_enough(work, capfd):
+def test_7_two_pixels_along_two_axes_are_enough(work, capfd):
     PILImage.fromarray(np.array([[0, 255], [0, 255]], np.uint8)).save(work / "tiny.png")
     write_clicks(work / "c.json", [((0, 1), "positive"), ((0, 0), "negative")])
     assert run(capfd, "segment", work / "tiny.png", "--clicks", work / "c.json", "--out", work / "out" / "m.png")[0] == 0
+    one_slice = np.zeros((20, 18, 1), np.float32)  # a volume of one slice is a 2D image
+    one_slice[5:15, 5:15] = 1
+    nib.save(nib.Nifti1Image(one_slice, np.eye(4)), work / "slice.nii.gz")
+    write_clicks(work / "cs.json", [((10, 10, 0), "positive"), ((1, 1, 0), "negative")])
+    assert run(capfd, "segment", work / "slice.nii.gz", "--clicks", work / "cs.json", "--out",
+               work / "out" / "s.nii.gz")[0] == 0
+    assert nib.load(work / "out" / "s.nii.gz").get_fdata()[10, 10, 0] == 1
 
 
 # -- 8: --memory-budget ------------------------------------------------------------------------------

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .errors import InputError, VolsegError
-from .io import check_output_path, output_files
+from .io import check_folder_path, check_output_path, output_files
 from .io.atomic import atomic_path
 from .io.claim import claim
 
@@ -128,11 +128,7 @@ def check_out_folder(out_dir: str | Path) -> Path:
     if not str(out_dir).strip():
         raise InputError("--out is empty: give the folder for the masks and batch_report.json")
     out = Path(out_dir)
-    for p in (out, *out.parents):
-        if p.exists():
-            if not p.is_dir():
-                raise InputError(f"--out {out}: {p} is a file, not a folder")
-            break
+    check_folder_path(out, f"into --out {out}")
     return out
 
 

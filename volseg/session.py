@@ -35,7 +35,8 @@ from .gp.sampling import PathwiseSampler
 from .image import Image
 from .units import format_bytes, parse_bytes
 
-# the smallest image segmented: a click's neighbourhood needs a second location along every axis
+# the smallest image segmented: MIN_SIDE locations along at least two axes (a volume of one slice is
+# a 2D image; a line of pixels or a single one is not an image to segment)
 MIN_SIDE = 2
 
 
@@ -98,9 +99,9 @@ class Session:
         probability map on the same grid, refined by the clicks that follow."""
         img = as_image(image)
         img.check_finite()
-        if min(img.shape) < MIN_SIDE:
+        if sum(n >= MIN_SIDE for n in img.shape) < 2:
             raise InputError(f"image of size {'x'.join(map(str, img.shape))} is too small to segment: volseg needs "
-                             f"at least {MIN_SIDE} pixels (voxels) along every axis")
+                             f"at least {MIN_SIDE} pixels (voxels) along two axes")
         self.image = img
         budget = parse_bytes(self.config.memory_budget, what="memory budget")
         # the cached maps (mean for one object, variance) and one evaluation chunk come off the top;

@@ -23,7 +23,7 @@ from .atomic import atomic_path, check_output
 
 __all__ = [
     "read_image", "read_mask", "write_mask", "write_probability", "image_format", "check_output_path",
-    "check_output_dims", "output_files", "atomic_path", "check_output", "RASTER_SUFFIXES", "NIFTI_SUFFIXES",
+    "check_output_dims", "check_folder_path", "output_files", "atomic_path", "check_output", "RASTER_SUFFIXES", "NIFTI_SUFFIXES",
     "ITK_SUFFIXES",
 ]
 
@@ -155,14 +155,19 @@ def check_output_path(path: str | Path, what: str = "output") -> Path:
     p = Path(path)
     if p.is_dir():
         raise InputError(f"{what} {p} is a folder; give a file name such as {p / 'mask.nii.gz'}")
-    for parent in p.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise InputError(f"cannot write {what} {p}: {parent} is a file, not a folder")
-            break
+    check_folder_path(p.parent, f"{what} {p}")
     if suffix(p) not in WRITE_SUFFIXES:
         raise InputError(_unsupported(p))
     return p
+
+
+def check_folder_path(folder: str | Path, what: str) -> None:
+    """A folder volseg writes into must be a folder, or makeable: no file on its path."""
+    for p in (Path(folder), *Path(folder).parents):
+        if p.exists():
+            if not p.is_dir():
+                raise InputError(f"cannot write {what}: {p} is a file, not a folder")
+            return
 
 
 def check_output_dims(path: str | Path, ndim: int, what: str = "output") -> None:
