@@ -281,10 +281,12 @@ def test_5_leftovers_of_an_interrupted_job_are_replaced(work, capfd):
 @pytest.mark.parametrize("dims", [2, 3])
 def test_6_all_negative_clicks_give_an_empty_mask(work, capfd, dims):
     if dims == 3:
-        image, clicks = work / "vol.nii.gz", write_clicks(work / "neg.json", [((1, 1, 1), "negative"), ((8, 8, 4), "negative")])
+        image = work / "vol.nii.gz"
+        clicks = write_clicks(work / "neg.json", [((1, 1, 1), "negative"), ((8, 8, 4), "negative")])
         out = work / "out" / "m.nii.gz"
     else:
-        image, clicks = work / "img.png", write_clicks(work / "neg.json", [((1, 1), "negative"), ((10, 10), "negative")])
+        image = work / "img.png"
+        clicks = write_clicks(work / "neg.json", [((1, 1), "negative"), ((10, 10), "negative")])
         out = work / "out" / "m.png"
     rc, err = run(capfd, "segment", image, "--clicks", clicks, "--out", out, "--prob", work / "out" / "p.nii.gz",
                   "--uncertainty", work / "out" / "u.nii.gz")
@@ -329,7 +331,8 @@ def test_7_too_small_images_are_refused(work, capfd, shape):
 def test_7_two_pixels_along_two_axes_are_enough(work, capfd):
     PILImage.fromarray(np.array([[0, 255], [0, 255]], np.uint8)).save(work / "tiny.png")
     write_clicks(work / "c.json", [((0, 1), "positive"), ((0, 0), "negative")])
-    assert run(capfd, "segment", work / "tiny.png", "--clicks", work / "c.json", "--out", work / "out" / "m.png")[0] == 0
+    assert run(capfd, "segment", work / "tiny.png", "--clicks", work / "c.json", "--out",
+               work / "out" / "m.png")[0] == 0
     one_slice = np.zeros((20, 18, 1), np.float32)  # a volume of one slice is a 2D image
     one_slice[5:15, 5:15] = 1
     nib.save(nib.Nifti1Image(one_slice, np.eye(4)), work / "slice.nii.gz")
@@ -353,8 +356,8 @@ def test_8_bad_memory_budget_is_refused_up_front(work, capfd, budget):
 def test_8_small_budget_fits_a_small_image_and_sizes_have_units(work, capfd):
     nib.save(nib.Nifti1Image(np.arange(8, dtype=np.float32).reshape(2, 2, 2), np.eye(4)), work / "tiny.nii.gz")
     write_clicks(work / "c.json", [((1, 1, 1), "positive"), ((0, 0, 0), "negative")])
-    rc, err = run(capfd, "segment", work / "tiny.nii.gz", "--clicks", work / "c.json", "--out", work / "out" / "t.nii.gz",
-                  "--memory-budget", "1MB")
+    rc, err = run(capfd, "segment", work / "tiny.nii.gz", "--clicks", work / "c.json", "--out",
+                  work / "out" / "t.nii.gz", "--memory-budget", "1MB")
     assert rc == 0, err
     assert run(capfd, *segment3d(work, work / "out" / "m.nii.gz", "--memory-budget", "30MB"))[0] == 0
     err = assert_refused(capfd, work, *segment3d(work, work / "out" / "n.nii.gz", "--memory-budget", "20KB"),
@@ -497,8 +500,8 @@ def test_12_workers_exit_when_the_batch_is_killed(work):
 def test_13_sigterm_writes_the_report_like_ctrl_c(work):
     (work / "m.csv").write_text("image,clicks\nvol.nii.gz,c3.json\n")
     batch = subprocess.Popen(volseg_cmd("batch", work / "m.csv", "--out", work / "out", "--quiet"),
-                             env=volseg_env("before-commit:sleep=120"), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                             text=True)
+                             env=volseg_env("before-commit:sleep=120"), stderr=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, text=True)
     deadline = time.time() + 90
     while not (work / "out" / ".vol_mask.nii.gz.lock").exists() and time.time() < deadline:
         time.sleep(0.1)

@@ -168,7 +168,8 @@ def check_outputs(cases: list[CaseRow], out: Path, manifest: Path) -> None:
         for f in (*output_files(output), sidecar_path(output)):
             f = f.resolve()
             if f == report:
-                raise InputError(f"manifest {manifest} case {n}: output {output} would write {f}, the batch_report.json")
+                raise InputError(f"manifest {manifest} case {n}: output {output} would write {f}, "
+                                 "the batch_report.json")
             if f in writes:
                 raise InputError(f"manifest {manifest}: cases {writes[f]} and {n} both write {f}")
             writes[f] = n

@@ -52,7 +52,8 @@ class FilterBank:
         lo, hi = np.percentile(sample, [0.5, 99.5], axis=0).astype(np.float32)
         # a constant channel (lo == hi) gets a span of one, not 1e-6: lo + 1e-6 rounds back to lo in
         # float32 once lo >= 32, and the division then makes NaN features
-        return {"colour": "none", "lo": lo, "hi": np.where(hi > lo, hi, lo + np.maximum(1, np.abs(lo))), "superpixels": sp}
+        hi = np.where(hi > lo, hi, lo + np.maximum(1, np.abs(lo)))
+        return {"colour": "none", "lo": lo, "hi": hi, "superpixels": sp}
 
     def halo(self, spacing: Sequence[float]) -> tuple[int, ...]:
         s = max(self.smoothing_scales + self.gradient_scales + self.hessian_scales)

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import MemoryBudgetError
 from ..image import Image
-from ..units import format_bytes, parse_bytes  # noqa: F401  (parse_bytes: re-exported by volseg.features)
+from ..units import format_bytes
 from .filterbank import TEMPORARIES
 from .scale_space import MAX_FACTOR
 

@@ -23,8 +23,8 @@ from .atomic import atomic_path, check_output
 
 __all__ = [
     "read_image", "read_mask", "write_mask", "write_probability", "image_format", "check_output_path",
-    "check_output_dims", "check_folder_path", "output_files", "atomic_path", "check_output", "RASTER_SUFFIXES", "NIFTI_SUFFIXES",
-    "ITK_SUFFIXES",
+    "check_output_dims", "check_folder_path", "output_files", "atomic_path", "check_output", "RASTER_SUFFIXES",
+    "NIFTI_SUFFIXES", "ITK_SUFFIXES",
 ]
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
