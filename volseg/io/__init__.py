@@ -178,9 +178,9 @@ def check_output_dims(path: str | Path, ndim: int, what: str = "output") -> None
 
 
 def output_files(path: str | Path) -> list[Path]:
-    """Every file writing ``path`` creates: ``path``, and for .mhd its data file (``.zraw``) first."""
+    """Every file writing ``path`` creates: ``path``, and for .mhd its data file (``.zraw``)."""
     p = Path(path)
-    return [p.with_suffix(".zraw"), p] if suffix(p) == ".mhd" else [p]
+    return [p, p.with_suffix(".zraw")] if suffix(p) == ".mhd" else [p]
 
 
 def _unsupported(out: Path) -> str:
