@@ -503,7 +503,9 @@ def test_13_sigterm_writes_the_report_like_ctrl_c(work):
                              env=volseg_env("before-commit:sleep=120"), stderr=subprocess.PIPE,
                              stdout=subprocess.DEVNULL, text=True)
     deadline = time.time() + 90
-    while not (work / "out" / ".vol_mask.nii.gz.lock").exists() and time.time() < deadline:
+    # the case is computed and its files staged (the sidecar's temporary file is written last): the
+    # batch now waits in the hook, and SIGTERM must leave neither temporary files nor claims behind
+    while not list((work / "out").glob(".vol_mask.json.*.tmp.json")) and time.time() < deadline:
         time.sleep(0.1)
     batch.send_signal(signal.SIGTERM)
     assert batch.wait(timeout=60) == 143
