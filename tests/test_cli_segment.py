@@ -156,6 +156,6 @@ def test_leftover_sidecar_of_an_interrupted_run_is_replaced(tmp_path, volume):
     """The mask is renamed into place last; a sidecar without its mask is an interrupted job's leftover."""
     path, clicks, _ = volume
     out = tmp_path / "mask.nii.gz"
-    (tmp_path / "mask.json").write_text("{}")
+    (tmp_path / "mask.json").write_text('{"volseg": "0.1", "outputs_sha256": {}}')
     assert run("segment", path, "--clicks", clicks, "--out", out) == 0
     assert out.exists() and read_sidecar(out)["input_sha256"]

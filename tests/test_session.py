@@ -231,7 +231,7 @@ def test_default_kernel_is_multiscale_in_2d_and_in_volumes():
     s2.add_click((15, 15), True)
     s2.add_click((30, 36), False)
     assert s2.mask()[15, 15] == 1 and s2.mask()[30, 36] == 0
-    with pytest.raises(ValueError, match="unknown kernel"):
+    with pytest.raises(InputError, match="unknown kernel"):
         Session(kernel="cubic")
 
 
@@ -251,3 +251,11 @@ def test_a_positive_click_lends_weak_points_to_its_homogeneous_region():
     assert s.posterior.n == 8  # appended: a click on a weak point is a second, stronger observation there
     s.undo()
     assert s.posterior.n == 7 and s.mask()[seeds[-1].voxel] == 1
+
+
+def test_every_gp_setting_has_a_type_and_range_rule():
+    from dataclasses import fields
+
+    from volseg.config import _RULES, GPConfig
+
+    assert set(_RULES) == {f.name for f in fields(GPConfig)}

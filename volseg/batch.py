@@ -4,20 +4,25 @@ Manifest: CSV with a header ``image,clicks[,prior][,output]`` or JSON (a list of
 keys, or ``{"cases": [...]}``).  Relative input paths are resolved against the manifest's folder;
 ``output`` is a file name (or relative path) inside ``--out``, by default ``<image stem>_mask`` with
 the image's own format for NRRD/MHA/NIfTI, ``.nii.gz`` for DICOM series and ``.png`` for 2D rasters.
+The manifest is checked whole before any case runs: every output (with its sidecar) lies inside
+``--out``, is none of the cases' inputs, and no two cases share one.
 
 Each case is one :func:`run_case` call -- the same function in-process, in a process pool
 (``--executor local --workers N``) or as a Ray task (``--executor ray``): only paths travel; the
 image, features and session are built where the case runs.  A case is
 
 * **skipped** when its output exists and the provenance sidecar beside it records the same input,
-  clicks and prior SHA-256 and the same parameters (so an interrupted batch resumes where it stopped);
+  clicks and prior SHA-256, the same parameters and the mask's own SHA-256 (so an interrupted batch
+  resumes where it stopped, and a mask left stale by a crash is not taken as done);
 * **done** when it was (re)computed -- an output whose sidecar no longer matches is replaced;
 * **failed** with the reason (unreadable image, bad clicks, ...) without stopping the others.
 
 An output that exists *without* a sidecar was not written by volseg and is left alone (the case
 fails) unless ``--overwrite``, which also recomputes every case.  The report goes to
-``OUT/batch_report.json`` (replaced on each run).  Exit code: 0 when every case is done or skipped,
-1 when any case failed, 2 for an unusable manifest or options.
+``OUT/batch_report.json`` (replaced on each run), also when the batch is interrupted (Ctrl-C, or
+SIGTERM, handled the same way).  A batch claims ``--out`` (``OUT/.batch_report.json.lock``), so a
+second batch on the same folder stops at once.  Exit code: 0 when every case is done or skipped,
+1 when any case failed, 2 for an unusable manifest or options, 130 after Ctrl-C, 143 after SIGTERM.
 """
 from __future__ import annotations
 
@@ -26,6 +31,8 @@ import csv
 import functools
 import json
 import os
+import signal
+import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field, replace
@@ -33,7 +40,9 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .errors import InputError, VolsegError
+from .io import check_folder_path, check_output_path, output_files
 from .io.atomic import atomic_path
+from .io.claim import claim
 
 _KEYS = ("image", "clicks", "prior", "output")
 
@@ -46,7 +55,7 @@ class CaseRow:
     image: str
     clicks: str
     prior: str | None
-    output: str  # absolute, inside --out unless the manifest gave an absolute path
+    output: str  # absolute, inside --out
 
 
 @dataclass(frozen=True)
@@ -114,14 +123,23 @@ def _read_rows(path: Path) -> list[dict]:
     return [{str(k).strip().lower(): ("" if v is None else str(v).strip()) for k, v in r.items()} for r in data]
 
 
+def check_out_folder(out_dir: str | Path) -> Path:
+    """``--out`` must be a folder, or a path where one can be made."""
+    if not str(out_dir).strip():
+        raise InputError("--out is empty: give the folder for the masks and batch_report.json")
+    out = Path(out_dir)
+    check_folder_path(out, f"into --out {out}")
+    return out
+
+
 def read_manifest(path: str | Path, out_dir: str | Path) -> list[CaseRow]:
-    """Rows of a CSV/JSON manifest with paths resolved; duplicate outputs are refused up front."""
+    """Rows of a CSV/JSON manifest with paths resolved, checked whole (see :func:`check_outputs`)."""
     p = Path(path)
-    out = Path(out_dir).resolve()
+    out = check_out_folder(out_dir).resolve()
     rows = _read_rows(p)
     if not rows:
         raise InputError(f"manifest {p} has no cases")
-    cases, seen = [], {}
+    cases = []
     for n, r in enumerate(rows, 1):
         if not r.get("image") or not r.get("clicks"):
             raise InputError(f"manifest {p} case {n}: 'image' and 'clicks' are both required (columns {', '.join(_KEYS)})")
@@ -129,12 +147,40 @@ def read_manifest(path: str | Path, out_dir: str | Path) -> list[CaseRow]:
         clicks = (p.parent / r["clicks"]).resolve()
         prior = (p.parent / r["prior"]).resolve() if r.get("prior") else None
         output = (out / (r.get("output") or default_output_name(image))).resolve()
-        if output in seen:
-            raise InputError(f"manifest {p}: cases {seen[output]} and {n} both write {output}")
-        seen[output] = n
         name = Path(r["image"]).name
         cases.append(CaseRow(name, str(image), str(clicks), str(prior) if prior else None, str(output)))
+    check_outputs(cases, out, p)
     return cases
+
+
+def check_outputs(cases: list[CaseRow], out: Path, manifest: Path) -> None:
+    """Every case's files (mask, .mhd data, sidecar) inside ``out``, in a format volseg writes, none of
+    them shared with another case, the batch report, or any case's input."""
+    from .provenance import sidecar_path
+
+    report = (out / "batch_report.json").resolve()
+    writes: dict[Path, int] = {}
+    for n, case in enumerate(cases, 1):
+        output = Path(case.output)
+        check_output_path(output, f"manifest {manifest} case {n}: output")
+        if not output.is_relative_to(out):
+            raise InputError(f"manifest {manifest} case {n}: output {output} is outside --out {out}")
+        for f in (*output_files(output), sidecar_path(output)):
+            f = f.resolve()
+            if f == report:
+                raise InputError(f"manifest {manifest} case {n}: output {output} would write {f}, "
+                                 "the batch_report.json")
+            if f in writes:
+                raise InputError(f"manifest {manifest}: cases {writes[f]} and {n} both write {f}")
+            writes[f] = n
+    for m, case in enumerate(cases, 1):
+        for src in (case.image, case.clicks, case.prior):
+            if src is None:
+                continue
+            s = Path(src).resolve()
+            for f, n in writes.items():
+                if f == s or f.is_relative_to(s):
+                    raise InputError(f"manifest {manifest} case {n} would write {f}, an input of case {m} ({src})")
 
 
 # -- one case --------------------------------------------------------------------------------
@@ -176,6 +222,12 @@ def up_to_date(row: CaseRow, options: BatchOptions) -> tuple[bool, str]:
         raise InputError(f"output {out} exists without a provenance record; remove it or use --overwrite")
     if options.overwrite:
         return False, "overwrite"
+    from .provenance import recorded_sha256
+
+    recorded_files = recorded_sha256(record)
+    for f in output_files(out):  # a crash between the sidecar's rename and the mask's leaves the old mask
+        if not f.is_file() or recorded_files.get(f.resolve()) != file_sha256(f):
+            return False, "mask differs from the one its provenance records"
     expected = {
         "input_sha256": file_sha256(row.image),
         "clicks_sha256": file_sha256(row.clicks),
@@ -212,8 +264,10 @@ def run_case(row: CaseRow, out_dir: str | Path, options: BatchOptions) -> CaseRe
             return CaseResult(row.name, "skipped", why, time.perf_counter() - t0, row.output)
         from .segment import segment_file
 
+        # an existing output with its sidecar is this batch's to replace; any other file stays unless --overwrite
         segment_file(row.image, row.clicks, row.output, prior=row.prior, device=options.device,
-                     overwrite=True, features=options.features, config=options.config)
+                     overwrite=options.overwrite or Path(row.output).exists(), features=options.features,
+                     config=options.config)
         return CaseResult(row.name, "done", why, time.perf_counter() - t0, row.output)
     except VolsegError as e:
         return CaseResult(row.name, "failed", str(e), time.perf_counter() - t0, row.output)
@@ -238,7 +292,8 @@ def _run_local(rows: list[CaseRow], out_dir: str, options: BatchOptions, workers
 
     opts = replace(options, threads=options.threads or _threads_per_worker(workers))
     # spawn, not fork: forking a process whose torch/OpenMP threads are running can deadlock
-    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn")) as pool:
+    with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
+                                initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
         futures = [pool.submit(run_case, row, out_dir, opts) for row in rows]
         try:
             for f in cf.as_completed(futures):
@@ -247,6 +302,27 @@ def _run_local(rows: list[CaseRow], out_dir: str, options: BatchOptions, workers
             for f in futures:
                 f.cancel()
             raise
+
+
+def exit_with_parent(parent: int) -> None:
+    """Worker initializer: a worker ends when the batch that started it does (after a kill -9 of the
+    batch it would finish its case and then wait forever).  Linux: the kernel's parent-death signal;
+    elsewhere, and as a fallback, a thread that watches the parent's pid."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() != parent:  # died before the signal was armed
+        os._exit(1)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True, name="volseg-parent-watch").start()
+
+
+def _watch_parent(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _run_ray(rows: list[CaseRow], out_dir: str, options: BatchOptions, workers: int,
@@ -280,17 +356,23 @@ def run_batch(rows: Iterable[CaseRow], out_dir: str | Path, options: BatchOption
               workers: int = 1, executor: str = "local", ray_address: str | None = None,
               progress: bool = True) -> list[CaseResult]:
     """Run every case; results in completion order.  The report is written even when interrupted."""
+    rows = list(rows)
+    out = check_out_folder(out_dir)
+    if executor not in ("local", "ray"):
+        raise InputError(f"unknown executor {executor!r}: local or ray")
+    # the report's claim is the batch's claim on --out: a second batch there stops at once
+    with claim([out / "batch_report.json"]):
+        return _run_claimed(rows, out, options, workers, executor, ray_address, progress)
+
+
+def _run_claimed(rows: list[CaseRow], out: Path, options: BatchOptions, workers: int, executor: str,
+                 ray_address: str | None, progress: bool) -> list[CaseResult]:
     from tqdm import tqdm
 
-    rows = list(rows)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if executor == "local":
         results_iter = _run_local(rows, str(out), options, workers)
-    elif executor == "ray":
-        results_iter = _run_ray(rows, str(out), options, workers, ray_address)
     else:
-        raise InputError(f"unknown executor {executor!r}: local or ray")
+        results_iter = _run_ray(rows, str(out), options, workers, ray_address)
     results: list[CaseResult] = []
     t0 = time.perf_counter()
     bar = tqdm(total=len(rows), desc="batch", unit="case", disable=None if progress else True)
@@ -345,6 +427,7 @@ def _handler(args: argparse.Namespace) -> int:
         raise InputError("--ray-address needs --executor ray")
     from .cli import session_settings
 
+    check_out_folder(args.out)
     settings = session_settings(args)  # reads --config now, so a bad file stops the batch before it starts
     rows = read_manifest(args.manifest, args.out)
     options = BatchOptions(**settings, overwrite=args.overwrite)

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 
 from . import __version__
-from .errors import VolsegError
+from .errors import Terminated, VolsegError
 
 # modules whose register(subparsers) adds their sub-commands
 COMMAND_MODULES = ("volseg.batch", "volseg.eval.cli2d", "volseg.eval.cli3d", "volseg.video.cli", "volseg.train.cli",
@@ -29,10 +31,13 @@ def gp_options(parser: argparse.ArgumentParser) -> None:
 
 def session_settings(args: argparse.Namespace) -> dict:
     from .config import GPConfig
+    from .units import parse_bytes
 
+    budget = getattr(args, "memory_budget", None)
+    if budget is not None:  # refused here, before any work, with the option's own name
+        parse_bytes(budget, what="--memory-budget")
     cfg = GPConfig.from_yaml(args.config) if getattr(args, "config", None) else GPConfig()
-    return {"features": args.features, "device": args.device,
-            "config": cfg.replace(memory_budget=getattr(args, "memory_budget", None))}
+    return {"features": args.features, "device": args.device, "config": cfg.replace(memory_budget=budget)}
 
 
 def _segment(args: argparse.Namespace) -> int:
@@ -79,16 +84,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _terminate(signum, frame) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run a command.  Exit codes: 0 done, 1 some batch case failed, 2 bad input (one error line),
+    130 Ctrl-C, 143 SIGTERM (handled like Ctrl-C: outputs stay whole, a batch writes its report)."""
     args = build_parser().parse_args(argv)
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return int(args.func(args) or 0)
     except VolsegError as e:
         print(f"volseg: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("volseg: interrupted (SIGTERM)", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("volseg: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

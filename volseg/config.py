@@ -1,12 +1,14 @@
 """GP and session settings: one dataclass, readable from YAML (configs/default.yaml mirrors it)."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import yaml
 
 from .errors import InputError
+from .units import parse_bytes
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,10 @@ class GPConfig:
     memory_budget: str = "4GB"
     chunk_bytes: str = "256MB"
 
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            _check_setting(f.name, getattr(self, f.name))
+
     @classmethod
     def from_dict(cls, data: dict | None) -> "GPConfig":
         data = dict(data or {})
@@ -60,8 +66,18 @@ class GPConfig:
         p = Path(path)
         if not p.is_file():
             raise InputError(f"config file {p} does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
-        return cls.from_dict(data.get("gp", data))
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise InputError(f"config file {p} is not valid YAML: {' '.join(str(e).split())}") from None
+        section = data.get("gp", data) if isinstance(data, dict) else data
+        if not isinstance(section, dict):
+            raise InputError(f"config file {p}: expected a mapping of GP settings (key: value), "
+                             f"got {type(section).__name__}")
+        try:
+            return cls.from_dict(section)
+        except InputError as e:
+            raise InputError(f"config file {p}: {e}") from None
 
     def kernel_for(self, ndim: int) -> str:
         # the multiscale kernel everywhere: late clicks stay local (measured on Berkeley and on the dev volumes'
@@ -94,3 +110,66 @@ class GPConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# the type and range of every setting: (kind, lowest, lowest allowed itself, highest, None allowed)
+_RULES = {
+    "kernel": ("kernel", None, True, None, True),
+    "short_ratio": ("number", 0.0, False, None, False),
+    "short_share": ("number", 0.0, True, 1.0, False),
+    "outputscale": ("number", 0.0, False, None, False),
+    "noise": ("number", 0.0, False, None, False),
+    "feature_lengthscale": ("number", 0.0, False, None, False),
+    "spatial_lengthscale": ("number", 0.0, False, None, True),
+    "spatial_fraction": ("number", 0.0, False, None, True),
+    "background_mean": ("number", None, True, None, False),
+    "prior_strength": ("number", 0.0, True, None, False),
+    "connected": ("bool", None, True, None, False),
+    "fill_holes": ("bool", None, True, None, False),
+    "edge_strength": ("number", 0.0, True, None, True),
+    "edge_band": ("number", 0.0, True, None, False),
+    "edge_reach": ("number", 0.0, True, None, False),
+    "edge_max_locations": ("integer", 0, True, None, False),
+    "appearance_weight": ("number", 0.0, True, None, False),
+    "edge_connectivity": ("integer", 1, True, 3, False),
+    "noise_per_point": ("bool", None, True, None, True),
+    "seed_points": ("integer", 0, True, None, False),
+    "seed_radius": ("number", 0.0, False, None, False),
+    "seed_similarity": ("number", 0.0, True, 1.0, False),
+    "seed_spacing": ("number", 0.0, False, None, False),
+    "seed_noise": ("number", 0.0, True, None, False),
+    "on_demand_features_above": ("integer", 0, True, None, False),
+    "tolerance": ("number", 0.0, False, None, False),
+    "memory_budget": ("size", None, True, None, False),
+    "chunk_bytes": ("size", None, True, None, False),
+}
+
+
+def _check_setting(name: str, value) -> None:
+    """An InputError naming the setting unless ``value`` has its type and lies in its range."""
+    kind, low, low_ok, high, none_ok = _RULES[name]
+    if value is None:
+        if not none_ok:
+            raise InputError(f"GP setting {name} needs a value, got null")
+        return
+    if kind == "kernel":
+        from .gp.kernels import KERNELS
+
+        if not isinstance(value, str) or value.lower() not in KERNELS:
+            raise InputError(f"unknown kernel {value!r} (GP setting kernel): {', '.join(KERNELS)} or null")
+        return
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise InputError(f"GP setting {name} must be true or false, got {value!r}")
+        return
+    if kind == "size":
+        parse_bytes(value, what=f"GP setting {name}")
+        return
+    number_ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not number_ok or (kind == "integer" and value != int(value)):
+        what = "a whole number" if kind == "integer" else "a finite number"
+        raise InputError(f"GP setting {name} must be {what}, got {value!r}")
+    if low is not None and (value < low or (value == low and not low_ok)):
+        raise InputError(f"GP setting {name} must be {'at least' if low_ok else 'more than'} {low}, got {value!r}")
+    if high is not None and value > high:
+        raise InputError(f"GP setting {name} must be at most {high}, got {value!r}")

@@ -23,3 +23,8 @@ class MemoryBudgetError(VolsegError):
 
 class OutputExistsError(VolsegError):
     """An output already exists and --overwrite was not given, or an output would replace an input."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt so that the same cleanup runs (a batch
+    writes its report, temporary files and claims are removed)."""

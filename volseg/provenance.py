@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, VolsegError
 from .io.atomic import atomic_path, check_output
 
 _PACKAGES = ("volseg", "numpy", "torch", "monai", "nibabel", "SimpleITK", "scikit-image", "scipy")
@@ -87,3 +87,32 @@ def read_sidecar(mask_path: str | Path) -> dict | None:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise InputError(f"provenance sidecar {path} is not valid JSON: {e}") from None
+
+
+def recorded_sha256(record: dict) -> dict[Path, str]:
+    """The SHA-256 a sidecar records for each file its job wrote (mask, .zraw, maps), by resolved path."""
+    files = record.get("outputs_sha256") if isinstance(record, dict) else None
+    return {Path(f).resolve(): str(sha) for f, sha in files.items()} if isinstance(files, dict) else {}
+
+
+def interrupted_outputs(mask_path: str | Path) -> set[Path]:
+    """Files an interrupted job left for ``mask_path``, safe to replace without --overwrite.
+
+    The sidecar is renamed into place before the mask, so a volseg sidecar without its mask is an
+    unfinished job's; so are the files it records whose content is still what it recorded.  Anything
+    else (a user's ``mask.json``, a changed ``.zraw``) is not ours to replace.
+    """
+    mask = Path(mask_path)
+    if mask.exists():
+        return set()
+    try:
+        record = read_sidecar(mask)
+    except VolsegError:
+        return set()
+    if not isinstance(record, dict) or "outputs_sha256" not in record:
+        return set()
+    leftovers = {sidecar_path(mask).resolve()}
+    for f, sha in recorded_sha256(record).items():
+        if f.is_file() and file_sha256(f) == sha:
+            leftovers.add(f)
+    return leftovers

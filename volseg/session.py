@@ -24,7 +24,7 @@ import torch
 from .clicks import Click, make_click, validate_clicks
 from .config import GPConfig
 from .errors import ClickError, InputError, MemoryBudgetError, VolsegError
-from .features import FilterBank, get_extractor, parse_bytes
+from .features import FilterBank, get_extractor
 from .features.tiles import TiledFeatures
 from .gp.evaluate import Box, evaluate_boxes
 from .gp.inputs import InputMap
@@ -35,6 +35,11 @@ from .gp.reach import ball_boxes, box_size, influence_radii, merge_boxes
 from .gp.sampling import PathwiseSampler
 from .image import Image
 from .mask import LabelMap
+from .units import format_bytes, parse_bytes
+
+# the smallest image segmented: MIN_SIDE locations along at least two axes (a volume of one slice is
+# a 2D image; a line of pixels or a single one is not an image to segment)
+MIN_SIDE = 2
 
 
 @dataclass(frozen=True)
@@ -105,16 +110,21 @@ class Session:
         probability map on the same grid, refined by the clicks that follow."""
         img = as_image(image)
         img.check_finite()
+        if sum(n >= MIN_SIDE for n in img.shape) < 2:
+            raise InputError(f"image of size {'x'.join(map(str, img.shape))} is too small to segment: volseg needs "
+                             f"at least {MIN_SIDE} pixels (voxels) along two axes")
         self.image = img
-        budget = parse_bytes(self.config.memory_budget)
+        budget = parse_bytes(self.config.memory_budget, what="memory budget")
         # the cached maps (mean for one object, variance) and one evaluation chunk come off the top;
-        # the features get what is left, and say so if it is not enough
+        # the features get what is left, and say so if it is not enough.  The chunk shrinks to a
+        # quarter of a small budget: it only sets how many locations one evaluation pass takes
         n = int(np.prod(img.shape))
-        maps = 2 * n * 4 + parse_bytes(self.config.chunk_bytes)
+        self._chunk_bytes = min(parse_bytes(self.config.chunk_bytes, what="chunk_bytes"), max(budget // 4, 1))
+        maps = 2 * n * 4 + self._chunk_bytes
         if maps + img.array.nbytes >= budget:
             raise MemoryBudgetError(
-                f"image of shape {img.shape} needs {(maps + img.array.nbytes) / 2**30:.2f} GiB for its posterior maps "
-                f"alone, over the memory budget of {budget / 2**30:.2f} GiB (raise --memory-budget or crop the image)")
+                f"image of shape {img.shape} needs {format_bytes(maps + img.array.nbytes)} for its posterior maps "
+                f"alone, over the memory budget of {format_bytes(budget)} (raise --memory-budget or crop the image)")
         t0 = time.perf_counter()
         self.feature_tiles = self._feature_tiles(img, budget - maps)
         if self.feature_tiles is not None and self.device.type == "cpu":  # the lengthscale is folded in
@@ -307,6 +317,9 @@ class Session:
         for c in clicks:
             if c.positive and c.object not in objects:
                 objects.append(c.object)
+        # only negative clicks so far: no object yet, so the GP fits the background-only placeholder
+        # column the maps keep (object 0), and the mask stays empty
+        fit_objects = objects or [0]
         train = self._training_set(clicks)
         points = self._points_for(train)
         voxels = np.array([p.voxel for p in points], dtype=np.int64).reshape(len(points), -1)
@@ -321,8 +334,8 @@ class Session:
         shrank = same and len(points) < len(old) and old[:len(points)] == points
         noise_before, balls = self.posterior.point_noise().clone(), []
         if grew:  # one point at a time, each bordering the factor; the union of their reaches is re-evaluated
-            targets = self._targets(points, objects)
-            prior = self._prior_mean_at(voxels, objects).double()
+            targets = self._targets(points, fit_objects)
+            prior = self._prior_mean_at(voxels, fit_objects).double()
             for j in range(len(old), len(points)):
                 alpha_before = self.posterior.alpha.clone()
                 self.posterior.append(self.inputs.at(voxels[j:j + 1]), targets[j:j + 1], prior[j:j + 1], points[j].extra)
@@ -334,7 +347,7 @@ class Session:
                 balls.append(self._reach(voxels[:j], np.array(old[j].voxel), old[j].extra, alpha_before, j))
         else:
             Z = self.inputs.at(voxels) if len(points) else torch.zeros(0, self.inputs.dim)
-            self.posterior.fit(Z, self._targets(points, objects), self._prior_mean_at(voxels, objects).double(),
+            self.posterior.fit(Z, self._targets(points, fit_objects), self._prior_mean_at(voxels, fit_objects).double(),
                                torch.tensor([p.extra for p in points], dtype=torch.float64))
         self.clicks, self._train_clicks, self._points = list(clicks), train, points
         self._train_voxels = [tuple(int(x) for x in v) for v in voxels]
@@ -351,7 +364,7 @@ class Session:
 
     # -- map evaluation --------------------------------------------------------------------------
     def _max_bytes(self) -> int:
-        return parse_bytes(self.config.chunk_bytes)
+        return self._chunk_bytes
 
     def _evaluate_all(self) -> None:
         img = self._require_image()

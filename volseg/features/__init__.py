@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..units import parse_bytes
 from .filterbank import FilterBank
-from .stream import compute_features, parse_bytes
+from .stream import compute_features
 
 # checkpoints that ship inside the package, by name (model card: volseg/models/README.md)
 PACKAGED_MODELS = {"learned2d": Path(__file__).resolve().parents[1] / "models" / "learned2d.ckpt"}

@@ -28,9 +28,9 @@ from torch.nn import functional as F
 
 from ..errors import InputError, MemoryBudgetError
 from ..image import Image
+from ..units import format_bytes
 
 FORMAT = "volseg-backbone/1"
-GIB = 1024 ** 3
 
 # networks by name; each builder gets (spatial_dims, in_channels, out_channels, **options)
 NETWORKS_2D = ("BasicUNet", "FlexibleUNet", "SegResNet", "UNet")
@@ -158,8 +158,8 @@ class BackboneExtractor:
         # the network output (float32, plus MONAI's weight map in 3D), the stored copy, the prior and the input
         need = n * D * (4 + np.dtype(dtype).itemsize) + n * 4 * 3 + image.array.nbytes
         if need > budget:
-            raise MemoryBudgetError(f"image of shape {image.shape} needs about {need / GIB:.1f} GiB for its {D} "
-                                    f"learned features, over the memory budget of {budget / GIB:.1f} GiB")
+            raise MemoryBudgetError(f"image of shape {image.shape} needs about {format_bytes(need)} for its {D} "
+                                    f"learned features, over the memory budget of {format_bytes(budget)}")
         emb, prior = self._run_2d(image) if image.ndim == 2 else self._run_3d(image)
         self.last_prior_mean = prior.astype(np.float32)
         return np.moveaxis(emb, 0, -1).astype(dtype)

@@ -53,9 +53,11 @@ class FilterBank:
         sp = self.superpixels_for(a.shape[0])
         if looks_rgb(sample):
             return {"colour": "lab", "superpixels": sp}
-        lo, hi = np.percentile(sample, [0.5, 99.5], axis=0)
-        params = {"colour": "none", "lo": lo.astype(np.float32), "hi": np.maximum(hi, lo + 1e-6).astype(np.float32),
-                  "superpixels": sp}
+        lo, hi = np.percentile(sample, [0.5, 99.5], axis=0).astype(np.float32)
+        # a constant channel (lo == hi) gets a span of one, not 1e-6: lo + 1e-6 rounds back to lo in
+        # float32 once lo >= 32, and the division then makes NaN features
+        hi = np.where(hi > lo, hi, lo + np.maximum(1, np.abs(lo)))
+        params = {"colour": "none", "lo": lo, "hi": hi, "superpixels": sp}
         if self.equalise or (self.equalise is None and array.ndim - 1 >= 3):
             # a CT spends most of its range on air and bone: soft tissues 40 HU apart are a few percent of
             # it, and the feature kernel cannot tell them apart; their share of the voxels is far larger

@@ -12,22 +12,9 @@ import numpy as np
 
 from ..errors import MemoryBudgetError
 from ..image import Image
+from ..units import format_bytes
 from .filterbank import TEMPORARIES
 from .scale_space import MAX_FACTOR
-
-GIB = 1024 ** 3
-
-
-def parse_bytes(value: str | int | float) -> int:
-    """'4GB', '512MB', '2.5GiB' or a number of bytes."""
-    if isinstance(value, (int, float)):
-        return int(value)
-    text = str(value).strip().upper().replace("IB", "B")
-    for unit, factor in (("TB", 1024 ** 4), ("GB", GIB), ("MB", 1024 ** 2), ("KB", 1024), ("B", 1)):
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * factor)
-    return int(float(text))
-
 
 # float32 maps larger than this go float16 whatever the budget: larger than a last-level cache, they
 # are streamed from memory by every click, whose evaluation then waits on the bytes it reads
@@ -49,8 +36,8 @@ def compute_features(bank, image: Image, *, budget: int, slab_bytes: int | None 
     store_bytes = n * D * dtype.itemsize
     if store_bytes + image.array.nbytes > budget:
         raise MemoryBudgetError(
-            f"image of shape {shape} needs about {(store_bytes + image.array.nbytes) / GIB:.1f} GiB for its "
-            f"{D} features, over the memory budget of {budget / GIB:.1f} GiB (raise --memory-budget or crop the image)"
+            f"image of shape {shape} needs about {format_bytes(store_bytes + image.array.nbytes)} for its "
+            f"{D} features, over the memory budget of {format_bytes(budget)} (raise --memory-budget or crop the image)"
         )
     params = bank.prepare(image.array)
     halo = bank.halo(image.spacing)[0]

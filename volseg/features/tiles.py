@@ -29,9 +29,10 @@ import torch
 
 from ..errors import MemoryBudgetError
 from ..image import Image
+from ..units import format_bytes
 from .filterbank import TEMPORARIES
 from .scale_space import coarse_derivatives, gaussian_derivatives, pyramid_factors, pyramid_level, upsample_window
-from .stream import GIB, storage_dtype
+from .stream import storage_dtype
 
 Box = tuple[slice, ...]
 TILE = 32              # voxels per tile edge: fine enough that a click computes little beyond its reach
@@ -54,8 +55,8 @@ class TiledFeatures:
         dtype = storage_dtype(n, D, budget)
         if n * D * dtype.itemsize + image.array.nbytes > budget:
             raise MemoryBudgetError(
-                f"image of shape {shape} needs about {(n * D * dtype.itemsize + image.array.nbytes) / GIB:.1f} GiB "
-                f"for its {D} features, over the memory budget of {budget / GIB:.1f} GiB "
+                f"image of shape {shape} needs about {format_bytes(n * D * dtype.itemsize + image.array.nbytes)} "
+                f"for its {D} features, over the memory budget of {format_bytes(budget)} "
                 "(raise --memory-budget or crop the image)")
         self.n_features = D
         # channel-first storage behind a (*spatial, D) view, as FilterBank.features gives; its pages

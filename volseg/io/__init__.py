@@ -22,8 +22,9 @@ from ..image import Image
 from .atomic import atomic_path, check_output
 
 __all__ = [
-    "read_image", "read_mask", "write_mask", "write_probability", "image_format",
-    "atomic_path", "check_output", "RASTER_SUFFIXES", "NIFTI_SUFFIXES", "ITK_SUFFIXES",
+    "read_image", "read_mask", "write_mask", "write_probability", "image_format", "check_output_path",
+    "check_output_dims", "check_folder_path", "output_files", "atomic_path", "check_output", "RASTER_SUFFIXES",
+    "NIFTI_SUFFIXES", "ITK_SUFFIXES",
 ]
 
 RASTER_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -32,6 +33,9 @@ ITK_SUFFIXES = (".nrrd", ".nhdr", ".mha", ".mhd")
 DICOM_SUFFIXES = (".dcm",)
 # formats that carry no geometry: a mask in them can only be checked for shape
 _NO_GEOMETRY = ("raster", "npy")
+# what masks and maps can be written as; the 2D ones hold 2D maps only
+WRITE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".npy", ".png", ".tif", ".tiff")
+WRITE_2D_ONLY = (".png", ".tif", ".tiff")
 
 
 def suffix(path: str | Path) -> str:
@@ -151,6 +155,47 @@ def label_dtype(max_label: float) -> type:
     return np.uint8 if max_label < 256 else np.uint16 if max_label < 65536 else np.uint32
 
 
+def check_output_path(path: str | Path, what: str = "output") -> Path:
+    """Refuse, before any work, an output path volseg cannot write: empty, a folder, under a file,
+    or in a format it does not write."""
+    if not str(path).strip():
+        raise InputError(f"{what} path is empty")
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{what} {p} is a folder; give a file name such as {p / 'mask.nii.gz'}")
+    check_folder_path(p.parent, f"{what} {p}")
+    if suffix(p) not in WRITE_SUFFIXES:
+        raise InputError(_unsupported(p))
+    return p
+
+
+def check_folder_path(folder: str | Path, what: str) -> None:
+    """A folder volseg writes into must be a folder, or makeable: no file on its path."""
+    for p in (Path(folder), *Path(folder).parents):
+        if p.exists():
+            if not p.is_dir():
+                raise InputError(f"cannot write {what}: {p} is a file, not a folder")
+            return
+
+
+def check_output_dims(path: str | Path, ndim: int, what: str = "output") -> None:
+    """A 2D-only format (PNG, TIFF) for a volume is refused before the volume is segmented."""
+    if ndim != 2 and suffix(path) in WRITE_2D_ONLY:
+        raise InputError(f"{what} {path}: {suffix(path)} holds 2D maps only and the image is {ndim}D; "
+                         "use .nii.gz, .nrrd or .npy")
+
+
+def output_files(path: str | Path) -> list[Path]:
+    """Every file writing ``path`` creates: ``path``, and for .mhd its data file (``.zraw``)."""
+    p = Path(path)
+    return [p, p.with_suffix(".zraw")] if suffix(p) == ".mhd" else [p]
+
+
+def _unsupported(out: Path) -> str:
+    return (f"unsupported output format {suffix(out) or '(no suffix)'} for {out}: use .nii.gz, .nii, .nrrd, .mha, "
+            ".mhd, .npy, or .png/.tif for 2D")
+
+
 def _check_spatial(arr: np.ndarray, like: Image, what: str) -> None:
     if arr.shape != like.shape:
         raise GeometryError(f"{what} of shape {arr.shape} does not fit the image of shape {like.shape}")
@@ -204,8 +249,5 @@ def _write(arr: np.ndarray, like: Image, path: str | Path, overwrite: bool, inpu
         with atomic_path(out) as tmp, open(tmp, "wb") as f:
             np.save(f, arr)
     else:
-        raise InputError(
-            f"unsupported output format {s or '(no suffix)'} for {out}: use .nii.gz, .nii, .nrrd, .mha, .mhd, "
-            ".npy, or .png/.tif for 2D"
-        )
+        raise InputError(_unsupported(out))
     return out

@@ -15,6 +15,10 @@ from ..errors import GeometryError, InputError
 from ..image import Image
 from .atomic import atomic_files, atomic_path
 
+# ITK and GDCM print WARNING lines of their own on stderr (a garbage .dcm, an empty folder); the
+# exception that follows becomes volseg's one error line, so they would only be noise
+sitk.ProcessObject.SetGlobalWarningDisplay(False)
+
 
 def from_sitk(img: sitk.Image) -> Image:
     d = img.GetDimension()
