@@ -82,6 +82,7 @@ class VideoConfig:
     flow_check: bool = False           # forward-backward flow consistency: the prior mean fades where the flow fails
     lost_fraction: float = 0.0         # >0: an object whose warped mask has less than this fraction of its annotated
                                        # area is lost: searched for in the whole frame from the annotated frames' memory
+    fine_band: float = 1.0             # on a grid finer than `scale`: exact GP only where |latent| < this; 0: everywhere
     noise_propagated: float = 0.05     # noise of propagated frames' samples at distance 0 (annotated: noise_annotated)
     prior_mode: str = "linear"         # m0 = s (2p - 1) ("linear") or s Phi^-1(p) ("probit")
     components: bool = True            # drop object parts not touching the previous frame's mask
@@ -421,6 +422,38 @@ class VideoSegmenter:
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * m + 1, 2 * m + 1))
         return cv2.dilate(support.astype(np.uint8), k) > 0
 
+    def _latent(self, gp: MemoryPosterior, feats: np.ndarray, origin: tuple[int, int], rows: np.ndarray,
+                cols: np.ndarray, row_coords: np.ndarray, col_coords: np.ndarray, m0: np.ndarray) -> np.ndarray:
+        """m0 + the GP's posterior mean (n, K) at grid cells (rows, cols); ``feats`` starts at ``origin``.
+
+        On a grid finer than ``scale`` (a small object), the GP is evaluated on a lattice as coarse as the
+        ``scale`` grid and interpolated, then evaluated exactly where the result is unsure (|latent| <
+        ``fine_band``): the fine resolution is spent near the object's boundary, not on the whole region."""
+        r0, c0 = origin
+
+        def exact(rr, cc):
+            return gp.latent(feats[rr - r0, cc - c0] / self.lf, rr, cc, row_coords, col_coords,
+                             np.zeros((rr.size, m0.shape[1]), np.float32))
+
+        stride = int(self.unit)
+        if stride < 2 or self.config.fine_band <= 0 or rows.size < 64:
+            return exact(rows, cols) + m0
+        lattice = [np.unique(np.append(np.arange(a.min(), a.max() + 1, stride), a.max())) for a in (rows, cols)]
+        if min(len(v) for v in lattice) < 2:
+            return exact(rows, cols) + m0
+        lr, lc = np.meshgrid(*lattice, indexing="ij")
+        coarse = exact(lr.ravel(), lc.ravel()).reshape(*lr.shape, -1)
+        i = np.clip(np.searchsorted(lattice[0], rows, "right") - 1, 0, len(lattice[0]) - 2)
+        j = np.clip(np.searchsorted(lattice[1], cols, "right") - 1, 0, len(lattice[1]) - 2)
+        tr = ((rows - lattice[0][i]) / (lattice[0][i + 1] - lattice[0][i]))[:, None]
+        tc = ((cols - lattice[1][j]) / (lattice[1][j + 1] - lattice[1][j]))[:, None]
+        lat = ((1 - tr) * ((1 - tc) * coarse[i, j] + tc * coarse[i, j + 1])
+               + tr * ((1 - tc) * coarse[i + 1, j] + tc * coarse[i + 1, j + 1])).astype(np.float32) + m0
+        unsure = np.flatnonzero((np.abs(lat) < self.config.fine_band).any(1))
+        if unsure.size:
+            lat[unsure] = exact(rows[unsure], cols[unsure]) + m0[unsure]
+        return lat
+
     def _working_frame(self, t: int) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
         """(frame t's features if they are cached, else None; else its working frame, for the features of a
         region only; its grey working frame, for the flow)."""
@@ -482,10 +515,7 @@ class VideoSegmenter:
             train = bank.training()
             resid = train.y - train.m0 if cfg.targets == "residual" else train.y
             gp.fit(train.feat / self.lf, train.pos / self.ls, resid, train.noise, keep=train.keep)
-            lat = gp.latent(feats[rows - r0, cols - c0] / self.lf, rows, cols, row_coords, col_coords,
-                            m0[idx] if cfg.targets == "residual" else np.zeros((idx.size, K), np.float32))
-            if cfg.targets != "residual":
-                lat += m0[idx]
+            lat = self._latent(gp, feats, (r0, c0), rows, cols, row_coords, col_coords, m0[idx])
             p = np.zeros((h * w, K), np.float32)  # outside the region of interest: background
             p[idx] = probability(lat)
             p = p.T.reshape(K, h, w)
