@@ -330,7 +330,7 @@ def test_a_small_object_gets_a_finer_working_grid():
     frames, labels = moving_shapes(10, 240, 360, seed=5)
     small = np.where(labels == 1, 1, 0).astype(np.uint8)  # only the disk: about 2% of the frame
     area = np.count_nonzero(small[0])
-    with VideoSegmenter(ArrayFrames(frames), VideoConfig(scale=4.0, min_side=48)) as fixed:
+    with VideoSegmenter(ArrayFrames(frames), VideoConfig(scale=4.0, min_side=48, object_cells=0)) as fixed:
         fixed.set_mask(0, small[0])
         assert fixed.grid.h == 60
     with VideoSegmenter(ArrayFrames(frames), VideoConfig(scale=4.0, min_side=48, object_cells=area // 4)) as seg:

@@ -77,7 +77,7 @@ class VideoConfig:
     gradient_scales: tuple = (1.0, 3.0)
     hessian_scales: tuple = (2.0,)
     roi_margin: int = 10               # pixels of the `scale` grid around the prior's support where the GP is evaluated; -1: everywhere
-    object_cells: int = 2500            # >0: the grid is finer (down to full resolution) so the smallest annotated
+    object_cells: int = 2500           # >0: the grid is finer (down to full resolution) so the smallest annotated
                                        # object covers about this many cells; 0: always `scale`
     flow_check: bool = False           # forward-backward flow consistency: the prior mean fades where the flow fails
     lost_fraction: float = 0.1         # >0: an object whose warped mask has less than this fraction of its annotated
