@@ -76,13 +76,15 @@ class VideoConfig:
     smoothing_scales: tuple = (0.0, 1.0, 2.0, 4.0, 8.0)  # filter bank on the working grid
     gradient_scales: tuple = (1.0, 3.0)
     hessian_scales: tuple = (2.0,)
-    roi_margin: int = 10               # pixels of the `scale` grid around the prior's support where the GP is evaluated; -1: everywhere
+    roi_margin: int = 10               # pixels of the `scale` grid around the prior's support where the GP
+                                       # is evaluated; -1: everywhere
     object_cells: int = 2500           # >0: the grid is finer (down to full resolution) so the smallest annotated
                                        # object covers about this many cells; 0: always `scale`
     flow_check: bool = False           # forward-backward flow consistency: the prior mean fades where the flow fails
     lost_fraction: float = 0.0         # >0: an object whose warped mask has less than this fraction of its annotated
                                        # area is lost: searched for in the whole frame from the annotated frames' memory
-    fine_band: float = 1.0             # on a grid finer than `scale`: exact GP only where |latent| < this; 0: everywhere
+    fine_band: float = 1.0             # on a grid finer than `scale`: exact GP only where |latent| < this;
+                                       # 0: everywhere
     noise_propagated: float = 0.05     # noise of propagated frames' samples at distance 0 (annotated: noise_annotated)
     prior_mode: str = "linear"         # m0 = s (2p - 1) ("linear") or s Phi^-1(p) ("probit")
     components: bool = True            # drop object parts not touching the previous frame's mask
