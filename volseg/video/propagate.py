@@ -11,7 +11,9 @@ with the frame's clicks, starting from the frame's current mask as a prior.
 
 **Propagation** runs from every annotated frame forward and backward until the next annotated
 frame (or the video's end); a frame between two annotated frames gets both passes, blended by
-distance in time.  One step of a pass, on a working grid ``scale`` times smaller per axis:
+distance in time.  The working grid is ``scale`` times smaller per axis, or finer (chosen at the first
+annotation) so that the smallest object covers about ``object_cells`` cells; each step works only in a
+region that follows the object (its warped mask grown by ``roi_margin``).  One step of a pass:
 
 1. prior: the previous frame's probability, pulled into this frame along DIS optical flow and
    blurred; its latent ``m0 = prior_strength * (2 p - 1)`` is the GP's prior mean (the spatial
@@ -22,6 +24,10 @@ distance in time.  One step of a pass, on a working grid ``scale`` times smaller
    time from the annotated frame its label descends from;
 3. GP posterior mean over the working grid (:mod:`volseg.video.gp`), probit, stored per frame;
 4. the frame adds its most informative points to the local memory.
+
+Optional (off by default, see the README's DAVIS protocol for why): ``flow_check`` fades the prior
+mean where the flow fails its forward-backward check; ``lost_fraction`` searches the whole frame for an
+object whose warped mask has (almost) vanished, from the annotated frames' memory.
 
 Masks at full resolution are the stored probability upsampled bilinearly and snapped to the
 frame's edges with a guided filter (:mod:`volseg.video.refine`).
