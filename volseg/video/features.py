@@ -88,14 +88,33 @@ class FrameFeatures:
 
     def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(features (h, w, D) float32 standardised, grey (h, w) uint8 for the flow)."""
+        small, grey = self.shrink(frame)
+        return self.standardised(small), grey
+
+    def shrink(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(working frame (h, w, 3), its grey (h, w) uint8 for the flow)."""
         if self._params is None:
             self.fit_standardisation(frame)
         small = self.grid.shrink(frame)
-        raw = self.raw(small)
-        feats = (raw - self._mean) * self._scale
-        grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
-        return feats.astype(np.float32, copy=False), grey
+        return small, cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
 
+    @property
+    def reach(self) -> int:
+        """Working pixels a feature reads on either side (the largest Gaussian's truncation)."""
+        b = self.bank
+        return int(4.0 * max(b.smoothing_scales + b.gradient_scales + b.hessian_scales) + 0.5) + 1
+
+    def standardised(self, small: np.ndarray, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """Standardised features (h, w, D) of a working frame, or only of ``box`` = (r0, r1, c0, c1)
+        (computed on the box grown by :attr:`reach`, so they equal the whole frame's inside it)."""
+        if box is None:
+            raw = self.raw(small)
+        else:
+            r0, r1, c0, c1 = box
+            m = self.reach
+            a0, a1, b0, b1 = max(0, r0 - m), min(small.shape[0], r1 + m), max(0, c0 - m), min(small.shape[1], c1 + m)
+            raw = self.raw(np.ascontiguousarray(small[a0:a1, b0:b1]))[r0 - a0:r1 - a0, c0 - b0:c1 - b0]
+        return ((raw - self._mean) * self._scale).astype(np.float32, copy=False)
 
     def raw(self, small: np.ndarray) -> np.ndarray:
         """The bank's unstandardised features of a working frame; 2D separable filters through OpenCV
@@ -161,6 +180,16 @@ class Flow:
     def __call__(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         f = self._dis.calc(a, b, None)  # (h, w, 2) as (dx, dy)
         return np.ascontiguousarray(f[..., ::-1])
+
+
+def flow_confidence(backward: np.ndarray, forward: np.ndarray) -> np.ndarray:
+    """(h, w) confidence in [0, 1] of the backward flow (this frame -> previous) by forward-backward
+    consistency (Sundaram, Brox and Keutzer, ECCV 2010): following ``backward`` then ``forward`` should
+    come back to the start; the round trip's error is tolerated in proportion to the motion."""
+    there = warp(np.moveaxis(forward, -1, 0), backward)  # the forward flow where each pixel lands
+    err = ((backward + np.moveaxis(there, 0, -1)) ** 2).sum(-1)
+    tol = 0.01 * ((backward ** 2).sum(-1) + (there ** 2).sum(0)) + 0.5
+    return np.exp(-0.5 * err / tol).astype(np.float32)
 
 
 def warp(maps: np.ndarray, flow: np.ndarray) -> np.ndarray:

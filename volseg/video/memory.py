@@ -119,6 +119,10 @@ class MemoryBank:
             self._local.pop(0)
         self._track()
 
+    def clear_local(self) -> None:
+        """Forget the propagated frames (an object went missing: their labels would keep it missing)."""
+        self._local = []
+
     def move(self, flow: np.ndarray) -> None:
         """Carry local points along a forward flow field (h, w, 2) given as (drow, dcol) per cell."""
         h, w = flow.shape[:2]

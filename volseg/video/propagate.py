@@ -11,7 +11,9 @@ with the frame's clicks, starting from the frame's current mask as a prior.
 
 **Propagation** runs from every annotated frame forward and backward until the next annotated
 frame (or the video's end); a frame between two annotated frames gets both passes, blended by
-distance in time.  One step of a pass, on a working grid ``scale`` times smaller per axis:
+distance in time.  The working grid is ``scale`` times smaller per axis, or finer (chosen at the first
+annotation) so that the smallest object covers about ``object_cells`` cells; each step works only in a
+region that follows the object (its warped mask grown by ``roi_margin``).  One step of a pass:
 
 1. prior: the previous frame's probability, pulled into this frame along DIS optical flow and
    blurred; its latent ``m0 = prior_strength * (2 p - 1)`` is the GP's prior mean (the spatial
@@ -22,6 +24,10 @@ distance in time.  One step of a pass, on a working grid ``scale`` times smaller
    time from the annotated frame its label descends from;
 3. GP posterior mean over the working grid (:mod:`volseg.video.gp`), probit, stored per frame;
 4. the frame adds its most informative points to the local memory.
+
+Optional (off by default, see the README's DAVIS protocol for why): ``flow_check`` fades the prior
+mean where the flow fails its forward-backward check; ``lost_fraction`` searches the whole frame for an
+object whose warped mask has (almost) vanished, from the annotated frames' memory.
 
 Masks at full resolution are the stored probability upsampled bilinearly and snapped to the
 frame's edges with a guided filter (:mod:`volseg.video.refine`).
@@ -47,7 +53,7 @@ import numpy as np
 
 from ..clicks import Click, validate_clicks
 from ..errors import ClickError, InputError
-from .features import Flow, FrameFeatures, Grid, make_bank, warp
+from .features import Flow, FrameFeatures, Grid, flow_confidence, make_bank, warp
 from .gp import MemoryPosterior, probability
 from .memory import ANNOTATED, CLICK, PROPAGATED, MemoryBank, Points, sample_informative
 from .refine import to_labels, upsample
@@ -76,7 +82,16 @@ class VideoConfig:
     smoothing_scales: tuple = (0.0, 1.0, 2.0, 4.0, 8.0)  # filter bank on the working grid
     gradient_scales: tuple = (1.0, 3.0)
     hessian_scales: tuple = (2.0,)
-    roi_margin: int = 10               # working pixels around the prior's support where the GP is evaluated; -1: everywhere
+    roi_margin: int = 10               # pixels of the `scale` grid around the prior's support where the GP
+                                       # is evaluated; -1: everywhere
+    object_cells: int = 2500           # >0: the grid is finer (down to full resolution) so the smallest annotated
+                                       # object covers about this many cells; 0: always `scale`
+    flow_check: bool = False           # forward-backward flow consistency: the prior mean fades where the flow fails
+    lost_fraction: float = 0.0         # >0: an object whose warped mask has less than this fraction of its annotated
+                                       # area is lost: searched for in the whole frame from the annotated frames' memory
+    fine_band: float = 1.0             # on a grid finer than `scale`: exact GP only where |latent| < this;
+                                       # 0: everywhere
+    noise_propagated: float = 0.05     # noise of propagated frames' samples at distance 0 (annotated: noise_annotated)
     prior_mode: str = "linear"         # m0 = s (2p - 1) ("linear") or s Phi^-1(p) ("probit")
     components: bool = True            # drop object parts not touching the previous frame's mask
     targets: str = "label"             # "label": GP on +-1 labels, latent = m0 + GP; "residual": GP on y - m0
@@ -89,7 +104,10 @@ class VideoConfig:
             (0 < self.global_fraction < 1, "global_fraction must be between 0 and 1"),
             (self.window >= 1, "window must be 1 or more"), (0 <= self.global_weight <= 1, "global_weight must be in [0, 1]"),
             (self.feature_lengthscale > 0 and self.spatial_lengthscale > 0, "lengthscales must be positive"),
-            (min(self.noise_click, self.noise_annotated) > 0 and self.noise_growth >= 0, "noise levels must be positive"),
+            (min(self.noise_click, self.noise_annotated, self.noise_propagated) > 0 and self.noise_growth >= 0,
+             "noise levels must be positive"),
+            (self.object_cells >= 0, "object_cells must be 0 or more"),
+            (0 <= self.lost_fraction < 1, "lost_fraction must be in [0, 1)"),
             (self.flow in ("ultrafast", "fast", "medium", "none"), "flow must be ultrafast, fast, medium or none"),
             (self.prior_mode in ("linear", "probit"), "prior_mode must be linear or probit"),
             (self.targets in ("label", "residual"), "targets must be label or residual"),
@@ -160,25 +178,47 @@ class VideoSegmenter:
         self.config = config if isinstance(config, VideoConfig) else VideoConfig.from_dict(config)
         cfg = self.config
         self.T = len(source)
-        H, W = source.shape
-        self.grid = Grid.for_frame(H, W, cfg.scale, cfg.min_side)
-        bank = make_bank(smoothing_scales=cfg.smoothing_scales, gradient_scales=cfg.gradient_scales,
-                         hessian_scales=cfg.hessian_scales)
-        self.features = FrameFeatures(self.grid, bank)
-        self.features.fit_standardisation(source[0])  # one feature space for the whole video
+        self._set_grid(cfg.scale)
+        self._grid_fixed = False  # the first annotation may choose a finer grid (object_cells)
         self.flow = None if cfg.flow == "none" else Flow(cfg.flow)
-        self.D = self.features.n_features
-        self.lf = cfg.feature_lengthscale * self.D ** 0.5
-        self.ls = cfg.spatial_lengthscale
         self.objects: list[int] = []
         self.annotations: dict[int, Annotation] = {}
         self.store = _Store(workdir)
         self.cache_features = cache_features
         self.session_features, self.session_config = session_features, session_config
-        self._positions = self.grid.positions()
         self.last_changed: list[int] = []
         self.stats = {"frames_propagated": 0, "seconds": 0.0, "memory_peak": 0, "memory_bytes_peak": 0,
                       "gp_points_max": 0}
+
+    def _set_grid(self, scale: float) -> None:
+        cfg = self.config
+        H, W = self.source.shape
+        self.grid = Grid.for_frame(H, W, scale, cfg.min_side)
+        bank = make_bank(smoothing_scales=cfg.smoothing_scales, gradient_scales=cfg.gradient_scales,
+                         hessian_scales=cfg.hessian_scales)
+        self.features = FrameFeatures(self.grid, bank)
+        self.features.fit_standardisation(self.source[0])  # one feature space for the whole video
+        self.D = self.features.n_features
+        self.lf = cfg.feature_lengthscale * self.D ** 0.5
+        # distances in the motion model (ROI margin, prior blur, spatial window) are set on the `scale` grid:
+        # the same in full-resolution pixels whatever grid the object's size picks
+        self.unit = max(Grid.for_frame(H, W, cfg.scale, cfg.min_side).factor) / max(self.grid.factor)
+        self.ls = cfg.spatial_lengthscale * self.unit
+        self._positions = self.grid.positions()
+
+    def _fit_grid(self, labels: np.ndarray) -> None:
+        """At the first annotation: a grid fine enough that the smallest object covers ``object_cells``
+        cells (its features then resolve the object's parts), never coarser than ``scale``."""
+        if self._grid_fixed:
+            return
+        self._grid_fixed = True
+        cfg = self.config
+        areas = [np.count_nonzero(labels == k) for k in np.unique(labels) if k != 0]
+        if cfg.object_cells <= 0 or not areas:
+            return
+        scale = min(cfg.scale, max(1.0, (min(areas) / cfg.object_cells) ** 0.5))
+        if abs(scale - cfg.scale) > 1e-6:
+            self._set_grid(scale)
 
     # -- cleanup -----------------------------------------------------------------------------------
     def close(self) -> None:
@@ -204,6 +244,7 @@ class VideoSegmenter:
         if not 0 <= frame < self.T:
             raise InputError(f"mask for frame {frame}: the video has {self.T} frames")
         self._add_objects(np.unique(labels))
+        self._fit_grid(labels)
         old = self.annotations.get(frame)
         self.annotations[frame] = Annotation(frame, labels.astype(np.uint8 if labels.max() < 256 else np.uint16),
                                              list(old.clicks) if old else [], dense=labels)
@@ -228,6 +269,7 @@ class VideoSegmenter:
         old = self.annotations.get(frame)
         self._add_objects(c.object for c in clicks if c.positive)
         self._add_objects(np.unique(labels))
+        self._fit_grid(np.asarray(labels))
         self.annotations[frame] = Annotation(frame, np.asarray(labels), (list(old.clicks) if old else []) + list(clicks),
                                              dense=old.dense if old else None)
 
@@ -378,15 +420,55 @@ class VideoSegmenter:
             return (cfg.prior_strength * ndtri(np.clip(p, 0.02, 0.98))).astype(np.float32)
         return (cfg.prior_strength * (2.0 * p - 1.0)).astype(np.float32)
 
-    def _roi(self, prior: np.ndarray) -> np.ndarray:
-        """Where the object can be in this frame: the prior's support grown by ``roi_margin`` working pixels
-        (the whole grid if the margin is negative or nothing is left of the prior)."""
-        m = self.config.roi_margin
+    def _roi(self, prior: np.ndarray, lost: np.ndarray) -> np.ndarray:
+        """Where the objects can be in this frame: the prior's support grown by ``roi_margin`` (the whole grid
+        if the margin is negative, nothing is left of the prior, or an object is lost)."""
+        m = int(round(self.config.roi_margin * self.unit))
         support = (prior > 0.05).any(0)
-        if m < 0 or not support.any():
+        if self.config.roi_margin < 0 or not support.any() or lost.any():
             return np.ones(support.shape, bool)
         k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * m + 1, 2 * m + 1))
         return cv2.dilate(support.astype(np.uint8), k) > 0
+
+    def _latent(self, gp: MemoryPosterior, feats: np.ndarray, origin: tuple[int, int], rows: np.ndarray,
+                cols: np.ndarray, row_coords: np.ndarray, col_coords: np.ndarray, m0: np.ndarray) -> np.ndarray:
+        """m0 + the GP's posterior mean (n, K) at grid cells (rows, cols); ``feats`` starts at ``origin``.
+
+        On a grid finer than ``scale`` (a small object), the GP is evaluated on a lattice as coarse as the
+        ``scale`` grid and interpolated, then evaluated exactly where the result is unsure (|latent| <
+        ``fine_band``): the fine resolution is spent near the object's boundary, not on the whole region."""
+        r0, c0 = origin
+
+        def exact(rr, cc):
+            return gp.latent(feats[rr - r0, cc - c0] / self.lf, rr, cc, row_coords, col_coords,
+                             np.zeros((rr.size, m0.shape[1]), np.float32))
+
+        stride = int(self.unit)
+        if stride < 2 or self.config.fine_band <= 0 or rows.size < 64:
+            return exact(rows, cols) + m0
+        lattice = [np.unique(np.append(np.arange(a.min(), a.max() + 1, stride), a.max())) for a in (rows, cols)]
+        if min(len(v) for v in lattice) < 2:
+            return exact(rows, cols) + m0
+        lr, lc = np.meshgrid(*lattice, indexing="ij")
+        coarse = exact(lr.ravel(), lc.ravel()).reshape(*lr.shape, -1)
+        i = np.clip(np.searchsorted(lattice[0], rows, "right") - 1, 0, len(lattice[0]) - 2)
+        j = np.clip(np.searchsorted(lattice[1], cols, "right") - 1, 0, len(lattice[1]) - 2)
+        tr = ((rows - lattice[0][i]) / (lattice[0][i + 1] - lattice[0][i]))[:, None]
+        tc = ((cols - lattice[1][j]) / (lattice[1][j + 1] - lattice[1][j]))[:, None]
+        lat = ((1 - tr) * ((1 - tc) * coarse[i, j] + tc * coarse[i, j + 1])
+               + tr * ((1 - tc) * coarse[i + 1, j] + tc * coarse[i + 1, j + 1])).astype(np.float32) + m0
+        unsure = np.flatnonzero((np.abs(lat) < self.config.fine_band).any(1))
+        if unsure.size:
+            lat[unsure] = exact(rows[unsure], cols[unsure]) + m0[unsure]
+        return lat
+
+    def _working_frame(self, t: int) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
+        """(frame t's features if they are cached, else None; else its working frame, for the features of a
+        region only; its grey working frame, for the flow)."""
+        if self.cache_features:
+            feats, grey = self._frame_inputs(t)
+            return feats, None, grey
+        return None, *self.features.shrink(self.source[t])
 
     def _pass(self, start: int, stop: int, step: int, bounds: Sequence[int]):
         """Propagate from annotated frame ``start`` towards ``stop`` (exclusive); yields (t, (K, h, w) prob)."""
@@ -406,54 +488,82 @@ class VideoSegmenter:
         # interleave the two frames' samples so that truncation to the budget keeps both
         order = np.argsort(np.concatenate([np.arange(len(s)) for s in samples]), kind="stable")
         bank.set_global(Points.concat(clicks), Points.concat(samples).take(order))
+        # each object's annotated area on the grid: what "lost" is measured against
+        area = np.mean([self._onehot(self.annotations[a].labels).reshape(K, -1).sum(1) for a in bounds], 0)
         gp = MemoryPosterior(cfg.global_weight)
         prev_p = self.probability(start)
-        _, prev_g = self._frame_inputs(start)
+        prev_g = self._working_frame(start)[2]
         h, w = self.grid.h, self.grid.w
         row_coords, col_coords = np.arange(h) / self.ls, np.arange(w) / self.ls
         for t in range(start + step, stop, step):
-            feats, grey = self._frame_inputs(t)
+            whole, small, grey = self._working_frame(t)
             prior = prev_p
+            confidence = None
             if self.flow is not None:
-                prior = warp(prev_p, self.flow(grey, prev_g))
-                bank.move(self.flow(prev_g, grey))
-            if cfg.prior_blur > 0:
-                prior = np.stack([cv2.GaussianBlur(m, (0, 0), cfg.prior_blur) for m in prior])
+                backward, forward = self.flow(grey, prev_g), self.flow(prev_g, grey)
+                prior = warp(prev_p, backward)
+                bank.move(forward)
+                if cfg.flow_check:
+                    confidence = flow_confidence(backward, forward)
+            blur = cfg.prior_blur * self.unit
+            if blur > 0:
+                prior = np.stack([cv2.GaussianBlur(m, (0, 0), blur) for m in prior])
+            lost = (prior > 0.5).reshape(K, -1).sum(1) < cfg.lost_fraction * area  # what is left of its mask
+            if lost.any():  # the memory of the frames since it went missing only says "background"
+                bank.clear_local()
             m0 = self._prior_mean(prior)
-            roi = self._roi(prior)
+            if confidence is not None:  # where the flow fails, appearance (the GP) decides, not the warped prior
+                m0 *= confidence.reshape(-1, 1)
+            m0[:, lost] = 0.0
+            roi = self._roi(prior, lost)
             idx = np.flatnonzero(roi)
+            rows, cols = idx // w, idx % w
+            r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+            feats = whole[r0:r1, c0:c1] if whole is not None else self.features.standardised(small, (r0, r1, c0, c1))
             train = bank.training()
             resid = train.y - train.m0 if cfg.targets == "residual" else train.y
             gp.fit(train.feat / self.lf, train.pos / self.ls, resid, train.noise, keep=train.keep)
-            flat = feats.reshape(-1, D)
-            lat = gp.latent(flat[idx] / self.lf, idx // w, idx % w, row_coords, col_coords,
-                            m0[idx] if cfg.targets == "residual" else np.zeros((idx.size, K), np.float32))
-            if cfg.targets != "residual":
-                lat += m0[idx]
+            lat = self._latent(gp, feats, (r0, c0), rows, cols, row_coords, col_coords, m0[idx])
             p = np.zeros((h * w, K), np.float32)  # outside the region of interest: background
             p[idx] = probability(lat)
             p = p.T.reshape(K, h, w)
             if cfg.components:
-                p = _drop_detached(p, prior)
-            pick = sample_informative(p, bank.per_frame, rng, candidates=roi)
-            y = np.where(p.reshape(K, -1)[:, pick].T > 0.5, 1.0, -1.0).astype(np.float32)
-            noise = min(cfg.noise_annotated + cfg.noise_growth * abs(t - start), cfg.noise_max)
-            bank.add_frame(Points(flat[pick], self._positions[pick], y, m0[pick].astype(np.float32),
-                                  np.full(pick.size, noise, np.float32), np.full(pick.size, t, np.int32),
-                                  np.full(pick.size, PROPAGATED, np.int8)))
+                p = _drop_detached(p, prior, ~lost)
+            for k in np.flatnonzero(lost):
+                p[k] = _redetected(p[k], cfg.lost_fraction * area[k])
             self.stats["frames_propagated"] += 1
-            self.stats["memory_peak"] = max(self.stats["memory_peak"], bank.peak)
-            self.stats["memory_bytes_peak"] = max(self.stats["memory_bytes_peak"], bank.nbytes)
             self.stats["gp_points_max"] = max(self.stats["gp_points_max"], len(train))
+            if not lost.any():
+                pick = sample_informative(p, bank.per_frame, rng, candidates=roi)
+                y = np.where(p.reshape(K, -1)[:, pick].T > 0.5, 1.0, -1.0).astype(np.float32)
+                noise = min(cfg.noise_propagated + cfg.noise_growth * abs(t - start), cfg.noise_max)
+                pr, pc = pick // w - r0, pick % w - c0
+                bank.add_frame(Points(feats[pr, pc], self._positions[pick], y, m0[pick].astype(np.float32),
+                                      np.full(pick.size, noise, np.float32), np.full(pick.size, t, np.int32),
+                                      np.full(pick.size, PROPAGATED, np.int8)))
+                self.stats["memory_peak"] = max(self.stats["memory_peak"], bank.peak)
+                self.stats["memory_bytes_peak"] = max(self.stats["memory_bytes_peak"], bank.nbytes)
             yield t, p
             prev_p, prev_g = p, grey
 
 
-def _drop_detached(p: np.ndarray, prior: np.ndarray) -> np.ndarray:
+def _redetected(p: np.ndarray, min_area: float) -> np.ndarray:
+    """A lost object found again: of the pieces the appearance match found anywhere in the frame, only the
+    one with the most probability mass, and only if it is at least ``min_area`` cells; else nothing."""
+    n, comp = cv2.connectedComponents((p > 0.5).astype(np.uint8), connectivity=8)
+    if n <= 1:
+        return np.zeros_like(p)
+    mass = np.bincount(comp.ravel(), weights=p.ravel(), minlength=n)[1:]
+    best = int(np.argmax(mass)) + 1
+    keep = comp == best
+    return np.where(keep, p, 0.0).astype(p.dtype) if keep.sum() >= min_area else np.zeros_like(p)
+
+
+def _drop_detached(p: np.ndarray, prior: np.ndarray, which: np.ndarray) -> np.ndarray:
     """Zero each object's connected pieces (p > 1/2) that do not overlap its warped previous mask:
     a new blob away from the object is a look-alike in the background, not the object."""
     out = p.copy()
-    for k in range(p.shape[0]):
+    for k in np.flatnonzero(which):
         n, comp = cv2.connectedComponents((p[k] > 0.5).astype(np.uint8), connectivity=8)
         if n <= 2:
             continue
