@@ -25,8 +25,9 @@ from volseg.serve import render, sessions  # noqa: E402
 from volseg.serve.cli import is_loopback  # noqa: E402
 
 
-# a wider spatial kernel than the default: two clicks fill the small generated ellipsoid
-SETTINGS = {"features": "filterbank", "device": "cpu", "config": GPConfig(spatial_fraction=0.3)}
+# one wide spatial RBF instead of the default: two clicks fill the small generated ellipsoid (these
+# tests are about what the server sends, not about how far a click reaches)
+SETTINGS = {"features": "filterbank", "device": "cpu", "config": GPConfig(spatial_fraction=0.3, kernel="rbf")}
 
 
 def disc_image(shape=(64, 80), seed=0):

@@ -134,8 +134,8 @@ def small_data(tmp_path_factory):
     vol, ell = ellipsoid_volume()
     nib.save(nib.Nifti1Image(vol, np.diag([1.0, 1.0, 2.0, 1.0])), root / "ellipsoid.nii.gz")
     (root / "broken.nii.gz").write_bytes(b"not a NIfTI file")
-    # a wider spatial kernel than the default: two clicks fill the small generated ellipsoid
-    (root.parent / "serve_test.yaml").write_text("gp:\n  spatial_fraction: 0.3\n")
+    # one wide spatial RBF instead of the default: two clicks fill the small generated ellipsoid
+    (root.parent / "serve_test.yaml").write_text("gp:\n  spatial_fraction: 0.3\n  kernel: rbf\n")
     return {"root": root, "disc": disc, "ellipsoid": ell, "config": root.parent / "serve_test.yaml"}
 
 
