@@ -266,7 +266,7 @@ def test_cli_refuses_a_missing_path_and_knows_loopback(capsys):
 def test_a_session_without_a_cached_mean_map_falls_back_to_its_mask():
     vol, truth = ellipsoid_volume()
 
-    class Plain:  # what latent_labels may meet if Session stops caching its mean map
+    class Plain:  # a session without raw labels: latent_labels falls back to the mask
         image = Image.from_array(vol)
         objects = [1]
 

@@ -43,6 +43,7 @@ from .errors import InputError, VolsegError
 from .io import check_folder_path, check_output_path, output_files
 from .io.atomic import atomic_path
 from .io.claim import claim
+from .provenance import file_sha256, read_sidecar, recorded_sha256, sidecar_path
 
 _KEYS = ("image", "clicks", "prior", "output")
 
@@ -156,8 +157,6 @@ def read_manifest(path: str | Path, out_dir: str | Path) -> list[CaseRow]:
 def check_outputs(cases: list[CaseRow], out: Path, manifest: Path) -> None:
     """Every case's files (mask, .mhd data, sidecar) inside ``out``, in a format volseg writes, none of
     them shared with another case, the batch report, or any case's input."""
-    from .provenance import sidecar_path
-
     report = (out / "batch_report.json").resolve()
     writes: dict[Path, int] = {}
     for n, case in enumerate(cases, 1):
@@ -207,8 +206,6 @@ def _effective_config(features: str, config) -> dict:
 
 def up_to_date(row: CaseRow, options: BatchOptions) -> tuple[bool, str]:
     """Whether the output exists with a sidecar matching the inputs; the reason when it does not."""
-    from .provenance import file_sha256, read_sidecar
-
     out = Path(row.output)
     if not out.exists():
         return False, "no output yet"
@@ -222,8 +219,6 @@ def up_to_date(row: CaseRow, options: BatchOptions) -> tuple[bool, str]:
         raise InputError(f"output {out} exists without a provenance record; remove it or use --overwrite")
     if options.overwrite:
         return False, "overwrite"
-    from .provenance import recorded_sha256
-
     recorded_files = recorded_sha256(record)
     for f in output_files(out):  # a crash between the sidecar's rename and the mask's leaves the old mask
         if not f.is_file() or recorded_files.get(f.resolve()) != file_sha256(f):
@@ -427,7 +422,6 @@ def _handler(args: argparse.Namespace) -> int:
         raise InputError("--ray-address needs --executor ray")
     from .cli import session_settings
 
-    check_out_folder(args.out)
     settings = session_settings(args)  # reads --config now, so a bad file stops the batch before it starts
     rows = read_manifest(args.manifest, args.out)
     options = BatchOptions(**settings, overwrite=args.overwrite)

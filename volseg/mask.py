@@ -111,7 +111,7 @@ class LabelMap:
         """The label map for the latent ``mean`` (K, *spatial), objects ``objects`` (their ids, in
         channel order), training ``clicks``; ``topology``: apply :func:`clean_topology`; ``snap``:
         an image-wide step from the best latent to the foreground (every update is then full)."""
-        dtype = np.uint8 if max(objects, default=0) < 256 else np.uint16
+        dtype = label_dtype(objects)
         settings = (tuple(objects), dtype, topology, connected, fill_holes, snap is None)
         click_set = {(c.voxel(), c.positive, c.object) for c in clicks}
         if self._labels is None or self._dirty is None or snap is not None or settings != self._applied[0]:
@@ -130,17 +130,13 @@ class LabelMap:
             self._labels = np.zeros(self.shape, dtype=dtype)
             self._raw = None
             return
+        whole = tuple(slice(0, n) for n in self.shape)
         if snap is not None:  # image-wide: the whole map, as one piece (no local state kept)
-            best, arg = mean.max(0) if len(objects) > 1 else (mean[0], None)
-            fg = snap(_numpy(best))
-            ids = np.asarray(objects, dtype=dtype)
-            labels = ids[_numpy(arg)] if arg is not None else np.full(self.shape, ids[0], dtype=dtype)
-            labels *= fg
+            labels = threshold(mean, objects, whole, dtype, snap)
             self._labels = clean_topology(labels, clicks, connected=connected, fill_holes=fill_holes) \
                 if topology else labels
             self._raw = None
             return
-        whole = tuple(slice(0, n) for n in self.shape)
         self._raw = threshold(mean, objects, whole, dtype)
         # counted from the foreground's coordinates: the foreground is mostly a small part of a volume
         where = np.unravel_index(np.flatnonzero(self._raw), self.shape)
@@ -183,15 +179,23 @@ class LabelMap:
                                             fill_holes=fill_holes, offset=[s.start for s in crop])
 
 
-def threshold(mean, objects: Sequence[int], box: Box, dtype) -> np.ndarray:
-    """Raw labels of a box: the object with the largest latent mean where it is positive, else 0.
-    One object needs no arg-max, whose int64 index map would be 8 bytes a voxel on a whole CT."""
+def label_dtype(objects: Sequence[int]) -> type:
+    """The label map's dtype for these object ids."""
+    return np.uint8 if max(objects, default=0) < 256 else np.uint16
+
+
+def threshold(mean, objects: Sequence[int], box: Box, dtype, snap: Snap | None = None) -> np.ndarray:
+    """Raw labels of a box: the object with the largest latent mean where it is foreground, else 0;
+    foreground is a positive largest mean, or ``snap`` of it.  One object needs no arg-max, whose
+    int64 index map would be 8 bytes a voxel on a whole CT."""
     part = mean[(slice(None),) + tuple(box)]
     ids = np.asarray(objects, dtype=dtype)
-    if len(objects) == 1:
-        return (_numpy(part[0]) > 0).astype(dtype) * ids[0]
-    best, arg = part.max(0)
-    return ids[_numpy(arg)] * (_numpy(best) > 0).astype(dtype)
+    best, arg = part.max(0) if len(objects) > 1 else (part[0], None)
+    best = _numpy(best)
+    fg = (best > 0) if snap is None else snap(best)
+    if arg is None:
+        return fg.astype(dtype) * ids[0]
+    return ids[_numpy(arg)] * fg.astype(dtype)
 
 
 def _numpy(t) -> np.ndarray:

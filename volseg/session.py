@@ -34,7 +34,7 @@ from .gp.posterior import ExactPosterior
 from .gp.reach import ball_boxes, box_size, influence_radii, merge_boxes
 from .gp.sampling import PathwiseSampler
 from .image import Image
-from .mask import LabelMap
+from .mask import LabelMap, label_dtype, threshold
 from .units import format_bytes, parse_bytes
 
 # the smallest image segmented: MIN_SIDE locations along at least two axes (a volume of one slice is
@@ -126,7 +126,7 @@ class Session:
                 f"image of shape {img.shape} needs {format_bytes(maps + img.array.nbytes)} for its posterior maps "
                 f"alone, over the memory budget of {format_bytes(budget)} (raise --memory-budget or crop the image)")
         t0 = time.perf_counter()
-        self.feature_tiles = self._feature_tiles(img, budget - maps)
+        self.feature_tiles = self._feature_tiles(img, n, budget - maps)
         if self.feature_tiles is not None and self.device.type == "cpu":  # the lengthscale is folded in
             feats = torch.from_numpy(self.feature_tiles.array)
         elif self.feature_tiles is not None:  # a GPU reads them from its own memory: all of them, now
@@ -165,16 +165,15 @@ class Session:
             return self._feature_seconds
         return self._feature_seconds + self.feature_tiles.seconds - self.feature_tiles.initial_seconds
 
-    def _feature_tiles(self, img: Image, budget: int) -> TiledFeatures | None:
+    def _feature_tiles(self, img: Image, n: int, budget: int) -> TiledFeatures | None:
         """Filter-bank features of a volume come tile by tile (:mod:`volseg.features.tiles`): those of a
         whole CT (over ``on_demand_features_above`` voxels) where the clicks reach, so the first click
         need not wait for the whole volume (a GPU session takes every tile at once, so its features
         are the CPU's); smaller volumes all at once.  2D images, small volumes (with superpixels) and
         learned features are computed whole by their extractor."""
         bank = self.extractor
-        if not isinstance(bank, FilterBank) or img.ndim != 3 or bank.superpixels_for(int(np.prod(img.shape))):
+        if not isinstance(bank, FilterBank) or img.ndim != 3 or bank.superpixels_for(n):
             return None
-        n = int(np.prod(img.shape))
         d_f = bank.n_features(img.ndim, img.channels, n)
         return TiledFeatures(bank, img, budget=budget, scale=1.0 / (self.config.feature_lengthscale * d_f ** 0.5),
                              on_demand=n > self.config.on_demand_features_above)
@@ -252,7 +251,6 @@ class Session:
         """Forget the clicks (the image, its features and any prior stay)."""
         self._require_image()
         self.clicks, self.timings = [], []
-        self._train_voxels: list[tuple[int, ...]] = []
         self._train_clicks: list[Click] = []
         self._points: list[TrainingPoint] = []
         self._seed_cache: dict = {}
@@ -350,7 +348,6 @@ class Session:
             self.posterior.fit(Z, self._targets(points, fit_objects), self._prior_mean_at(voxels, fit_objects).double(),
                                torch.tensor([p.extra for p in points], dtype=torch.float64))
         self.clicks, self._train_clicks, self._points = list(clicks), train, points
-        self._train_voxels = [tuple(int(x) for x in v) for v in voxels]
         self.objects, self._objects_fitted = objects, list(objects)
         # a changed noise (the fit lowers it so conflicting clicks keep their labels) moves every weight
         kept = min(len(noise_before), self.posterior.n)
@@ -450,8 +447,18 @@ class Session:
             snap=self._snap_to_edges if self._cuts_edges() else None)
         return labels.copy()
 
+    def raw_labels(self, box: Box) -> np.ndarray:
+        """Labels of ``box`` before the mask's clean-up (connected parts, holes, edge cut): the object
+        with the largest positive latent mean.  Cheap where :meth:`mask` is not: a preview of it on a
+        slice of a large volume, right after a click."""
+        self._require_image()
+        if not self.objects:
+            return np.zeros(tuple(s.stop - s.start for s in box), dtype=np.uint8)
+        return threshold(self._mean, self.objects, box, label_dtype(self.objects))
+
     def _cuts_edges(self) -> bool:
-        return self.config.edge_strength_for(self.image.ndim) > 0 and int(np.prod(self.image.shape)) <= self.config.edge_max_locations
+        cfg = self.config
+        return cfg.edge_strength_for(self.image.ndim) > 0 and int(np.prod(self.image.shape)) <= cfg.edge_max_locations
 
     def _snap_to_edges(self, latent: np.ndarray) -> np.ndarray:
         """Foreground (any object) from the largest latent mean, moved onto image edges by a minimum

@@ -27,18 +27,35 @@ def storage_dtype(n_locations: int, n_features: int, budget: int) -> np.dtype:
     return np.dtype(np.float32) if f32 <= min(budget // 4, STREAMED_BYTES) else np.dtype(np.float16)
 
 
+def feature_storage(image: Image, n_features: int, budget: int) -> np.dtype:
+    """The dtype ``n_features`` maps of ``image`` are stored in, after checking that they and the
+    image fit in ``budget`` bytes (a MemoryBudgetError naming the sizes if not)."""
+    n = int(np.prod(image.shape))
+    dtype = storage_dtype(n, n_features, budget)
+    need = n * n_features * dtype.itemsize + image.array.nbytes
+    if need > budget:
+        raise MemoryBudgetError(
+            f"image of shape {image.shape} needs about {format_bytes(need)} for its {n_features} features, "
+            f"over the memory budget of {format_bytes(budget)} (raise --memory-budget or crop the image)")
+    return dtype
+
+
+def standardisation(bank, image: Image, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(shift, factor) per feature from its mean and spread: ``(f - shift) * factor`` is the stored
+    feature, with the bank's per-feature weights folded in; constant features stay constant."""
+    std = np.where(std > 1e-6 * (1.0 + np.abs(mean)), std, 1.0)
+    weights = getattr(bank, "weights", lambda *a: np.ones(len(mean)))(image.ndim, image.channels,
+                                                                      int(np.prod(image.shape)))
+    return mean, weights / std
+
+
 def compute_features(bank, image: Image, *, budget: int, slab_bytes: int | None = None) -> np.ndarray:
     """Standardised features (*spatial, D) of ``image`` computed in slabs, within ``budget`` bytes
     (a view of channel-first storage)."""
     shape, n = image.shape, int(np.prod(image.shape))
     D = bank.n_features(image.ndim, image.channels, n)
-    dtype = storage_dtype(n, D, budget)
+    dtype = feature_storage(image, D, budget)
     store_bytes = n * D * dtype.itemsize
-    if store_bytes + image.array.nbytes > budget:
-        raise MemoryBudgetError(
-            f"image of shape {shape} needs about {format_bytes(store_bytes + image.array.nbytes)} for its "
-            f"{D} features, over the memory budget of {format_bytes(budget)} (raise --memory-budget or crop the image)"
-        )
     params = bank.prepare(image.array)
     halo = bank.halo(image.spacing)[0]
     plane = n // shape[0]
@@ -64,9 +81,7 @@ def compute_features(bank, image: Image, *, budget: int, slab_bytes: int | None 
         total2 += np.einsum("ij,ij->j", flat, flat, dtype=np.float64)
         out[a:b] = f
     mean = total / n
-    std = np.sqrt(np.maximum(total2 / n - mean * mean, 0.0))
-    std = np.where(std > 1e-6 * (1.0 + np.abs(mean)), std, 1.0)  # constant features stay constant
-    scale = getattr(bank, "weights", lambda *a: np.ones(D))(image.ndim, image.channels, n) / std
+    mean, scale = standardisation(bank, image, mean, np.sqrt(np.maximum(total2 / n - mean * mean, 0.0)))
     for a in range(0, shape[0], thick):
         b = min(a + thick, shape[0])
         out[a:b] = ((out[a:b].astype(np.float32) - mean) * scale).astype(dtype)

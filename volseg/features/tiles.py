@@ -27,12 +27,10 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from ..errors import MemoryBudgetError
 from ..image import Image
-from ..units import format_bytes
 from .filterbank import TEMPORARIES
 from .scale_space import coarse_derivatives, gaussian_derivatives, pyramid_factors, pyramid_level, upsample_window
-from .stream import storage_dtype
+from .stream import feature_storage, standardisation
 
 Box = tuple[slice, ...]
 TILE = 32              # voxels per tile edge: fine enough that a click computes little beyond its reach
@@ -52,12 +50,7 @@ class TiledFeatures:
         if self.params.get("superpixels"):
             raise ValueError("superpixel features are not local: compute them with FilterBank.features")
         D = bank.n_features(image.ndim, image.channels, n)
-        dtype = storage_dtype(n, D, budget)
-        if n * D * dtype.itemsize + image.array.nbytes > budget:
-            raise MemoryBudgetError(
-                f"image of shape {shape} needs about {format_bytes(n * D * dtype.itemsize + image.array.nbytes)} "
-                f"for its {D} features, over the memory budget of {format_bytes(budget)} "
-                "(raise --memory-budget or crop the image)")
+        dtype = feature_storage(image, D, budget)
         self.n_features = D
         # channel-first storage behind a (*spatial, D) view, as FilterBank.features gives; its pages
         # are taken from the system only when a tile is written
@@ -187,10 +180,9 @@ class TiledFeatures:
                 plane[...] = (plane.astype(np.float32) - self._mean[k]) * self._scale[k]
 
     def _finish_standardisation(self, mean: np.ndarray, std: np.ndarray, scale: float) -> None:
-        std = np.where(std > 1e-6 * (1.0 + np.abs(mean)), std, 1.0)  # constant features stay constant
-        weights = self.bank.weights(self.image.ndim, self.image.channels, int(np.prod(self.shape)))
+        mean, factor = standardisation(self.bank, self.image, mean, std)
         self._mean = mean.astype(np.float32)
-        self._scale = (weights / std * scale).astype(np.float32)
+        self._scale = (factor * scale).astype(np.float32)
 
     def _set_standardisation(self, scale: float) -> None:
         """Mean and spread per feature from small blocks on a regular lattice over the image: a

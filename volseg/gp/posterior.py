@@ -41,7 +41,6 @@ class ExactPosterior:
         self.extra = torch.zeros(0, dtype=torch.float64)  # per point noise on top of s2 (0: a click)
         self.per_point = per_point
         self.scale = torch.ones(0, dtype=torch.float64)  # per point factor on s2 (per_point: < 1 where lowered)
-        self.refitted = False  # whether the last change solved from scratch (every weight may have moved)
 
     @property
     def n(self) -> int:
@@ -69,7 +68,6 @@ class ExactPosterior:
                 self.scale[lost] *= 0.5
             else:
                 self.noise *= 0.01
-        self.refitted = True
         self._refresh()
         return self
 
@@ -82,7 +80,6 @@ class ExactPosterior:
             return self.fit(z, r, torch.zeros_like(r), e)
         k = self.kernel(self.Z, z)  # (N, 1)
         c = torch.linalg.solve_triangular(self.L, k, upper=False)
-        self.refitted = False
         d2 = float(self.kernel(z, z)) + self.noise + float(extra) - float((c * c).sum())
         if d2 <= 1e-12 * (1.0 + self.noise):
             # numerically a duplicate of existing points: refit, which raises the jitter as needed
@@ -104,7 +101,7 @@ class ExactPosterior:
     def truncate(self, n: int) -> "ExactPosterior":
         """Keep the first n training points (undo): the leading block of L is their factor."""
         self.Z, self.R, self.L, self.extra = self.Z[:n], self.R[:n], self.L[:n, :n], self.extra[:n]
-        self.scale, self.refitted = self.scale[:n], False
+        self.scale = self.scale[:n]
         self.alpha = torch.cholesky_solve(self.R, self.L) if n else self.R.clone()
         self._refresh()
         return self

@@ -79,6 +79,11 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def _remove(path: Path) -> None:
+    """Remove a temporary file, or a temporary folder with its files."""
+    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
 def remove_stale_temps(folder: str | Path) -> list[Path]:
     """Remove temporary files and folders that a writer which has since died left in ``folder``."""
     removed = []
@@ -87,7 +92,7 @@ def remove_stale_temps(folder: str | Path) -> list[Path]:
             m = _TEMP_NAME.match(entry.name)
             if m and not pid_alive(int(m.group(1))):
                 with contextlib.suppress(OSError):
-                    shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+                    _remove(entry)
                     removed.append(entry)
     return removed
 
@@ -125,7 +130,7 @@ class Staging:
     def discard(self) -> None:
         for t in self._temps:
             with contextlib.suppress(OSError):
-                shutil.rmtree(t) if t.is_dir() else t.unlink()
+                _remove(t)
         self._temps, self._renames = [], {}
 
 

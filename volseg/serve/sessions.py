@@ -24,7 +24,7 @@ import numpy as np
 from ..clicks import Click, make_click, save_clicks, validate_clicks
 from ..errors import ClickError, VolsegError
 from ..image import Image
-from .render import View, auto_window, views_for
+from .render import Axis, View, auto_window, plane, views_for
 
 # above this many voxels a click's first answer is the GP's own labels on the visible slices; the
 # whole-volume mask (connected parts, filled holes) follows on the next request, see ImageState.labels
@@ -91,16 +91,12 @@ class ImageState:
 
     def labels(self, view: View, index: int | None, *, exact: bool = True) -> np.ndarray:
         """Labels on one slice, in array order (render.plane turns them to the screen)."""
-        from .render import plane
-
         if exact or self.exact or (self._mask is not None and self._mask[0] == self.version):
             return plane(self.mask(), view, index)
         preview = latent_labels(self.session, view, index)
         return preview if preview is not None else plane(self.mask(), view, index)
 
     def uncertainty(self, view: View, index: int | None) -> tuple[np.ndarray, float]:
-        from .render import plane
-
         if self._std is None or self._std[0] != self.version:
             std = self.session.uncertainty()
             self._std = (self.version, std, float(std.max()) if std.size else 1.0)
@@ -139,34 +135,23 @@ class ImageState:
 
 
 def latent_labels(session, view: View, index: int | None) -> np.ndarray | None:
-    """The GP's labels on one slice -- the object with the largest latent mean, where it is above 0 --
-    read from the Session's cached mean map, which a click has just brought up to date.  It skips the
+    """The GP's labels on one slice (``Session.raw_labels``: the object with the largest latent mean,
+    where it is above 0), from the mean map a click has just brought up to date.  It skips the
     whole-volume clean-up of ``Session.mask`` (parts not connected to a click, holes), so it is what the
-    page shows first on a large volume; the exact mask replaces it a moment later.  None when the
-    Session keeps no such map (the caller then falls back to ``Session.mask``)."""
-    import torch
-
-    from .render import plane
-
-    mean = getattr(session, "_mean", None)  # Session has no public per-slice accessor yet
-    objects = list(getattr(session, "objects", []))
-    image = session.image
-    if not isinstance(mean, torch.Tensor) or mean.ndim != image.ndim + 1 or mean.shape[0] != len(objects):
+    page shows first on a large volume; the exact mask replaces it a moment later.  None for a session
+    without raw labels (the caller then falls back to ``Session.mask``)."""
+    raw_labels = getattr(session, "raw_labels", None)
+    if raw_labels is None:
         return None
-    dtype = np.uint8 if max(objects, default=0) < 256 else np.uint16
-    sl = [slice(None)] * image.ndim
+    image = session.image
+    box = [slice(0, n) for n in image.shape]
     if view.axis is not None:
         n = image.shape[view.axis]
         if index is None or not 0 <= index < n:
             raise IndexError(f"slice {index} outside 0..{n - 1} of the {view.name} view")
-        sl[view.axis] = index
-    m = mean[(slice(None), *sl)].cpu().numpy()
-    best, arg = m.max(0), m.argmax(0)
-    labels = np.where(best > 0, np.asarray(objects, dtype)[arg], 0).astype(dtype)
-    if view.axis is None:
-        return plane(labels, view, None)
-    # put the sliced axis back as length 1 so plane() orders rows and columns the same way
-    return plane(np.expand_dims(labels, view.axis), view, 0)
+        box[view.axis] = slice(index, index + 1)
+    # the sliced axis stays, of length 1, so plane() orders rows and columns the same way
+    return plane(raw_labels(tuple(box)), view, None if view.axis is None else 0)
 
 
 class VideoState:
@@ -181,7 +166,6 @@ class VideoState:
         self.path, self.name, self.settings, self.video_config = path, name, dict(settings), video_config
         self.source = open_video(path)
         self.T = len(self.source)
-        from .render import Axis
 
         self.views = [View("frame", None, Axis(0, False), Axis(1, False), 1.0, 1.0, {})]
         self.version = 0
