@@ -44,6 +44,7 @@ from .io import check_folder_path, check_output_path, output_files
 from .io.atomic import atomic_path
 from .io.claim import claim
 from .provenance import file_sha256, read_sidecar, recorded_sha256, sidecar_path
+from .session_options import gp_options, session_settings
 
 _KEYS = ("image", "clicks", "prior", "output")
 
@@ -420,7 +421,6 @@ def _handler(args: argparse.Namespace) -> int:
         raise InputError(f"--workers must be 1 or more, got {args.workers}")
     if args.ray_address and args.executor != "ray":
         raise InputError("--ray-address needs --executor ray")
-    from .cli import session_settings
 
     settings = session_settings(args)  # reads --config now, so a bad file stops the batch before it starts
     rows = read_manifest(args.manifest, args.out)
@@ -445,7 +445,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="cases run at once (default 1: in this process)")
     p.add_argument("--executor", choices=("local", "ray"), default="local")
     p.add_argument("--ray-address", help="Ray cluster address (default: start a local Ray)")
-    from .cli import gp_options
 
     gp_options(p)
     p.add_argument("--overwrite", action="store_true", help="recompute every case, even up-to-date ones")

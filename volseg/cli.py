@@ -6,43 +6,26 @@ them up and turns a VolsegError into one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
-import importlib
 import signal
 import sys
 import threading
 
-from . import __version__
+from . import __version__, batch
+from .demo import run_demo
 from .errors import Terminated, VolsegError
+from .eval import cli2d as eval_cli2d
+from .eval import cli3d as eval_cli3d
+from .segment import segment_file
+from .serve import cli as serve_cli
+from .session_options import gp_options, session_settings
+from .train import cli as train_cli
+from .video import cli as video_cli
 
 # modules whose register(subparsers) adds their sub-commands
-COMMAND_MODULES = ("volseg.batch", "volseg.eval.cli2d", "volseg.eval.cli3d", "volseg.video.cli", "volseg.train.cli",
-                   "volseg.serve.cli")
-
-
-def gp_options(parser: argparse.ArgumentParser) -> None:
-    """Options every command that runs a Session shares."""
-    parser.add_argument("--features", default="filterbank",
-                        help="filterbank (default, training-free), learned2d (packaged 2D model), a checkpoint .ckpt, "
-                             "or several joined by + (learned2d+filterbank: both, a product kernel)")
-    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto")
-    parser.add_argument("--config", help="YAML file with GP settings (see configs/default.yaml)")
-    parser.add_argument("--memory-budget", help="e.g. 4GB (default from the config)")
-
-
-def session_settings(args: argparse.Namespace) -> dict:
-    from .config import GPConfig
-    from .units import parse_bytes
-
-    budget = getattr(args, "memory_budget", None)
-    if budget is not None:  # refused here, before any work, with the option's own name
-        parse_bytes(budget, what="--memory-budget")
-    cfg = GPConfig.from_yaml(args.config) if getattr(args, "config", None) else GPConfig()
-    return {"features": args.features, "device": args.device, "config": cfg.replace(memory_budget=budget)}
+COMMAND_MODULES = (batch, eval_cli2d, eval_cli3d, video_cli, train_cli, serve_cli)
 
 
 def _segment(args: argparse.Namespace) -> int:
-    from .segment import segment_file
-
     rec = segment_file(args.image, args.clicks, args.out, prob=args.prob, uncertainty=args.uncertainty,
                        prior=args.prior, overwrite=args.overwrite, **session_settings(args))
     t = rec["click_seconds"]
@@ -52,8 +35,6 @@ def _segment(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
     run_demo(args.out, device=args.device, overwrite=True)
     return 0
 
@@ -79,8 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_demo)
 
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    for module in COMMAND_MODULES:
+        module.register(sub)
     return parser
 
 

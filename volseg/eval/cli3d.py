@@ -27,6 +27,7 @@ import re
 from pathlib import Path
 
 from ..errors import InputError, OutputExistsError
+from ..session_options import gp_options, session_settings
 from .metrics3d import DEFAULT_TOLERANCE_MM
 from .run3d import EvalCase, EvalOptions, format_table, parse_label_ids, run_eval
 
@@ -154,7 +155,6 @@ def _handler(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if (out / "summary.json").exists() and not args.overwrite:
         raise OutputExistsError(f"{out} already holds evaluation results (use --overwrite to replace them)")
-    from ..cli import session_settings
 
     options = EvalOptions(n_clicks=args.clicks, tolerance=args.tolerance, **session_settings(args))
     summary = run_eval(cases, out, options, progress=not args.quiet)
@@ -179,7 +179,6 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--clicks", type=int, default=10, help="clicks per object (default 10)")
     p.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE_MM,
                    help=f"NSD tolerance in mm (default {DEFAULT_TOLERANCE_MM:g})")
-    from ..cli import gp_options
 
     gp_options(p)
     p.add_argument("--overwrite", action="store_true", help="replace results already in --out")

@@ -34,7 +34,7 @@ from . import render
 from .files import Forbidden, NotFound, Root, kind_of
 from .sessions import ImageState, SessionGone, SessionStore, VideoState
 
-log = logging.getLogger("volseg.serve")
+log = logging.getLogger(__package__)  # "volseg.serve": one logger for the page's server
 STATIC = Path(__file__).with_name("static")
 MAX_BODY = 64 * 1024  # a click or an open request is a few hundred bytes; nothing is uploaded
 

@@ -5,12 +5,13 @@ import argparse
 import ipaddress
 import sys
 
+from ..errors import InputError
+from ..session_options import gp_options, session_settings
+
 HELP = "click in a browser on the images, volumes and videos under PATH"
 
 
 def register(subparsers) -> None:
-    from ..cli import gp_options
-
     p = subparsers.add_parser("serve", help=HELP, description=HELP)
     p.add_argument("path", nargs="?", default=".", help="a folder (its files are listed) or one file (default: .)")
     p.add_argument("--port", type=int, default=8000, help="default 8000")
@@ -35,8 +36,6 @@ def is_loopback(host: str) -> bool:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from ..cli import session_settings
-    from ..errors import InputError
     from .app import create_app
 
     if not 0 < args.port < 65536:
