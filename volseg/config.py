@@ -11,24 +11,41 @@ from .errors import InputError
 from .units import parse_bytes
 
 
+# The defaults that depend on the image, as (2D images, volumes): a setting left None in GPConfig takes
+# its value from here, through the *_for(ndim) methods; configs/default.yaml only mirrors this table
+# (tests/test_config.py checks that they agree).  Why each value, in the *_for methods.
+BY_DIMENSION = {
+    "kernel": ("multiscale", "multiscale"),
+    "spatial_fraction": (0.14, 0.07),          # with the multiscale kernel
+    "spatial_fraction_one_scale": (0.1, 0.05),  # with any other kernel
+    "noise_per_point": (False, True),
+    "edge_strength": (15.0, 0.0),
+}
+
+
+def by_dimension(name: str, ndim: int):
+    """The default of setting ``name`` (a key of BY_DIMENSION) for an image of ``ndim`` spatial axes."""
+    return BY_DIMENSION[name][0 if ndim == 2 else 1]
+
+
 @dataclass(frozen=True)
 class GPConfig:
-    kernel: str | None = None             # rbf | multiscale | matern12 | matern32 | matern52; None: multiscale
+    kernel: str | None = None             # rbf | multiscale | matern12 | matern32 | matern52; None: BY_DIMENSION
     short_ratio: float = 4.0              # multiscale: the short spatial GP's lengthscale is this many times shorter
     short_share: float = 0.3              # ... and has this share of the prior variance
     outputscale: float = 1.0              # prior variance of the latent f
     noise: float = 0.1                    # s2; lowered automatically if a click would lose its label
     noise_per_point: bool | None = None   # lower the noise only at a click that would lose its label (else at all);
-                                          # None: volumes only (2D is tuned with the global lowering)
+                                          # None: BY_DIMENSION
     feature_lengthscale: float = 1.0      # times sqrt(number of features): features are standardised
     spatial_lengthscale: float | None = None  # mm (pixels for rasters); None: spatial_fraction of the diagonal
-    spatial_fraction: float | None = None  # None: 0.14 for 2D images, 0.07 for volumes (0.1 / 0.05 with rbf)
+    spatial_fraction: float | None = None  # of the image diagonal; None: BY_DIMENSION (by kernel too)
     background_mean: float = -0.5         # prior mean without a prior mask: unclicked regions lean background
     prior_strength: float = 1.0           # prior mean is +-this inside/outside a prior mask
     connected: bool = True                # mask keeps only regions connected to a positive click of their object
     fill_holes: bool = True               # and fills enclosed holes that hold no negative click
     edge_strength: float | None = None    # minimum cut onto image edges (volseg.boundary); 0 disables;
-                                          # None: 15 for 2D images, 0 for volumes
+                                          # None: BY_DIMENSION
     edge_band: float = 1.5                # ... over locations whose latent mean is within this of 0
     edge_reach: float = 35.0              # ... and within this many mm (pixels) of the GP's boundary; wide enough
                                           # to undo a flood of look-alike background (Berkeley NoC@90 9.11 at 20)
@@ -82,7 +99,7 @@ class GPConfig:
     def kernel_for(self, ndim: int) -> str:
         # the multiscale kernel everywhere: late clicks stay local (measured on Berkeley and on the dev volumes'
         # tune part, README), and its mean, what a click's mask reads, runs in the fused pass
-        return self.kernel if self.kernel is not None else "multiscale"
+        return self.kernel if self.kernel is not None else by_dimension("kernel", ndim)
 
     def spatial_fraction_for(self, ndim: int) -> float:
         # tuned on Berkeley (2D photos, objects ~17% of the image) and on the dev volumes' tune part (objects
@@ -90,20 +107,16 @@ class GPConfig:
         if self.spatial_fraction is not None:
             return self.spatial_fraction
         multiscale = self.kernel_for(ndim) == "multiscale"
-        if ndim != 2:
-            return 0.07 if multiscale else 0.05
-        return 0.14 if multiscale else 0.1
+        return by_dimension("spatial_fraction" if multiscale else "spatial_fraction_one_scale", ndim)
 
     def noise_per_point_for(self, ndim: int) -> bool:
         # the global lowering made correcting clicks on the dev volumes add false foreground far away
-        return self.noise_per_point if self.noise_per_point is not None else ndim != 2
+        return self.noise_per_point if self.noise_per_point is not None else by_dimension("noise_per_point", ndim)
 
     def edge_strength_for(self, ndim: int) -> float:
-        # tuned on Berkeley (NoC@90 15.3 -> 12.7 on its first 30 objects); on the dev MR/CT volumes the
-        # cut shaved thin, low-contrast structures and Dice fell as clicks were added, so volumes go without
-        if self.edge_strength is not None:
-            return self.edge_strength
-        return 15.0 if ndim == 2 else 0.0
+        # tuned on Berkeley (its NoC@90, README); on the dev MR/CT volumes the cut shaved thin,
+        # low-contrast structures and Dice fell as clicks were added, so volumes go without
+        return self.edge_strength if self.edge_strength is not None else by_dimension("edge_strength", ndim)
 
     def replace(self, **changes) -> "GPConfig":
         return GPConfig.from_dict({**asdict(self), **{k: v for k, v in changes.items() if v is not None}})
