@@ -125,7 +125,7 @@ def test_edge_cut_path_is_the_whole_image_computation():
     s.add_click((42, 45), True, object=2)
     s.add_click((2, 2), False)
     best, arg = s._mean.max(0)
-    fg = s._snap_to_edges(best.numpy())
+    fg = s._masks.edge_cut(best.numpy(), s._train_clicks)
     labels = np.asarray(s.objects, np.uint8)[arg.numpy()] * fg
     np.testing.assert_array_equal(s.mask(), reference_topology(labels.astype(np.uint8), s._train_clicks))
 
@@ -160,3 +160,15 @@ def test_clean_topology_equals_the_whole_image_reference(shape):
             clicks.append(Click(tuple(float(x) for x in centre), False, 1))
         np.testing.assert_array_equal(clean_topology(raw.copy(), clicks), reference_topology(raw.copy(), clicks),
                                       err_msg=f"trial {trial}")
+
+
+def test_mask_stage_cuts_edges_only_where_the_settings_ask():
+    from volseg.config import GPConfig
+    from volseg.image import Image
+    from volseg.mask import MaskStage
+
+    flat, volume = Image.from_array(np.zeros((30, 40), np.float32)), Image.from_array(np.zeros((8, 30, 40), np.float32))
+    assert MaskStage(flat, GPConfig()).edge_cut is not None          # 2D: cut by default
+    assert MaskStage(volume, GPConfig()).edge_cut is None            # volumes: the GP's own mask
+    assert MaskStage(flat, GPConfig(edge_strength=0)).edge_cut is None
+    assert MaskStage(flat, GPConfig(edge_max_locations=100)).edge_cut is None

@@ -1,4 +1,4 @@
-"""Posterior -> label map, kept up to date box by box.
+"""Posterior -> label map, kept up to date box by box: the mask stage of a Session (:class:`MaskStage`).
 
 The label of a location is the object with the largest positive latent mean (0: none), then
 ``clean_topology``: each object keeps only its parts connected to one of its positive clicks, and
@@ -12,21 +12,79 @@ reruns the topology step only on the bounding box of the raw foreground (plus th
 plus one voxel): outside it the label map was and stays 0.  The result is the same label map as a
 recomputation over the whole image, at a cost that follows the objects, not the image.
 
-Where an image-wide step sits between the two (the 2D edge cut refits a colour model to the whole
-labelling, :mod:`volseg.boundary`), every update is a full one, computed exactly as it always was.
+Where an image-wide step sits between the two (the 2D edge cut, :class:`EdgeCut`, refits a colour
+model to the whole labelling), every update is a full one, computed exactly as it always was.
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from . import boundary
 from .clicks import Click
+from .config import GPConfig
 from .gp.reach import Box
+from .image import Image
 
 # foreground (bool, *spatial) from the best object's latent mean (*spatial), over the whole image
 Snap = Callable[[np.ndarray], np.ndarray]
+
+
+class MaskStage:
+    """The label map of one image under a Session's settings: threshold, the edge cut where the settings
+    ask for it (:class:`EdgeCut`), then each object's connected parts and holes (:func:`clean_topology`),
+    brought up to date where the latent moved (:class:`LabelMap`)."""
+
+    def __init__(self, image: Image, config: GPConfig) -> None:
+        self.connected, self.fill_holes = config.connected, config.fill_holes
+        self.edge_cut = EdgeCut(image, config) if EdgeCut.applies(image, config) else None
+        self._label_map = LabelMap(image.shape)
+
+    def invalidate(self, boxes: list[Box] | None = None) -> None:
+        """Mark where the latent mean moved (``None``: everywhere)."""
+        self._label_map.invalidate(boxes)
+
+    def labels(self, mean, objects: Sequence[int], clicks: Sequence[Click], *, topology: bool) -> np.ndarray:
+        """The up-to-date label map (the object itself: copy it before changing it) for the latent ``mean``
+        (K, *spatial) of ``objects`` (ids, in channel order) and the training ``clicks``; ``topology``:
+        apply :func:`clean_topology`."""
+        snap = None if self.edge_cut is None else functools.partial(self.edge_cut, clicks=clicks)
+        return self._label_map.labels(mean, objects, clicks, topology=topology, connected=self.connected,
+                                      fill_holes=self.fill_holes, snap=snap)
+
+
+class EdgeCut:
+    """Foreground (any object) from the largest latent mean, moved onto image edges by a minimum cut
+    (:func:`volseg.boundary.cut`); clicked locations are hard constraints.  The cut's edge weights and
+    colour model depend only on the image: made on first use, once."""
+
+    def __init__(self, image: Image, config: GPConfig) -> None:
+        self.image, self.config = image, config
+        self._terms: tuple | None = None
+
+    @staticmethod
+    def applies(image: Image, config: GPConfig) -> bool:
+        """Whether the settings cut this image: a positive edge strength for its dimension, and not too large."""
+        return config.edge_strength_for(image.ndim) > 0 and int(np.prod(image.shape)) <= config.edge_max_locations
+
+    def __call__(self, latent: np.ndarray, clicks: Sequence[Click]) -> np.ndarray:
+        cfg = self.config
+        if self._terms is None:
+            channels = boundary.contrast_channels(self.image.array)
+            weights = boundary.edge_weights(channels, self.image.spacing, min(cfg.edge_connectivity, latent.ndim))
+            self._terms = weights, boundary.ColourModel(channels)
+        weights, colours = self._terms
+        appearance = None
+        if cfg.appearance_weight > 0:  # refitted to the GP's labelling, as GrabCut refits to its last mask
+            appearance = cfg.appearance_weight * colours.log_ratio(latent > 0)
+        return boundary.cut(latent, weights, strength=cfg.edge_strength_for(latent.ndim), band=cfg.edge_band,
+                            reach=cfg.edge_reach, spacing=self.image.spacing,
+                            positives=[c.voxel() for c in clicks if c.positive],
+                            negatives=[c.voxel() for c in clicks if not c.positive],
+                            appearance=appearance)
 
 
 def clean_topology(labels: np.ndarray, clicks: Sequence[Click], *, connected: bool = True, fill_holes: bool = True,

@@ -23,7 +23,8 @@ import torch
 
 from .clicks import Click, make_click, validate_clicks
 from .config import GPConfig
-from .errors import ClickError, InputError, MemoryBudgetError, VolsegError
+from .budget import split_budget
+from .errors import ClickError, InputError, VolsegError
 from .features import FilterBank, get_extractor
 from .features.tiles import TiledFeatures
 from .gp.evaluate import Box, evaluate_boxes
@@ -34,8 +35,7 @@ from .gp.posterior import ExactPosterior
 from .gp.reach import ball_boxes, box_size, influence_radii, merge_boxes
 from .gp.sampling import PathwiseSampler
 from .image import Image
-from .mask import LabelMap, label_dtype, threshold
-from .units import format_bytes, parse_bytes
+from .mask import MaskStage, label_dtype, threshold
 
 # the smallest image segmented: MIN_SIDE locations along at least two axes (a volume of one slice is
 # a 2D image; a line of pixels or a single one is not an image to segment)
@@ -114,25 +114,15 @@ class Session:
             raise InputError(f"image of size {'x'.join(map(str, img.shape))} is too small to segment: volseg needs "
                              f"at least {MIN_SIDE} pixels (voxels) along two axes")
         self.image = img
-        budget = parse_bytes(self.config.memory_budget, what="memory budget")
-        # the cached maps (mean for one object, variance) and one evaluation chunk come off the top;
-        # the features get what is left, and say so if it is not enough.  The chunk shrinks to a
-        # quarter of a small budget: it only sets how many locations one evaluation pass takes
-        n = int(np.prod(img.shape))
-        self._chunk_bytes = min(parse_bytes(self.config.chunk_bytes, what="chunk_bytes"), max(budget // 4, 1))
-        maps = 2 * n * 4 + self._chunk_bytes
-        if maps + img.array.nbytes >= budget:
-            raise MemoryBudgetError(
-                f"image of shape {img.shape} needs {format_bytes(maps + img.array.nbytes)} for its posterior maps "
-                f"alone, over the memory budget of {format_bytes(budget)} (raise --memory-budget or crop the image)")
+        self._budget = split_budget(img, self.config)
         t0 = time.perf_counter()
-        self.feature_tiles = self._feature_tiles(img, n, budget - maps)
+        self.feature_tiles = self._feature_tiles(img, self._budget.features)
         if self.feature_tiles is not None and self.device.type == "cpu":  # the lengthscale is folded in
             feats = torch.from_numpy(self.feature_tiles.array)
         elif self.feature_tiles is not None:  # a GPU reads them from its own memory: all of them, now
             feats = torch.from_numpy(self.feature_tiles.ensure_all()).to(self.device)
         else:
-            feats = torch.as_tensor(self.extractor.features(img, budget=budget - maps)).to(self.device)
+            feats = torch.as_tensor(self.extractor.features(img, budget=self._budget.features)).to(self.device)
         self._feature_seconds = time.perf_counter() - t0
         # a learned prior-mean head (GPCIS) gives m0(x) so the first click already has a shape to refine
         head = getattr(self.extractor, "last_prior_mean", None)
@@ -153,8 +143,7 @@ class Session:
                                spatial_lengthscale=self.spatial_lengthscale,
                                ensure=self.feature_tiles.ensure if lazy else None)
         self._set_prior(prior)
-        self._cut_terms = None  # edge weights and colour model for the boundary cut, made on first use
-        self._label_map = LabelMap(img.shape)
+        self._masks = MaskStage(img, self.config)
         self.reset()
         return self
 
@@ -165,13 +154,13 @@ class Session:
             return self._feature_seconds
         return self._feature_seconds + self.feature_tiles.seconds - self.feature_tiles.initial_seconds
 
-    def _feature_tiles(self, img: Image, n: int, budget: int) -> TiledFeatures | None:
+    def _feature_tiles(self, img: Image, budget: int) -> TiledFeatures | None:
         """Filter-bank features of a volume come tile by tile (:mod:`volseg.features.tiles`): those of a
         whole CT (over ``on_demand_features_above`` voxels) where the clicks reach, so the first click
         need not wait for the whole volume (a GPU session takes every tile at once, so its features
         are the CPU's); smaller volumes all at once.  2D images, small volumes (with superpixels) and
         learned features are computed whole by their extractor."""
-        bank = self.extractor
+        bank, n = self.extractor, int(np.prod(img.shape))
         if not isinstance(bank, FilterBank) or img.ndim != 3 or bank.superpixels_for(n):
             return None
         d_f = bank.n_features(img.ndim, img.channels, n)
@@ -361,7 +350,7 @@ class Session:
 
     # -- map evaluation --------------------------------------------------------------------------
     def _max_bytes(self) -> int:
-        return self._chunk_bytes
+        return self._budget.chunk
 
     def _evaluate_all(self) -> None:
         img = self._require_image()
@@ -371,7 +360,7 @@ class Session:
         self._stale_var: list[Box] = []
         box = tuple(slice(0, n) for n in img.shape)
         self.last_region = box
-        self._label_map.invalidate(None)
+        self._masks.invalidate(None)
         if self.posterior.n == 0:  # no clicks: the prior everywhere, and no kernel to evaluate
             self._mean.view(K, -1).copy_(self._prior_mean(box, self.objects or [0]).T.expand(K, -1))
             self._var.fill_(self.kernel.outputscale)
@@ -412,7 +401,7 @@ class Session:
         self.last_update = {"locations": sum(box_size(b) for b in boxes),
                             "seconds": time.perf_counter() - t0}
         self._stale_var = merge_boxes(self._stale_var + list(boxes))
-        self._label_map.invalidate(boxes)
+        self._masks.invalidate(boxes)
 
     def _variance(self) -> torch.Tensor:
         """The posterior variance map, brought up to date over the regions clicks have changed."""
@@ -437,15 +426,11 @@ class Session:
     def mask(self) -> np.ndarray:
         """Label map: 0 background, else the object whose probability is highest and above 1/2
         (objects share the posterior variance, so that is the object with the largest positive mean),
-        then cleaned by the clicks (:func:`volseg.mask.clean_topology`).  Brought up to date only where
-        the clicks since the last call moved the latent (:class:`volseg.mask.LabelMap`)."""
+        then cut onto image edges and cleaned by the clicks (:class:`volseg.mask.MaskStage`)."""
         self._require_image()
-        cfg = self.config
-        labels = self._label_map.labels(
-            self._mean, self.objects, self._train_clicks, connected=cfg.connected, fill_holes=cfg.fill_holes,
-            topology=self._prior_labels is None and self._prior_prob is None,  # a prior may have several parts
-            snap=self._snap_to_edges if self._cuts_edges() else None)
-        return labels.copy()
+        # a prior may have several parts, so the step that keeps only the clicked ones is off with one
+        topology = self._prior_labels is None and self._prior_prob is None
+        return self._masks.labels(self._mean, self.objects, self._train_clicks, topology=topology).copy()
 
     def raw_labels(self, box: Box) -> np.ndarray:
         """Labels of ``box`` before the mask's clean-up (connected parts, holes, edge cut): the object
@@ -455,30 +440,6 @@ class Session:
         if not self.objects:
             return np.zeros(tuple(s.stop - s.start for s in box), dtype=np.uint8)
         return threshold(self._mean, self.objects, box, label_dtype(self.objects))
-
-    def _cuts_edges(self) -> bool:
-        cfg = self.config
-        return cfg.edge_strength_for(self.image.ndim) > 0 and int(np.prod(self.image.shape)) <= cfg.edge_max_locations
-
-    def _snap_to_edges(self, latent: np.ndarray) -> np.ndarray:
-        """Foreground (any object) from the largest latent mean, moved onto image edges by a minimum
-        cut (:mod:`volseg.boundary`); clicked voxels are hard constraints."""
-        cfg = self.config
-        from . import boundary
-
-        if self._cut_terms is None:  # once per image
-            channels = boundary.contrast_channels(self.image.array)
-            weights = boundary.edge_weights(channels, self.image.spacing, min(cfg.edge_connectivity, latent.ndim))
-            self._cut_terms = weights, boundary.ColourModel(channels)
-        weights, colours = self._cut_terms
-        appearance = None
-        if cfg.appearance_weight > 0:  # refitted to the GP's labelling, as GrabCut refits to its last mask
-            appearance = cfg.appearance_weight * colours.log_ratio(latent > 0)
-        return boundary.cut(latent, weights, strength=cfg.edge_strength_for(latent.ndim), band=cfg.edge_band,
-                            reach=cfg.edge_reach, spacing=self.image.spacing,
-                            positives=[c.voxel() for c in self._train_clicks if c.positive],
-                            negatives=[c.voxel() for c in self._train_clicks if not c.positive],
-                            appearance=appearance)
 
     def uncertainty(self) -> np.ndarray:
         """Posterior standard deviation of the latent function, float32 (*spatial)."""
