@@ -126,7 +126,7 @@ def main(argv=None) -> int:
     # tables over all sequences from the per-sequence JSON files just written
     sys.path.insert(0, str(REPO))
     from volseg.eval.run_video import evaluate
-    from volseg.video.cli import video_config
+    from volseg.video.config import read_video_config as video_config
 
     config = video_config(None, args.option)
     md = [f"# DAVIS-2016 dev: tune {', '.join(TUNE)}; held out {', '.join(HELD_OUT)}", "",

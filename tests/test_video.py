@@ -218,6 +218,81 @@ def test_cli_propagate_writes_masks_overlay_and_sidecar(tmp_path, shapes):
                  "--option", "nonsense=1"]) == 2
 
 
+def test_propagate_job_checks_its_inputs_before_any_work(tmp_path, shapes):
+    from PIL import Image as PILImage
+
+    from volseg.propagate import propagate_video
+
+    frames, labels = shapes
+    video = write_video(tmp_path / "clip.mp4", frames)
+    first = tmp_path / "first.png"
+    PILImage.fromarray(labels[0]).save(first)
+    with pytest.raises(InputError, match="nothing to propagate"):
+        propagate_video(video, tmp_path / "none")
+    with pytest.raises(InputError, match="the video has 20 frames"):
+        propagate_video(video, tmp_path / "late", masks=[(25, first)])
+    out = tmp_path / "masks"
+    out.mkdir()
+    (out / "00003.png").write_bytes(b"")  # a mask already there: refused without overwrite, nothing computed
+    with pytest.raises(OutputExistsError):
+        propagate_video(video, out, masks=[(0, first)])
+    assert not (out / "propagate.json").exists()
+    done = propagate_video(video, out, masks=[(0, first)], overwrite=True)
+    assert done.overlay_kind is None and done.record["annotated_frames"] == [0]
+    assert json.loads((out / "propagate.json").read_text())["frames"] == 20
+
+
+def test_read_video_config_from_yaml_and_options(tmp_path):
+    from volseg.video.config import option_value, read_video_config
+
+    path = tmp_path / "v.yaml"
+    path.write_text("video:\n  budget: 300\n  scale: 2\n")
+    cfg = read_video_config(str(path), ["scale=3", "smoothing_scales=0,2", "flow_check=yes"])
+    assert (cfg.budget, cfg.scale, cfg.smoothing_scales, cfg.flow_check) == (300, 3, (0.0, 2.0), True)
+    assert option_value("1e-3") == 1e-3 and option_value("medium") == "medium"
+    with pytest.raises(InputError, match="KEY=VALUE"):
+        read_video_config(None, ["budget"])
+    with pytest.raises(InputError, match="does not exist"):
+        read_video_config(str(tmp_path / "missing.yaml"), [])
+
+
+def test_frame_store_keeps_per_frame_arrays_on_disk(tmp_path):
+    from volseg.video.store import FrameStore
+
+    own = FrameStore(None)
+    own.save("p", 3, np.arange(4, dtype=np.float16))
+    assert own.has("p", 3) and not own.has("p", 4) and own.load("p", 4) is None
+    np.testing.assert_array_equal(own.load("p", 3), np.arange(4))
+    own.drop("p", 3)
+    assert not own.has("p", 3)
+    root = own.root
+    own.close()  # a temporary folder of its own is removed...
+    assert not root.exists()
+    kept = FrameStore(tmp_path / "work")
+    kept.save("f", 0, np.zeros(2))
+    kept.close()  # ... a given one is the caller's
+    assert (tmp_path / "work").is_dir()
+
+
+def test_annotated_frames_bookkeeping():
+    from volseg.video.annotations import AnnotatedFrames, clicks_by_frame
+
+    frames = AnnotatedFrames((8, 10), 5)
+    mask = np.zeros((8, 10), np.int64)
+    mask[2:4, 2:4] = 3
+    frames.set_mask(1, mask)
+    assert frames.objects == [3] and frames.frames[1].labels.dtype == np.uint8
+    clicks = [Click((1.0, 1.0), True, 2, 1), Click((5.0, 5.0), False, 1, 4)]
+    frames.annotate(1, clicks[:1], mask)
+    assert frames.objects == [3, 2]
+    assert frames.frames[1].clicks == clicks[:1] and frames.frames[1].dense is mask  # the given mask stays the prior
+    assert clicks_by_frame(clicks) == {1: clicks[:1], 4: clicks[1:]}
+    with pytest.raises(InputError, match="shape"):
+        frames.set_mask(0, np.zeros((8, 9)))
+    with pytest.raises(InputError, match="5 frames"):
+        frames.set_mask(7, mask)
+
+
 # -- pieces -------------------------------------------------------------------------------------------
 def test_memory_posterior_matches_the_engine_posterior():
     """With one noise level and appearance-only matching, the video GP is the engine's ExactPosterior."""
@@ -267,12 +342,17 @@ def test_fast_features_match_the_filter_bank():
 def test_thread_limit_is_restored():
     import cv2
 
-    from volseg.video.threads import _openblas, limited_threads
+    from threadpoolctl import threadpool_info
 
-    before = [g() for _, g in _openblas()], cv2.getNumThreads()
+    from volseg.video.threads import limited_threads
+
+    def blas() -> list[int]:
+        return [pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"]
+
+    before = blas(), cv2.getNumThreads()
     with limited_threads(1):
-        assert all(g() == 1 for _, g in _openblas()) and cv2.getNumThreads() == 1
-    assert ([g() for _, g in _openblas()], cv2.getNumThreads()) == before
+        assert all(n == 1 for n in blas()) and cv2.getNumThreads() == 1
+    assert (blas(), cv2.getNumThreads()) == before
 
 
 def test_guided_upsampling_snaps_to_edges():

@@ -5,7 +5,9 @@ of earlier frames as training points (see :mod:`volseg.video.propagate`).
 """
 from __future__ import annotations
 
+from .annotations import Annotation
+from .config import VideoConfig
 from .memory import MemoryBank, sample_informative
-from .propagate import Annotation, VideoConfig, VideoSegmenter
+from .propagate import VideoSegmenter
 
 __all__ = ["Annotation", "MemoryBank", "VideoConfig", "VideoSegmenter", "sample_informative"]

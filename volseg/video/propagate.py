@@ -37,138 +37,33 @@ only the frames strictly between t's annotated neighbours are propagated again
 (:attr:`VideoSegmenter.last_changed`).
 
 Memory does not grow with the video: frames are decoded lazily, the memory bank has a fixed
-budget, and per-frame results live in a folder on disk (``workdir``), not in RAM.
+budget, and per-frame results live in a folder on disk (``workdir``, :mod:`volseg.video.store`), not in RAM.
+
+This module schedules the passes and runs them; the settings are :mod:`volseg.video.config`, the
+annotated frames :mod:`volseg.video.annotations`, and the pieces of one step :mod:`volseg.video.step`.
 """
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import cv2
 import numpy as np
 
 from ..clicks import Click, validate_clicks
-from ..errors import ClickError, InputError
+from ..config import GPConfig
+from ..errors import ClickError
+from ..session import Session
+from .annotations import AnnotatedFrames, Annotation, clicks_by_frame
+from .config import VideoConfig
 from .features import Flow, FrameFeatures, Grid, flow_confidence, make_bank, warp
 from .gp import MemoryPosterior, probability
 from .memory import ANNOTATED, CLICK, PROPAGATED, MemoryBank, Points, sample_informative
 from .refine import to_labels, upsample
+from .step import drop_detached, latent, prior_mean, redetected, region_of_interest
+from .store import FrameStore
 from .threads import limited_threads
-
-
-@dataclass(frozen=True)
-class VideoConfig:
-    scale: float = 4.0                 # working grid = frame / scale per axis ...
-    min_side: int = 96                 # ... but its short side stays at least this (or the frame's)
-    budget: int = 800                  # memory bank points (global + local)
-    global_fraction: float = 0.5       # share of the budget for the annotated frames
-    window: int = 2                    # local memory: the last `window` propagated frames
-    feature_lengthscale: float = 0.35  # times sqrt(number of features)
-    spatial_lengthscale: float = 6.0   # working-grid pixels: the spatial kernel's window (if global_weight < 1)
-    global_weight: float = 1.0         # weight of appearance-only matching in the kernel (1: no spatial term)
-    noise_click: float = 1e-3
-    noise_annotated: float = 0.05      # mask samples of annotated frames
-    noise_growth: float = 0.01         # extra noise per frame of distance from the annotated frame
-    noise_max: float = 1.0
-    prior_strength: float = 0.5        # |m0| of the previous frame's mask
-    prior_blur: float = 1.0            # working-grid pixels
-    flow: str = "ultrafast"            # DIS preset (ultrafast | fast | medium) or "none"
-    refine_radius: float = 2.0         # guided-filter radius in working-grid pixels; 0: bilinear only
-    refine_eps: float = 1e-3
-    smoothing_scales: tuple = (0.0, 1.0, 2.0, 4.0, 8.0)  # filter bank on the working grid
-    gradient_scales: tuple = (1.0, 3.0)
-    hessian_scales: tuple = (2.0,)
-    roi_margin: int = 10               # pixels of the `scale` grid around the prior's support where the GP
-                                       # is evaluated; -1: everywhere
-    object_cells: int = 2500           # >0: the grid is finer (down to full resolution) so the smallest annotated
-                                       # object covers about this many cells; 0: always `scale`
-    flow_check: bool = False           # forward-backward flow consistency: the prior mean fades where the flow fails
-    lost_fraction: float = 0.0         # >0: an object whose warped mask has less than this fraction of its annotated
-                                       # area is lost: searched for in the whole frame from the annotated frames' memory
-    fine_band: float = 1.0             # on a grid finer than `scale`: exact GP only where |latent| < this;
-                                       # 0: everywhere
-    noise_propagated: float = 0.05     # noise of propagated frames' samples at distance 0 (annotated: noise_annotated)
-    prior_mode: str = "linear"         # m0 = s (2p - 1) ("linear") or s Phi^-1(p) ("probit")
-    components: bool = True            # drop object parts not touching the previous frame's mask
-    targets: str = "label"             # "label": GP on +-1 labels, latent = m0 + GP; "residual": GP on y - m0
-    threads: int = 1                   # BLAS / OpenCV threads while propagating (0: library default); see threads.py
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        checks = [
-            (self.scale >= 1, "scale must be 1 or more"), (self.budget >= 8, "budget must be 8 points or more"),
-            (0 < self.global_fraction < 1, "global_fraction must be between 0 and 1"),
-            (self.window >= 1, "window must be 1 or more"), (0 <= self.global_weight <= 1, "global_weight must be in [0, 1]"),
-            (self.feature_lengthscale > 0 and self.spatial_lengthscale > 0, "lengthscales must be positive"),
-            (min(self.noise_click, self.noise_annotated, self.noise_propagated) > 0 and self.noise_growth >= 0,
-             "noise levels must be positive"),
-            (self.object_cells >= 0, "object_cells must be 0 or more"),
-            (0 <= self.lost_fraction < 1, "lost_fraction must be in [0, 1)"),
-            (self.flow in ("ultrafast", "fast", "medium", "none"), "flow must be ultrafast, fast, medium or none"),
-            (self.prior_mode in ("linear", "probit"), "prior_mode must be linear or probit"),
-            (self.targets in ("label", "residual"), "targets must be label or residual"),
-        ]
-        bad = [msg for ok, msg in checks if not ok]
-        if bad:
-            raise InputError("video settings: " + "; ".join(bad))
-
-    @classmethod
-    def from_dict(cls, data: dict | None) -> "VideoConfig":
-        data = dict(data or {})
-        names = {f.name: f for f in fields(cls)}
-        unknown = sorted(set(data) - set(names))
-        if unknown:
-            raise InputError(f"unknown video setting(s) {unknown}; known: {sorted(names)}")
-        for k in ("smoothing_scales", "gradient_scales", "hessian_scales"):
-            if k in data and not isinstance(data[k], tuple):
-                data[k] = tuple(float(v) for v in (data[k] if isinstance(data[k], (list, tuple)) else [data[k]]))
-        return cls(**data)
-
-    def replace(self, **changes) -> "VideoConfig":
-        return VideoConfig.from_dict({**asdict(self), **changes})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class Annotation:
-    """User input on one frame: clicks and/or a dense mask, and the frame's resulting label map."""
-
-    frame: int
-    labels: np.ndarray                  # (H, W) the frame's mask: exact output for this frame
-    clicks: list[Click] = field(default_factory=list)
-    dense: np.ndarray | None = None     # a mask the user gave (kept as the prior for later clicks)
-
-
-class _Store:
-    """Per-frame arrays in a folder (np.save), so results for long videos stay out of RAM."""
-
-    def __init__(self, workdir: str | Path | None) -> None:
-        self._own = workdir is None
-        self.root = Path(tempfile.mkdtemp(prefix="volseg-video-")) if workdir is None else Path(workdir)
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def _p(self, key: str, t: int) -> Path:
-        return self.root / f"{key}_{t:06d}.npy"
-
-    def save(self, key: str, t: int, a: np.ndarray) -> None:
-        np.save(self._p(key, t), a)
-
-    def load(self, key: str, t: int) -> np.ndarray | None:
-        p = self._p(key, t)
-        return np.load(p) if p.is_file() else None
-
-    def drop(self, key: str, t: int) -> None:
-        self._p(key, t).unlink(missing_ok=True)
-
-    def close(self) -> None:
-        if self._own:
-            shutil.rmtree(self.root, ignore_errors=True)
 
 
 class VideoSegmenter:
@@ -181,9 +76,11 @@ class VideoSegmenter:
         self._set_grid(cfg.scale)
         self._grid_fixed = False  # the first annotation may choose a finer grid (object_cells)
         self.flow = None if cfg.flow == "none" else Flow(cfg.flow)
-        self.objects: list[int] = []
-        self.annotations: dict[int, Annotation] = {}
-        self.store = _Store(workdir)
+        self.annotated = AnnotatedFrames(source.shape, self.T)
+        # the same objects as the bookkeeping's, under the names callers read (and serve writes frames into)
+        self.objects: list[int] = self.annotated.objects
+        self.annotations: dict[int, Annotation] = self.annotated.frames
+        self.store = FrameStore(workdir)
         self.cache_features = cache_features
         self.session_features, self.session_config = session_features, session_config
         self.last_changed: list[int] = []
@@ -231,31 +128,15 @@ class VideoSegmenter:
         self.close()
 
     # -- annotation --------------------------------------------------------------------------------
-    def _add_objects(self, ids: Iterable[int]) -> None:
-        for i in sorted(set(int(v) for v in ids) - {0}):
-            if i not in self.objects:
-                self.objects.append(i)
-
     def set_mask(self, frame: int, labels: np.ndarray, *, propagate: bool = True) -> list[int]:
         """Give frame ``frame`` a dense mask (label map, object ids > 0); returns the frames recomputed."""
-        labels = np.asarray(labels)
-        if labels.shape != self.source.shape:
-            raise InputError(f"mask for frame {frame} has shape {labels.shape}, the video's frames are {self.source.shape}")
-        if not 0 <= frame < self.T:
-            raise InputError(f"mask for frame {frame}: the video has {self.T} frames")
-        self._add_objects(np.unique(labels))
-        self._fit_grid(labels)
-        old = self.annotations.get(frame)
-        self.annotations[frame] = Annotation(frame, labels.astype(np.uint8 if labels.max() < 256 else np.uint16),
-                                             list(old.clicks) if old else [], dense=labels)
+        self.annotated.set_mask(frame, labels)
+        self._fit_grid(np.asarray(labels))
         return self.update([frame]) if propagate else []
 
     def session_for(self, frame: int):
         """A :class:`volseg.Session` on ``frame`` whose prior is the frame's current mask (none if the frame
         has no result yet); clicks added to it refine that mask at full resolution."""
-        from ..config import GPConfig
-        from ..session import Session
-
         config = self.session_config if isinstance(self.session_config, GPConfig) else GPConfig.from_dict(self.session_config)
         # frames keep the RBF unless asked otherwise: the multiscale 2D default is measured on
         # Berkeley's click protocol, not on refining a propagated mask
@@ -266,20 +147,14 @@ class VideoSegmenter:
 
     def annotate(self, frame: int, clicks: Sequence[Click], labels: np.ndarray) -> None:
         """Record clicks on ``frame`` and the mask they produced (without propagating)."""
-        old = self.annotations.get(frame)
-        self._add_objects(c.object for c in clicks if c.positive)
-        self._add_objects(np.unique(labels))
+        self.annotated.annotate(frame, clicks, labels)
         self._fit_grid(np.asarray(labels))
-        self.annotations[frame] = Annotation(frame, np.asarray(labels), (list(old.clicks) if old else []) + list(clicks),
-                                             dense=old.dense if old else None)
 
     def add_clicks(self, clicks: Sequence[Click], *, propagate: bool = True) -> list[int]:
         """Clicks (each with a frame): redo each clicked frame's mask with a Session, then propagate.
         Returns the frames whose result was recomputed."""
         clicks = validate_clicks(clicks, self.source.shape, frames=self.T)
-        by_frame: dict[int, list[Click]] = {}
-        for c in clicks:
-            by_frame.setdefault(int(c.frame), []).append(c)
+        by_frame = clicks_by_frame(clicks)
         for t, cs in sorted(by_frame.items()):
             old = self.annotations.get(t)
             s = self.session_for(t)
@@ -307,7 +182,7 @@ class VideoSegmenter:
         return p
 
     def has_result(self, t: int) -> bool:
-        return t in self.annotations or self.store._p("p", t).is_file()
+        return t in self.annotations or self.store.has("p", t)
 
     def current_labels(self, t: int) -> np.ndarray | None:
         if t in self.annotations:
@@ -409,59 +284,6 @@ class VideoSegmenter:
                          np.full(idx.size, a, np.int32), np.full(idx.size, ANNOTATED, np.int8))
         return clicks, samples
 
-    def _prior_mean(self, prior: np.ndarray) -> np.ndarray:
-        """m0 (h*w, K) from the warped previous probability: linear, s (2p - 1), or probit, s Phi^-1(p)."""
-        cfg = self.config
-        K = prior.shape[0]
-        p = prior.reshape(K, -1).T
-        if cfg.prior_mode == "probit":
-            from scipy.special import ndtri
-
-            return (cfg.prior_strength * ndtri(np.clip(p, 0.02, 0.98))).astype(np.float32)
-        return (cfg.prior_strength * (2.0 * p - 1.0)).astype(np.float32)
-
-    def _roi(self, prior: np.ndarray, lost: np.ndarray) -> np.ndarray:
-        """Where the objects can be in this frame: the prior's support grown by ``roi_margin`` (the whole grid
-        if the margin is negative, nothing is left of the prior, or an object is lost)."""
-        m = int(round(self.config.roi_margin * self.unit))
-        support = (prior > 0.05).any(0)
-        if self.config.roi_margin < 0 or not support.any() or lost.any():
-            return np.ones(support.shape, bool)
-        k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * m + 1, 2 * m + 1))
-        return cv2.dilate(support.astype(np.uint8), k) > 0
-
-    def _latent(self, gp: MemoryPosterior, feats: np.ndarray, origin: tuple[int, int], rows: np.ndarray,
-                cols: np.ndarray, row_coords: np.ndarray, col_coords: np.ndarray, m0: np.ndarray) -> np.ndarray:
-        """m0 + the GP's posterior mean (n, K) at grid cells (rows, cols); ``feats`` starts at ``origin``.
-
-        On a grid finer than ``scale`` (a small object), the GP is evaluated on a lattice as coarse as the
-        ``scale`` grid and interpolated, then evaluated exactly where the result is unsure (|latent| <
-        ``fine_band``): the fine resolution is spent near the object's boundary, not on the whole region."""
-        r0, c0 = origin
-
-        def exact(rr, cc):
-            return gp.latent(feats[rr - r0, cc - c0] / self.lf, rr, cc, row_coords, col_coords,
-                             np.zeros((rr.size, m0.shape[1]), np.float32))
-
-        stride = int(self.unit)
-        if stride < 2 or self.config.fine_band <= 0 or rows.size < 64:
-            return exact(rows, cols) + m0
-        lattice = [np.unique(np.append(np.arange(a.min(), a.max() + 1, stride), a.max())) for a in (rows, cols)]
-        if min(len(v) for v in lattice) < 2:
-            return exact(rows, cols) + m0
-        lr, lc = np.meshgrid(*lattice, indexing="ij")
-        coarse = exact(lr.ravel(), lc.ravel()).reshape(*lr.shape, -1)
-        i = np.clip(np.searchsorted(lattice[0], rows, "right") - 1, 0, len(lattice[0]) - 2)
-        j = np.clip(np.searchsorted(lattice[1], cols, "right") - 1, 0, len(lattice[1]) - 2)
-        tr = ((rows - lattice[0][i]) / (lattice[0][i + 1] - lattice[0][i]))[:, None]
-        tc = ((cols - lattice[1][j]) / (lattice[1][j + 1] - lattice[1][j]))[:, None]
-        lat = ((1 - tr) * ((1 - tc) * coarse[i, j] + tc * coarse[i, j + 1])
-               + tr * ((1 - tc) * coarse[i + 1, j] + tc * coarse[i + 1, j + 1])).astype(np.float32) + m0
-        unsure = np.flatnonzero((np.abs(lat) < self.config.fine_band).any(1))
-        if unsure.size:
-            lat[unsure] = exact(rows[unsure], cols[unsure]) + m0[unsure]
-        return lat
-
     def _working_frame(self, t: int) -> tuple[np.ndarray | None, np.ndarray | None, np.ndarray]:
         """(frame t's features if they are cached, else None; else its working frame, for the features of a
         region only; its grey working frame, for the flow)."""
@@ -511,11 +333,11 @@ class VideoSegmenter:
             lost = (prior > 0.5).reshape(K, -1).sum(1) < cfg.lost_fraction * area  # what is left of its mask
             if lost.any():  # the memory of the frames since it went missing only says "background"
                 bank.clear_local()
-            m0 = self._prior_mean(prior)
+            m0 = prior_mean(prior, cfg)
             if confidence is not None:  # where the flow fails, appearance (the GP) decides, not the warped prior
                 m0 *= confidence.reshape(-1, 1)
             m0[:, lost] = 0.0
-            roi = self._roi(prior, lost)
+            roi = region_of_interest(prior, lost, cfg.roi_margin, self.unit)
             idx = np.flatnonzero(roi)
             rows, cols = idx // w, idx % w
             r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
@@ -523,14 +345,15 @@ class VideoSegmenter:
             train = bank.training()
             resid = train.y - train.m0 if cfg.targets == "residual" else train.y
             gp.fit(train.feat / self.lf, train.pos / self.ls, resid, train.noise, keep=train.keep)
-            lat = self._latent(gp, feats, (r0, c0), rows, cols, row_coords, col_coords, m0[idx])
+            lat = latent(gp, feats, (r0, c0), rows, cols, row_coords, col_coords, m0[idx], feature_lengthscale=self.lf,
+                         unit=self.unit, fine_band=cfg.fine_band)
             p = np.zeros((h * w, K), np.float32)  # outside the region of interest: background
             p[idx] = probability(lat)
             p = p.T.reshape(K, h, w)
             if cfg.components:
-                p = _drop_detached(p, prior, ~lost)
+                p = drop_detached(p, prior, ~lost)
             for k in np.flatnonzero(lost):
-                p[k] = _redetected(p[k], cfg.lost_fraction * area[k])
+                p[k] = redetected(p[k], cfg.lost_fraction * area[k])
             self.stats["frames_propagated"] += 1
             self.stats["gp_points_max"] = max(self.stats["gp_points_max"], len(train))
             if not lost.any():
@@ -547,27 +370,3 @@ class VideoSegmenter:
             prev_p, prev_g = p, grey
 
 
-def _redetected(p: np.ndarray, min_area: float) -> np.ndarray:
-    """A lost object found again: of the pieces the appearance match found anywhere in the frame, only the
-    one with the most probability mass, and only if it is at least ``min_area`` cells; else nothing."""
-    n, comp = cv2.connectedComponents((p > 0.5).astype(np.uint8), connectivity=8)
-    if n <= 1:
-        return np.zeros_like(p)
-    mass = np.bincount(comp.ravel(), weights=p.ravel(), minlength=n)[1:]
-    best = int(np.argmax(mass)) + 1
-    keep = comp == best
-    return np.where(keep, p, 0.0).astype(p.dtype) if keep.sum() >= min_area else np.zeros_like(p)
-
-
-def _drop_detached(p: np.ndarray, prior: np.ndarray, which: np.ndarray) -> np.ndarray:
-    """Zero each object's connected pieces (p > 1/2) that do not overlap its warped previous mask:
-    a new blob away from the object is a look-alike in the background, not the object."""
-    out = p.copy()
-    for k in np.flatnonzero(which):
-        n, comp = cv2.connectedComponents((p[k] > 0.5).astype(np.uint8), connectivity=8)
-        if n <= 2:
-            continue
-        touching = np.unique(comp[(prior[k] > 0.5) & (comp > 0)])
-        detached = np.isin(comp, touching, invert=True) & (comp > 0)
-        out[k][detached] = 0.0
-    return out

@@ -1,0 +1,116 @@
+"""Video propagation settings: one dataclass, from a YAML file's ``video:`` section and KEY=VALUE options."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class VideoConfig:
+    scale: float = 4.0                 # working grid = frame / scale per axis ...
+    min_side: int = 96                 # ... but its short side stays at least this (or the frame's)
+    budget: int = 800                  # memory bank points (global + local)
+    global_fraction: float = 0.5       # share of the budget for the annotated frames
+    window: int = 2                    # local memory: the last `window` propagated frames
+    feature_lengthscale: float = 0.35  # times sqrt(number of features)
+    spatial_lengthscale: float = 6.0   # working-grid pixels: the spatial kernel's window (if global_weight < 1)
+    global_weight: float = 1.0         # weight of appearance-only matching in the kernel (1: no spatial term)
+    noise_click: float = 1e-3
+    noise_annotated: float = 0.05      # mask samples of annotated frames
+    noise_growth: float = 0.01         # extra noise per frame of distance from the annotated frame
+    noise_max: float = 1.0
+    prior_strength: float = 0.5        # |m0| of the previous frame's mask
+    prior_blur: float = 1.0            # working-grid pixels
+    flow: str = "ultrafast"            # DIS preset (ultrafast | fast | medium) or "none"
+    refine_radius: float = 2.0         # guided-filter radius in working-grid pixels; 0: bilinear only
+    refine_eps: float = 1e-3
+    smoothing_scales: tuple = (0.0, 1.0, 2.0, 4.0, 8.0)  # filter bank on the working grid
+    gradient_scales: tuple = (1.0, 3.0)
+    hessian_scales: tuple = (2.0,)
+    roi_margin: int = 10               # pixels of the `scale` grid around the prior's support where the GP
+                                       # is evaluated; -1: everywhere
+    object_cells: int = 2500           # >0: the grid is finer (down to full resolution) so the smallest annotated
+                                       # object covers about this many cells; 0: always `scale`
+    flow_check: bool = False           # forward-backward flow consistency: the prior mean fades where the flow fails
+    lost_fraction: float = 0.0         # >0: an object whose warped mask has less than this fraction of its annotated
+                                       # area is lost: searched for in the whole frame from the annotated frames' memory
+    fine_band: float = 1.0             # on a grid finer than `scale`: exact GP only where |latent| < this;
+                                       # 0: everywhere
+    noise_propagated: float = 0.05     # noise of propagated frames' samples at distance 0 (annotated: noise_annotated)
+    prior_mode: str = "linear"         # m0 = s (2p - 1) ("linear") or s Phi^-1(p) ("probit")
+    components: bool = True            # drop object parts not touching the previous frame's mask
+    targets: str = "label"             # "label": GP on +-1 labels, latent = m0 + GP; "residual": GP on y - m0
+    threads: int = 1                   # BLAS / OpenCV threads while propagating (0: library default); see threads.py
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = [
+            (self.scale >= 1, "scale must be 1 or more"), (self.budget >= 8, "budget must be 8 points or more"),
+            (0 < self.global_fraction < 1, "global_fraction must be between 0 and 1"),
+            (self.window >= 1, "window must be 1 or more"), (0 <= self.global_weight <= 1, "global_weight must be in [0, 1]"),
+            (self.feature_lengthscale > 0 and self.spatial_lengthscale > 0, "lengthscales must be positive"),
+            (min(self.noise_click, self.noise_annotated, self.noise_propagated) > 0 and self.noise_growth >= 0,
+             "noise levels must be positive"),
+            (self.object_cells >= 0, "object_cells must be 0 or more"),
+            (0 <= self.lost_fraction < 1, "lost_fraction must be in [0, 1)"),
+            (self.flow in ("ultrafast", "fast", "medium", "none"), "flow must be ultrafast, fast, medium or none"),
+            (self.prior_mode in ("linear", "probit"), "prior_mode must be linear or probit"),
+            (self.targets in ("label", "residual"), "targets must be label or residual"),
+        ]
+        bad = [msg for ok, msg in checks if not ok]
+        if bad:
+            raise InputError("video settings: " + "; ".join(bad))
+
+    @classmethod
+    def from_dict(cls, data: dict | None) -> "VideoConfig":
+        data = dict(data or {})
+        names = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(data) - set(names))
+        if unknown:
+            raise InputError(f"unknown video setting(s) {unknown}; known: {sorted(names)}")
+        for k in ("smoothing_scales", "gradient_scales", "hessian_scales"):
+            if k in data and not isinstance(data[k], tuple):
+                data[k] = tuple(float(v) for v in (data[k] if isinstance(data[k], (list, tuple)) else [data[k]]))
+        return cls(**data)
+
+    def replace(self, **changes) -> "VideoConfig":
+        return VideoConfig.from_dict({**asdict(self), **changes})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def option_value(text: str):
+    """The value of a KEY=VALUE option: a bool, an int, a float, a tuple (comma-separated) or the text."""
+    low = text.strip().lower()
+    if low in ("true", "yes", "on", "false", "no", "off"):
+        return low in ("true", "yes", "on")
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    if "," in text:
+        return tuple(option_value(t) for t in text.split(",") if t.strip())
+    return text
+
+
+def read_video_config(config_path: str | None, options: list[str]) -> VideoConfig:
+    """The settings of a YAML file's ``video:`` section (or the whole file), overridden by KEY=VALUE ``options``."""
+    data: dict = {}
+    if config_path:
+        p = Path(config_path)
+        if not p.is_file():
+            raise InputError(f"config file {p} does not exist")
+        loaded = yaml.safe_load(p.read_text()) or {}
+        data.update(loaded.get("video", loaded) if isinstance(loaded, dict) else {})
+    for item in options:
+        key, eq, val = item.partition("=")
+        if not eq or not key.strip():
+            raise InputError(f"--option {item!r}: expected KEY=VALUE")
+        data[key.strip()] = option_value(val)
+    return VideoConfig.from_dict(data)
