@@ -25,4 +25,5 @@ def write_mask(mask, like, path, **kwargs):
     return _write(mask, like, path, **kwargs)
 
 
-__all__ = ["Click", "GPConfig", "Image", "Session", "VolsegError", "load_clicks", "read_image", "write_mask", "__version__"]
+__all__ = ["Click", "GPConfig", "Image", "Session", "VolsegError", "load_clicks", "read_image", "write_mask",
+           "__version__"]

@@ -144,7 +144,8 @@ def read_manifest(path: str | Path, out_dir: str | Path) -> list[CaseRow]:
     cases = []
     for n, r in enumerate(rows, 1):
         if not r.get("image") or not r.get("clicks"):
-            raise InputError(f"manifest {p} case {n}: 'image' and 'clicks' are both required (columns {', '.join(_KEYS)})")
+            raise InputError(f"manifest {p} case {n}: 'image' and 'clicks' are both required "
+                             f"(columns {', '.join(_KEYS)})")
         image = (p.parent / r["image"]).resolve()
         clicks = (p.parent / r["clicks"]).resolve()
         prior = (p.parent / r["prior"]).resolve() if r.get("prior") else None

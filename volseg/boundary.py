@@ -87,14 +87,14 @@ def contrast_channels(array: np.ndarray) -> np.ndarray:
     return rgb_to_lab(array) if looks_rgb(array) else array.astype(np.float32, copy=False)
 
 
-def cut(latent: np.ndarray, weights: list[tuple[tuple[int, ...], np.ndarray]], *, strength: float, band: float = 1.5, reach: float = 20.0,
-        spacing: Sequence[float] | None = None, positives: Sequence[tuple[int, ...]] = (),
+def cut(latent: np.ndarray, weights: list[tuple[tuple[int, ...], np.ndarray]], *, strength: float, band: float = 1.5,
+        reach: float = 20.0, spacing: Sequence[float] | None = None, positives: Sequence[tuple[int, ...]] = (),
         negatives: Sequence[tuple[int, ...]] = (), appearance: np.ndarray | None = None) -> np.ndarray:
     """Foreground (bool, latent's shape) of the minimum cut.
 
     ``latent``: GP latent mean (foreground where > 0; probability Phi(latent));  ``weights``: the
-    ``(offset, w)`` pairs of :func:`edge_weights`;  ``strength``: pairwise weight against the unaries;  ``band``, ``reach``: the
-    locations that may change (see the module's doc);  ``positives`` /
+    ``(offset, w)`` pairs of :func:`edge_weights`;  ``strength``: pairwise weight against the unaries;
+    ``band``, ``reach``: the locations that may change (see the module's doc);  ``positives`` /
     ``negatives``: index tuples that must come out foreground / background."""
     gp_fg = latent > 0
     fg = gp_fg.copy()

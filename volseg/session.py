@@ -179,7 +179,8 @@ class Session:
             raise InputError(f"prior mask has shape {arr.shape}, the image has {self.image.shape}")
         if not np.isfinite(arr).all():
             raise InputError("prior mask contains NaN or Inf")
-        if np.issubdtype(arr.dtype, np.floating) and arr.min() >= 0 and arr.max() <= 1 and not np.all(arr == np.round(arr)):
+        probabilities = np.issubdtype(arr.dtype, np.floating) and arr.min() >= 0 and arr.max() <= 1
+        if probabilities and not np.all(arr == np.round(arr)):
             self._prior_prob = torch.as_tensor(arr.astype(np.float32), device=self.device)
             self.objects = [1]
         else:
@@ -292,9 +293,9 @@ class Session:
             from .seeds import homogeneous_points
 
             ls, cfg = self.spatial_lengthscale, self.config
-            found = homogeneous_points(self.inputs.features, click.voxel(), self.image.spacing, radius=cfg.seed_radius * ls,
-                                       n_points=n, similarity=cfg.seed_similarity, min_distance=cfg.seed_spacing * ls,
-                                       avoid=negatives)
+            found = homogeneous_points(self.inputs.features, click.voxel(), self.image.spacing,
+                                       radius=cfg.seed_radius * ls, n_points=n, similarity=cfg.seed_similarity,
+                                       min_distance=cfg.seed_spacing * ls, avoid=negatives)
             self._seed_cache[key] = [tuple(int(x) for x in v) for v in found]
         return self._seed_cache[key]
 
@@ -325,7 +326,8 @@ class Session:
             prior = self._prior_mean_at(voxels, fit_objects).double()
             for j in range(len(old), len(points)):
                 alpha_before = self.posterior.alpha.clone()
-                self.posterior.append(self.inputs.at(voxels[j:j + 1]), targets[j:j + 1], prior[j:j + 1], points[j].extra)
+                self.posterior.append(self.inputs.at(voxels[j:j + 1]), targets[j:j + 1], prior[j:j + 1],
+                                      points[j].extra)
                 balls.append(self._reach(voxels[:j], voxels[j], points[j].extra, alpha_before, j))
         elif shrank:
             for j in range(len(old) - 1, len(points) - 1, -1):
@@ -344,7 +346,8 @@ class Session:
                 not torch.equal(self.posterior.point_noise()[:kept], noise_before[:kept]):
             self._evaluate_all()
             return
-        boxes = ball_boxes(np.concatenate([c for c, _ in balls]), np.concatenate([h for _, h in balls]), self.image.shape)
+        boxes = ball_boxes(np.concatenate([c for c, _ in balls]), np.concatenate([h for _, h in balls]),
+                           self.image.shape)
         self._evaluate_boxes(boxes)
         self.last_region = boxes
 

@@ -34,7 +34,8 @@ def register(subparsers) -> None:
     e.add_argument("--mode", choices=("semi", "interactive"), default="semi")
     e.add_argument("--out", required=True, help="output folder: per-sequence JSON, summary table, plot")
     e.add_argument("--rounds", type=int, default=8, help="interactive rounds (default 8)")
-    e.add_argument("--clicks-per-round", type=int, default=5, help="robot clicks per round on the worst frame (default 5)")
+    e.add_argument("--clicks-per-round", type=int, default=5,
+                   help="robot clicks per round on the worst frame (default 5)")
     e.add_argument("--config", help="YAML file with a 'video:' section of settings")
     e.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a video setting (repeatable)")
     e.add_argument("--overwrite", action="store_true", help="recompute sequences already in --out")
@@ -57,8 +58,8 @@ def _parse_masks(items: list[str]) -> list[tuple[int, Path]]:
 
 def propagate_handler(args: argparse.Namespace) -> int:
     config = read_video_config(args.config, args.option)
-    done = propagate_video(args.video, args.out, clicks=args.clicks, masks=_parse_masks(args.mask), overlay=args.overlay,
-                           config=config, overwrite=args.overwrite)
+    done = propagate_video(args.video, args.out, clicks=args.clicks, masks=_parse_masks(args.mask),
+                           overlay=args.overlay, config=config, overwrite=args.overwrite)
     if not args.quiet:
         rec = done.record
         T, seconds = rec["frames"], rec["seconds"]

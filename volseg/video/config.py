@@ -51,7 +51,8 @@ class VideoConfig:
         checks = [
             (self.scale >= 1, "scale must be 1 or more"), (self.budget >= 8, "budget must be 8 points or more"),
             (0 < self.global_fraction < 1, "global_fraction must be between 0 and 1"),
-            (self.window >= 1, "window must be 1 or more"), (0 <= self.global_weight <= 1, "global_weight must be in [0, 1]"),
+            (self.window >= 1, "window must be 1 or more"),
+            (0 <= self.global_weight <= 1, "global_weight must be in [0, 1]"),
             (self.feature_lengthscale > 0 and self.spatial_lengthscale > 0, "lengthscales must be positive"),
             (min(self.noise_click, self.noise_annotated, self.noise_propagated) > 0 and self.noise_growth >= 0,
              "noise levels must be positive"),

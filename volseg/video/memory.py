@@ -146,7 +146,8 @@ class MemoryBank:
 
 
 def sample_informative(prob: np.ndarray, n: int, rng: np.random.Generator, *, band: float = 3.0,
-                       min_share: float = 0.15, floor: float = 0.05, candidates: np.ndarray | None = None) -> np.ndarray:
+                       min_share: float = 0.15, floor: float = 0.05,
+                       candidates: np.ndarray | None = None) -> np.ndarray:
     """Flat indices of ``n`` locations of a (K, h, w) object-probability map, chosen by informativeness.
 
     Labels are the argmax over [background, objects].  Each label present gets a quota proportional

@@ -137,7 +137,8 @@ class VideoSegmenter:
     def session_for(self, frame: int):
         """A :class:`volseg.Session` on ``frame`` whose prior is the frame's current mask (none if the frame
         has no result yet); clicks added to it refine that mask at full resolution."""
-        config = self.session_config if isinstance(self.session_config, GPConfig) else GPConfig.from_dict(self.session_config)
+        config = self.session_config
+        config = config if isinstance(config, GPConfig) else GPConfig.from_dict(config)
         # frames keep the RBF unless asked otherwise: the multiscale 2D default is measured on
         # Berkeley's click protocol, not on refining a propagated mask
         s = Session(features=self.session_features, config=config.replace(kernel=config.kernel or "rbf"))
@@ -273,14 +274,16 @@ class VideoSegmenter:
             for i, c in enumerate(cl):
                 if c.positive:
                     y[i, self.objects.index(c.object)] = 1.0
-            clicks = Points(feats[cell[:, 0], cell[:, 1]], pos, y, np.zeros_like(y), np.full(len(cl), self.config.noise_click, np.float32),
+            clicks = Points(feats[cell[:, 0], cell[:, 1]], pos, y, np.zeros_like(y),
+                            np.full(len(cl), self.config.noise_click, np.float32),
                             np.full(len(cl), a, np.int32), np.full(len(cl), CLICK, np.int8))
         else:
             clicks = Points.empty(D, K)
         p = self._onehot(ann.labels)
         idx = sample_informative(p, n_samples, rng)
         y = np.where(p.reshape(K, -1)[:, idx].T > 0.5, 1.0, -1.0).astype(np.float32)
-        samples = Points(flat[idx], self._positions[idx], y, np.zeros_like(y), np.full(idx.size, self.config.noise_annotated, np.float32),
+        samples = Points(flat[idx], self._positions[idx], y, np.zeros_like(y),
+                         np.full(idx.size, self.config.noise_annotated, np.float32),
                          np.full(idx.size, a, np.int32), np.full(idx.size, ANNOTATED, np.int8))
         return clicks, samples
 

@@ -10,7 +10,8 @@ class ShapesVideo:
     object 1 a red disk sweeping the upper half left and right, object 2 a blue square doing the
     opposite in the lower half, on smooth green-grey texture with per-frame pixel noise."""
 
-    def __init__(self, n_frames: int = 20, height: int = 64, width: int = 96, *, seed: int = 0, step: float = 1.5) -> None:
+    def __init__(self, n_frames: int = 20, height: int = 64, width: int = 96, *, seed: int = 0,
+                 step: float = 1.5) -> None:
         rng = np.random.default_rng(seed)
         small = (max(8, height // 4), max(8, width // 4))  # texture made small and enlarged: cheap at any size
         tex = ndi.gaussian_filter(rng.standard_normal((*small, 3)), (0.75, 0.75, 0))
