@@ -341,7 +341,6 @@ def test_fast_features_match_the_filter_bank():
 
 def test_thread_limit_is_restored():
     import cv2
-
     from threadpoolctl import threadpool_info
 
     from volseg.video.threads import limited_threads

@@ -27,9 +27,12 @@ second batch on the same folder stops at once.  Exit code: 0 when every case is 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import csv
+import ctypes
 import functools
 import json
+import multiprocessing as mp
 import os
 import signal
 import threading
@@ -39,11 +42,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
+import torch
+from tqdm import tqdm
+
+from .config import GPConfig
 from .errors import InputError, VolsegError
 from .io import check_folder_path, check_output_path, output_files
 from .io.atomic import atomic_path
 from .io.claim import claim
 from .provenance import file_sha256, read_sidecar, recorded_sha256, sidecar_path
+from .segment import segment_file
+from .session import Session
 from .session_options import gp_options, session_settings
 
 _KEYS = ("image", "clicks", "prior", "output")
@@ -192,8 +201,6 @@ def expected_parameters(options: BatchOptions) -> dict:
     The device is left out on purpose: resuming a batch on another machine should not redo the
     finished cases.  ``spatial_lengthscale_used`` is derived from the image, whose hash is compared.
     """
-    from .config import GPConfig
-
     cfg = options.config if isinstance(options.config, GPConfig) else GPConfig.from_dict(options.config)
     return {"features": str(options.features), **_effective_config(str(options.features), cfg)}
 
@@ -201,8 +208,6 @@ def expected_parameters(options: BatchOptions) -> dict:
 @functools.lru_cache(maxsize=8)
 def _effective_config(features: str, config) -> dict:
     # the Session merges a learned backbone's own GP settings into the config: ask it, as segment_file will
-    from .session import Session
-
     return Session(features=features, device="cpu", config=config).config.to_dict()
 
 
@@ -242,8 +247,6 @@ def up_to_date(row: CaseRow, options: BatchOptions) -> tuple[bool, str]:
 
 def _set_threads(threads: int | None) -> None:
     if threads:
-        import torch
-
         torch.set_num_threads(threads)
 
 
@@ -259,8 +262,6 @@ def run_case(row: CaseRow, out_dir: str | Path, options: BatchOptions) -> CaseRe
         fresh, why = up_to_date(row, options)
         if fresh:
             return CaseResult(row.name, "skipped", why, time.perf_counter() - t0, row.output)
-        from .segment import segment_file
-
         # an existing output with its sidecar is this batch's to replace; any other file stays unless --overwrite
         segment_file(row.image, row.clicks, row.output, prior=row.prior, device=options.device,
                      overwrite=options.overwrite or Path(row.output).exists(), features=options.features,
@@ -284,9 +285,6 @@ def _run_local(rows: list[CaseRow], out_dir: str, options: BatchOptions, workers
         for row in rows:
             yield run_case(row, out_dir, options)
         return
-    import concurrent.futures as cf
-    import multiprocessing as mp
-
     opts = replace(options, threads=options.threads or _threads_per_worker(workers))
     # spawn, not fork: forking a process whose torch/OpenMP threads are running can deadlock
     with cf.ProcessPoolExecutor(max_workers=workers, mp_context=mp.get_context("spawn"),
@@ -306,8 +304,6 @@ def exit_with_parent(parent: int) -> None:
     batch it would finish its case and then wait forever).  Linux: the kernel's parent-death signal;
     elsewhere, and as a fallback, a thread that watches the parent's pid."""
     try:
-        import ctypes
-
         ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass
@@ -364,8 +360,6 @@ def run_batch(rows: Iterable[CaseRow], out_dir: str | Path, options: BatchOption
 
 def _run_claimed(rows: list[CaseRow], out: Path, options: BatchOptions, workers: int, executor: str,
                  ray_address: str | None, progress: bool) -> list[CaseResult]:
-    from tqdm import tqdm
-
     if executor == "local":
         results_iter = _run_local(rows, str(out), options, workers)
     else:

@@ -10,7 +10,6 @@ import yaml
 from .errors import InputError
 from .units import parse_bytes
 
-
 # The defaults that depend on the image, as (2D images, volumes): a setting left None in GPConfig takes
 # its value from here, through the *_for(ndim) methods; configs/default.yaml only mirrors this table
 # (tests/test_config.py checks that they agree).  Why each value, in the *_for methods.

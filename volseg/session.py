@@ -21,13 +21,13 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .budget import split_budget
 from .clicks import Click, make_click, validate_clicks
 from .config import GPConfig
-from .budget import split_budget
 from .errors import ClickError, InputError, VolsegError
 from .features import FilterBank, get_extractor
 from .features.tiles import TiledFeatures
-from .gp.evaluate import Box, evaluate_boxes
+from .gp.evaluate import Box, evaluate_boxes, slabs
 from .gp.inputs import InputMap
 from .gp.kernels import make_kernel
 from .gp.likelihood import probit
@@ -35,7 +35,9 @@ from .gp.posterior import ExactPosterior
 from .gp.reach import ball_boxes, box_size, influence_radii, merge_boxes
 from .gp.sampling import PathwiseSampler
 from .image import Image
+from .io import read_image, write_mask
 from .mask import MaskStage, label_dtype, threshold
+from .seeds import homogeneous_points
 
 # the smallest image segmented: MIN_SIDE locations along at least two axes (a volume of one slice is
 # a 2D image; a line of pixels or a single one is not an image to segment)
@@ -72,8 +74,6 @@ def as_image(image: Image | np.ndarray | str | Path) -> Image:
     if isinstance(image, Image):
         return image
     if isinstance(image, (str, Path)):
-        from .io import read_image
-
         return read_image(image)
     a = np.asarray(image)
     if a.ndim == 2:
@@ -290,8 +290,6 @@ class Session:
             return []
         key = (click.voxel(), negatives)
         if key not in self._seed_cache:  # a click's points depend only on it and the negatives before it
-            from .seeds import homogeneous_points
-
             ls, cfg = self.spatial_lengthscale, self.config
             found = homogeneous_points(self.inputs.features, click.voxel(), self.image.spacing,
                                        radius=cfg.seed_radius * ls, n_points=n, similarity=cfg.seed_similarity,
@@ -469,8 +467,6 @@ class Session:
         box = box or tuple(slice(0, s) for s in img.shape)
         sampler = PathwiseSampler(self.posterior, self.inputs.dim, n_samples=n, n_basis=n_basis, seed=seed)
         k = self._channel(object)
-        from .gp.evaluate import slabs
-
         shape = tuple(s.stop - s.start for s in box)
         out = np.empty((n,) + shape, dtype=np.float32)
         per = 4 * (n_basis * 2 + n * len(self.objects) + self.inputs.dim + self.posterior.n)
@@ -482,7 +478,5 @@ class Session:
 
     def save(self, path: str | Path, *, overwrite: bool = False) -> Path:
         """Write the label map in the image's geometry (atomically, never over the input)."""
-        from .io import write_mask
-
         return write_mask(self.mask(), self._require_image(), path, overwrite=overwrite)
 

@@ -15,15 +15,25 @@ import contextlib
 import secrets
 import threading
 import time
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
+from .. import __version__
+from ..batch import default_output_name
 from ..clicks import Click, make_click, save_clicks, validate_clicks
 from ..errors import ClickError, VolsegError
 from ..image import Image
+from ..io import read_image
+from ..io.atomic import atomic_path
+from ..io.video import MaskWriter, open_video
+from ..provenance import file_sha256, sidecar_path, versions, write_sidecar
+from ..segment import segment_file
+from ..session import Session
+from ..video import Annotation, VideoSegmenter
 from .render import Axis, View, auto_window, plane, views_for
 
 # above this many voxels a click's first answer is the GP's own labels on the visible slices; the
@@ -35,9 +45,6 @@ class ImageState:
     """A 2D image or a volume and its Session."""
 
     def __init__(self, path: Path, name: str, settings: dict) -> None:
-        from ..io import read_image
-        from ..session import Session
-
         self.path, self.name, self.settings = path, name, dict(settings)
         image = read_image(path)
         self.session = Session(**self.settings)
@@ -117,16 +124,11 @@ class ImageState:
     def save(self, clicks: list[Click], out: Path) -> dict:
         """What ``volseg segment`` writes for these clicks: the mask in the input's geometry and its
         provenance sidecar, plus the clicks file it was made from.  Runs without the session's lock."""
-        from ..batch import default_output_name
-        from ..segment import segment_file
-
         out.mkdir(parents=True, exist_ok=True)
         mask_path = out / default_output_name(self.path)
         clicks_path = mask_path.with_name(mask_path.name.split("_mask")[0] + "_clicks.json")
         save_clicks(clicks, clicks_path)
         rec = segment_file(self.path, clicks_path, mask_path, overwrite=True, **self.settings)
-        from ..provenance import sidecar_path
-
         return {"mask": str(mask_path), "sidecar": str(sidecar_path(mask_path)), "clicks": str(clicks_path),
                 "download": mask_path, "voxels_per_label": rec["voxels_per_label"]}
 
@@ -161,8 +163,6 @@ class VideoState:
     KEEP_FRAME_SESSIONS = 2  # Sessions (features of a full frame) kept alive for the frames last clicked
 
     def __init__(self, path: Path, name: str, settings: dict, video_config=None) -> None:
-        from ..io.video import open_video
-
         self.path, self.name, self.settings, self.video_config = path, name, dict(settings), video_config
         self.source = open_video(path)
         self.T = len(self.source)
@@ -172,8 +172,6 @@ class VideoState:
         self._new_segmenter()
 
     def _new_segmenter(self) -> None:
-        from ..video import VideoSegmenter
-
         self.seg = VideoSegmenter(self.source, self.video_config,
                                   session_features=self.settings.get("features", "filterbank"),
                                   session_config=self.settings.get("config"))
@@ -225,8 +223,6 @@ class VideoState:
         return seconds
 
     def _rebuild(self, t: int, clicks: list[Click], dense) -> None:
-        from ..video import Annotation
-
         self.seg.annotations.pop(t, None)
         self.frame_sessions.pop(t, None)
         if clicks:
@@ -290,12 +286,6 @@ class VideoState:
         """What ``volseg propagate`` writes: one palette PNG per frame (pixel value = object id) and a
         sidecar, plus the clicks; the download is a zip of the PNGs.  Runs under the session's lock:
         the masks are the segmenter's current ones."""
-        import zipfile
-
-        from .. import __version__
-        from ..io.video import MaskWriter
-        from ..provenance import file_sha256, versions, write_sidecar
-
         stem = Path(self.name).name.split(".")[0]
         folder = out / f"{stem}_masks"
         writer = MaskWriter(folder, self.source, overwrite=True)
@@ -309,8 +299,6 @@ class VideoState:
                   "config": self.seg.config.to_dict(), "versions": versions()}
         sidecar = write_sidecar(folder / "propagate.png", record)
         archive = out / f"{stem}_masks.zip"
-        from ..io.atomic import atomic_path
-
         with atomic_path(archive) as tmp, zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
             for p in writer.written:
                 z.write(p, f"{folder.name}/{p.name}")
