@@ -35,29 +35,29 @@ GROUPS = {"tune": TUNE, "held-out": HELD_OUT, "all": TUNE + HELD_OUT}
 def group_table(results: list[dict], mode: str, rss: dict, rounds=(1, 3, 8)) -> list[str]:
     """One row per group (tune, held-out, all): J&F (semi) or J&F after ``rounds`` (interactive), the
     lowest sequence, frames/s and the largest peak RSS of a sequence's process."""
-    from volseg.eval.run_video import overall
+    from volseg.eval.report import davis_overall, markdown_table
 
     by_name = {r["sequence"]: r for r in results}
     shown = [k for k in rounds if results and k <= len(results[0].get("rounds", []))]
     scores = ["J", "F", "J&F"] if mode == "semi" else [f"J&F@{k}" for k in shown]
     head = ["group", "sequences"] + scores + ["lowest J&F", "frames/s", "peak RSS MiB"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    rows = []
     for group, names in GROUPS.items():
         rs = [by_name[n] for n in names if n in by_name]
         if not rs:
             continue
         if mode == "semi":
-            J, F = overall(rs)
+            J, F = davis_overall(rs)
             cells = [f"{100 * J:.1f}", f"{100 * F:.1f}", f"{50 * (J + F):.1f}"]
             fps = sum(r["frames"] - 1 for r in rs) / sum(r["seconds"] for r in rs)
         else:
-            cells = [f"{50 * sum(overall(rs, k)):.1f}" for k in shown]
+            cells = [f"{50 * sum(davis_overall(rs, k)):.1f}" for k in shown]
             fps = sum(r["frames_propagated"] for r in rs) / sum(r["propagation_seconds"] for r in rs)
         low = min(rs, key=lambda r: r["JF"])
         peak = max((rss.get(r["sequence"], 0.0) for r in rs), default=0.0)
-        lines.append("| " + " | ".join([group, str(len(rs))] + cells + [f"{low['sequence']} {100 * low['JF']:.1f}",
-                                                                        f"{fps:.1f}", f"{peak:.0f}"]) + " |")
-    return lines
+        rows.append([group, str(len(rs))] + cells
+                    + [f"{low['sequence']} {100 * low['JF']:.1f}", f"{fps:.1f}", f"{peak:.0f}"])
+    return markdown_table(head, rows).split("\n")
 
 
 def run_child(cmd: list[str], env: dict, log: Path) -> tuple[int, float, float]:

@@ -9,8 +9,9 @@ import torch
 
 from volseg import Image, Session
 from volseg.gp.evaluate import evaluate_boxes
+from volseg.robot import ritm_click
 
-from test_session import blob_image, error_click
+from test_session import blob_image
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -20,9 +21,11 @@ def scripted(device, img, truth, clicks=None, **settings):
     if clicks is None:  # the robot's clicks on this device
         clicks = []
         for _ in range(6):
-            pos, positive = error_click(truth, s.mask() == 1)
-            s.add_click(pos, positive)
-            clicks.append((pos, positive))
+            c = ritm_click(truth, s.mask() == 1)
+            if c is None:  # nothing left to correct
+                break
+            s.add_click(c.voxel(), c.positive)
+            clicks.append((c.voxel(), c.positive))
     else:
         for pos, positive in clicks:
             s.add_click(pos, positive)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from volseg.eval.metrics3d import auc, dice, nsd, surface
-from volseg.eval.robot3d import deepest_point, next_click
+from volseg.metrics import auc, dice, nsd, surface
+from volseg.robot import deepest_point, largest_component_click
 from volseg.eval.run3d import EvalOptions, evaluate_object, objects_in, parse_label_ids
 from volseg.errors import InputError
 from volseg.image import Image
@@ -27,7 +27,7 @@ def ellipsoid(shape, centre, radius_mm, spacing):
 def test_first_click_is_sphere_centre_with_anisotropic_spacing():
     spacing = (0.5, 0.8, 2.5)
     gt = ellipsoid((61, 41, 15), (30, 20, 7), 10.0, spacing)  # a 10 mm ball, off-centre in voxels
-    c = next_click(gt, np.zeros_like(gt), spacing)
+    c = largest_component_click(gt, np.zeros_like(gt), spacing)
     assert c.positive and c.voxel() == (30, 20, 7)
 
 
@@ -37,14 +37,14 @@ def test_deepest_point_measures_in_mm():
     m = np.zeros((40, 20, 12), bool)
     m[2:14, 2:14, 2:5] = True
     m[25:34, 5:14, 1:10] = True
-    assert deepest_point(m, (1, 1, 5))[0] < 20
-    assert deepest_point(m)[0] > 20
+    assert deepest_point(m, (1, 1, 5), central=True)[0] < 20
+    assert deepest_point(m, central=True)[0] > 20
 
 
 def test_array_border_counts_as_boundary():
     m = np.zeros((30, 10), bool)
     m[:, :] = True  # the whole array: the deepest point is its centre, not a corner
-    assert deepest_point(m) in ((14, 4), (14, 5), (15, 4), (15, 5))
+    assert deepest_point(m, central=True) in ((14, 4), (14, 5), (15, 4), (15, 5))
 
 
 def test_next_click_targets_largest_error_with_sign():
@@ -53,29 +53,29 @@ def test_next_click_targets_largest_error_with_sign():
     pred = gt.copy()
     pred[5:35, 5:15, 5:15] = False            # missed slab: 30*10*10 voxels
     pred[36:39, 36:39, 1:4] = True            # small false blob
-    c = next_click(gt, pred, (1, 1, 1))
+    c = largest_component_click(gt, pred, (1, 1, 1))
     assert c.positive and gt[c.voxel()] and not pred[c.voxel()]
     assert c.voxel()[1] in (9, 10)            # middle of the missed slab
     pred2 = gt.copy()
     pred2[0:40, 36:40, 0:20] = True           # large false region outside the object
-    c2 = next_click(gt, pred2, (1, 1, 1))
+    c2 = largest_component_click(gt, pred2, (1, 1, 1))
     assert not c2.positive and not gt[c2.voxel()] and pred2[c2.voxel()]
 
 
 def test_next_click_none_when_perfect_and_ignore_region():
     gt = np.zeros((20, 20), bool)
     gt[5:15, 5:15] = True
-    assert next_click(gt, gt.copy(), (1, 1)) is None
+    assert largest_component_click(gt, gt.copy(), (1, 1)) is None
     pred = gt.copy()
     pred[0:3, :] = True
     ignore = np.zeros_like(gt)
     ignore[0:3, :] = True
-    assert next_click(gt, pred, (1, 1), ignore=ignore) is None
+    assert largest_component_click(gt, pred, (1, 1), ignore=ignore) is None
 
 
 def test_robot_works_in_2d():
     gt = ellipsoid((50, 70), (20, 40), 12.0, (1.0, 1.0))
-    c = next_click(gt, np.zeros_like(gt))
+    c = largest_component_click(gt, np.zeros_like(gt))
     assert c.voxel() == (20, 40) and len(c.position) == 2
 
 

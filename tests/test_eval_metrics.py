@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from volseg.clicks import Click
-from volseg.eval.metrics import iou, iou_drops, miou_curve, noc, noic, nof, pad_ious, summarize, time_stats
+from volseg.eval.report import summarize, time_stats
+from volseg.metrics import iou, iou_drops, miou_curve, noc, noic, nof, pad_ious
 
 
 def test_iou_with_ignored_pixels():
@@ -73,3 +74,34 @@ def test_summarize():
     assert len(s["miou"]) == 20
     assert s["noic_label"] == 0.5 and s["noic_drop"] == 1.0
     assert s["spc"]["n"] == 23
+
+
+def test_dice_and_iou_leave_ignored_pixels_out():
+    from volseg.metrics import dice
+
+    a = np.zeros((6, 6), bool)
+    a[1:4, 1:4] = True
+    b = np.zeros_like(a)
+    b[1:4, 1:5] = True  # 3 extra pixels in column 4
+    ignore = np.zeros_like(a)
+    ignore[:, 4] = True
+    assert dice(a, b) == pytest.approx(18 / 21) and iou(a, b) == pytest.approx(9 / 12)
+    assert dice(a, b, ignore) == 1.0 and iou(a, b, ignore) == 1.0
+    with pytest.raises(ValueError, match="does not match"):
+        dice(a, b[:, :5])
+
+
+def test_boundary_measures_work_in_3d():
+    from volseg.metrics import boundary_f, boundary_map, boundary_tolerance
+
+    m = np.zeros((6, 7, 8), bool)
+    m[1:4, 2:5, 3:6] = True
+    b = boundary_map(m)
+    # one slice of the 3D rule is the 2D rule on that slice, for slices whose next slice is identical
+    np.testing.assert_array_equal(b[2], boundary_map(m[2]))
+    # every voxel of the block's last slice differs from the one after it
+    assert b[3, 2:5, 3:6].all() and not b[5].any()
+    assert boundary_tolerance((6, 7, 8), 0.2) == 3  # ceil(0.2 * sqrt(149))
+    assert boundary_f(m, m) == 1.0
+    shifted = np.roll(m, 2, axis=2)  # every boundary voxel moves 2 along the last axis
+    assert boundary_f(m, shifted, bound_th=2) == 1.0 and boundary_f(m, shifted, bound_th=1) < 1.0

@@ -10,9 +10,9 @@ import pytest
 from scipy import ndimage as ndi
 
 from volseg import Session
-from volseg.eval.metrics3d import dice
-from volseg.eval.robot3d import deepest_point
 from volseg.image import Image
+from volseg.metrics import dice
+from volseg.robot import deepest_point
 
 SHAPE, SPACING = (70, 66, 44), (1.0, 1.0, 1.2)
 
@@ -76,7 +76,7 @@ CASES = _cases()
 def test_one_click_fills_the_object(case):
     name, image, obj, other = case
     s = Session().set_image(image)
-    inside = deepest_point(obj, image.spacing)
+    inside = deepest_point(obj, image.spacing, central=True)
     anything = obj | (other if other is not None else False)
     outside = tuple(int(v) for v in np.argwhere(~ndi.binary_dilation(anything, iterations=5))[0])
     s.add_click(inside, positive=True)

@@ -5,6 +5,7 @@ import torch
 
 from volseg import Image, Session
 from volseg.errors import ClickError, InputError, MemoryBudgetError, VolsegError
+from volseg.robot import ritm_click
 
 
 def blob_image(shape, seed=0):
@@ -19,17 +20,6 @@ def blob_image(shape, seed=0):
     return img.astype(np.float32), labels
 
 
-def error_click(truth, pred):
-    """Centre of the largest error: a tiny robot for scripted runs."""
-    from scipy.ndimage import distance_transform_edt
-
-    fn, fp = (truth & ~pred), (~truth & pred)
-    dfn, dfp = distance_transform_edt(np.pad(fn, 1))[(slice(1, -1),) * truth.ndim], distance_transform_edt(np.pad(fp, 1))[(slice(1, -1),) * truth.ndim]
-    positive = dfn.max() >= dfp.max()
-    d = dfn if positive else dfp
-    return tuple(int(v) for v in np.unravel_index(np.argmax(d), d.shape)), bool(positive)
-
-
 @pytest.mark.parametrize("shape", [(48, 64), (24, 28, 20)])
 def test_scripted_run_keeps_every_clicked_label_and_improves(shape):
     img, labels = blob_image(shape)
@@ -39,8 +29,8 @@ def test_scripted_run_keeps_every_clicked_label_and_improves(shape):
     for _ in range(8):
         if ((s.mask() == 1) == truth).all():
             break
-        pos, positive = error_click(truth, s.mask() == 1)
-        s.add_click(pos, positive)
+        c = ritm_click(truth, s.mask() == 1)
+        s.add_click(c.voxel(), c.positive)
         m = s.mask()
         for c in s.clicks:  # every click so far, after every click
             assert m[c.voxel()] == (1 if c.positive else 0)

@@ -13,7 +13,8 @@ from volseg.errors import InputError
 from volseg.features.backbones import load_backbone, read_checkpoint
 from volseg.train.losses import bce, normalized_focal, segmentation_loss, soft_dice
 from volseg.train.loop import load_config, train
-from volseg.train.simulate import deepest_point, error_click, initial_clicks
+from volseg.robot import border_distance, deepest_point, ritm_click
+from volseg.train.simulate import initial_clicks
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "train_smoke.yaml"
 
@@ -25,8 +26,6 @@ def box_mask(shape, lo, hi):
 
 
 def test_first_click_is_deepest_point():
-    from volseg.eval.robot import border_distance
-
     obj = box_mask((30, 40), (5, 10), (25, 31))  # 20 x 21 box
     d = border_distance(obj)
     assert obj[deepest_point(obj)] and d[deepest_point(obj)] == d.max() == 10
@@ -44,16 +43,17 @@ def test_initial_clicks_random_are_on_the_right_side():
 
 
 def test_error_clicks_follow_the_errors():
+    # after the initial clicks, training clicks where the benchmark robot would
     obj = box_mask((30, 30), (5, 5), (20, 20))
-    p, y = error_click(obj, np.zeros_like(obj), [])
-    assert y == 1.0 and obj[p]  # empty prediction: positive click inside the object
+    c = ritm_click(obj, np.zeros_like(obj))
+    assert c.positive and obj[c.voxel()]  # empty prediction: positive click inside the object
     pred = obj | box_mask((30, 30), (22, 22), (29, 29))
-    p, y = error_click(obj, pred, [])
-    assert y == -1.0 and pred[p] and not obj[p]  # false-positive blob: negative click inside it
-    assert error_click(obj, obj, []) is None
+    c = ritm_click(obj, pred)
+    assert not c.positive and pred[c.voxel()] and not obj[c.voxel()]  # false blob: negative click inside it
+    assert ritm_click(obj, obj) is None
     vol = box_mask((12, 14, 10), (3, 3, 3), (9, 10, 8))
-    p, y = error_click(vol, np.zeros_like(vol), [])
-    assert y == 1.0 and vol[p] and len(p) == 3
+    c = ritm_click(vol, np.zeros_like(vol))
+    assert c.positive and vol[c.voxel()] and len(c.voxel()) == 3
 
 
 def test_losses():

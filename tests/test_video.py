@@ -8,7 +8,7 @@ import pytest
 
 from volseg.clicks import Click, save_clicks
 from volseg.errors import ClickError, InputError, OutputExistsError
-from volseg.eval.video_metrics import jaccard
+from volseg.metrics import iou
 from volseg.io.video import FolderFrames, MaskWriter, open_video, write_video
 from volseg.video import MemoryBank, VideoConfig, VideoSegmenter
 from volseg.video.memory import Points, sample_informative
@@ -21,7 +21,7 @@ def shapes():
 
 
 def ious(seg, labels, k):
-    return [jaccard(labels[t] == k, seg.labels(t) == k) for t in range(len(labels))]
+    return [iou(labels[t] == k, seg.labels(t) == k) for t in range(len(labels))]
 
 
 # -- reading and writing -------------------------------------------------------------------------
@@ -202,7 +202,7 @@ def test_cli_propagate_writes_masks_overlay_and_sidecar(tmp_path, shapes):
     assert [p.stem for p in pngs] == [f"{t:05d}" for t in range(20)]
     got = np.stack([np.asarray(PILImage.open(p)) for p in pngs])
     assert PILImage.open(pngs[5]).mode == "P" and set(np.unique(got)) <= {0, 1, 2}
-    assert min(jaccard(labels[t] == 1, got[t] == 1) for t in range(20)) > 0.75
+    assert min(iou(labels[t] == 1, got[t] == 1) for t in range(20)) > 0.75
     assert (tmp_path / "overlay.mp4").stat().st_size > 0
     assert len(open_video(tmp_path / "overlay.mp4")) == 20
     record = json.loads((out / "propagate.json").read_text())
@@ -423,4 +423,4 @@ def test_a_small_object_gets_a_finer_working_grid():
                                                          fine_band=0)) as exact:
         exact.set_mask(0, small[0])
         for t in range(1, 10):
-            assert jaccard(exact.labels(t) == 1, coarse_to_fine[t] == 1) > 0.97
+            assert iou(exact.labels(t) == 1, coarse_to_fine[t] == 1) > 0.97

@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from volseg.errors import InputError
-from volseg.eval.video_metrics import boundary_f, boundary_map, frame_scores, jaccard, statistics, tolerance
+from volseg.eval.davis import frame_scores
+from volseg.metrics import boundary_f, boundary_map, boundary_tolerance, iou, statistics
+from volseg.robot import multi_object_click
 from volseg.video.synthetic import moving_shapes
 
 
@@ -19,16 +21,16 @@ def disk_mask(shape, centre, radius):
 
 
 # -- measures ----------------------------------------------------------------------------------
-def test_jaccard_with_void_and_empty():
+def test_iou_with_ignore_and_empty():
     a = np.zeros((10, 10), bool)
     b = a.copy()
-    assert jaccard(a, b) == 1.0
+    assert iou(a, b) == 1.0
     a[2:6, 2:6] = True
     b[2:6, 2:4] = True
-    assert jaccard(a, b) == pytest.approx(0.5)
-    void = np.zeros_like(a)
-    void[2:6, 4:6] = True
-    assert jaccard(a, b, void) == 1.0
+    assert iou(a, b) == pytest.approx(0.5)
+    ignore = np.zeros_like(a)
+    ignore[2:6, 4:6] = True
+    assert iou(a, b, ignore) == 1.0
 
 
 def test_boundary_map_follows_the_seg2bmap_rule():
@@ -48,8 +50,8 @@ def test_boundary_map_follows_the_seg2bmap_rule():
 
 def test_boundary_f_tolerance():
     shape = (480, 854)
-    assert tolerance(shape) == 8  # ceil(0.008 * 979.8)
-    assert tolerance((64, 96)) == 1
+    assert boundary_tolerance(shape) == 8  # ceil(0.008 * 979.8)
+    assert boundary_tolerance((64, 96)) == 1
     gt = disk_mask(shape, (240, 400), 100)
     assert boundary_f(gt, gt) == 1.0
     assert boundary_f(gt, np.roll(gt, 6, axis=1)) > 0.9   # within the tolerance
@@ -58,13 +60,13 @@ def test_boundary_f_tolerance():
     assert boundary_f(np.zeros_like(gt), np.zeros_like(gt)) == 1.0
 
 
-def test_frame_scores_per_object_and_void():
+def test_frame_scores_per_object_and_ignore():
     gt = np.zeros((20, 20), np.uint8)
     gt[2:8, 2:8] = 1
     gt[12:18, 12:18] = 2
     gt[0, :] = 255
     pred = gt.copy()
-    pred[0, :] = 1  # void pixels do not count
+    pred[0, :] = 1  # ignored pixels do not count
     s = frame_scores(gt, pred, [1, 2])
     assert s[1] == (1.0, 1.0) and s[2] == (1.0, 1.0)
 
@@ -79,17 +81,15 @@ def test_statistics_mean_recall_decay():
 
 # -- robot ----------------------------------------------------------------------------------------
 def test_robot_clicks_deepest_error_of_any_object():
-    from volseg.eval.run_video import robot_click
-
     gt = np.zeros((40, 40), np.uint8)
     gt[5:15, 5:15] = 1
     gt[20:36, 20:36] = 2
     pred = gt.copy()
     pred[20:36, 20:36] = 0  # object 2 missed entirely: its centre is the deepest error
-    c = robot_click(gt, pred, [1, 2], np.zeros(gt.shape, bool), frame=3)
+    c = multi_object_click(gt, pred, [1, 2], clicked=np.zeros(gt.shape, bool), frame=3)
     assert c.positive and c.object == 2 and c.frame == 3
     assert 26 <= c.position[0] <= 29 and 26 <= c.position[1] <= 29
-    assert robot_click(gt, gt, [1, 2], np.zeros(gt.shape, bool), 0) is None
+    assert multi_object_click(gt, gt, [1, 2], clicked=np.zeros(gt.shape, bool), frame=0) is None
 
 
 # -- eval-video on a generated DAVIS folder ----------------------------------------------------------
@@ -128,8 +128,8 @@ def test_eval_video_semi_and_interactive(tmp_path):
 
 
 def test_eval_video_layout_without_480p_and_errors(tmp_path):
-    from volseg.eval.run_video import davis_dirs, sequences
     from volseg.cli import main
+    from volseg.eval.davis import davis_dirs, sequences
 
     root = make_davis(tmp_path / "d", layout_480p=False, n=5)
     assert davis_dirs(root)[0] == root / "JPEGImages"
@@ -150,7 +150,8 @@ def test_davis_dev_semi_blackswan():
     root = root / "video" / "davis2016"
     if not root.is_dir():
         pytest.skip(f"no DAVIS dev data at {root}")
-    from volseg.eval.run_video import DavisSequence, run_semi
+    from volseg.eval.davis import DavisSequence
+    from volseg.eval.run_video import run_semi
 
     r = run_semi(DavisSequence(root, "blackswan"))
     assert r["JF"] > 0.8

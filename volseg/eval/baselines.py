@@ -1,5 +1,7 @@
 """Classical baselines, driven by the same robot as the GP: clicks become small seed disks.
 
+Each implements the :class:`volseg.eval.methods.Method` protocol.
+
 Both recompute from all seeds after every click (they have no incremental state), and later
 clicks paint over earlier ones where disks overlap.
 
@@ -17,13 +19,15 @@ clicks paint over earlier ones where disks overlap.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 import numpy as np
+from skimage.color import rgb2lab
+from skimage.segmentation import random_walker
 
 from ..clicks import Click
 from ..errors import InputError
-from .methods import Method
 
 FG, BG = 1, 2
 
@@ -56,12 +60,13 @@ def _frame(shape: Sequence[int]) -> np.ndarray:
     return f
 
 
-class RandomWalkerMethod(Method):
+class RandomWalkerMethod:
     """Random walker with click disks as seeds."""
 
     name = "random-walker"
 
-    def __init__(self, beta: float = 130.0, radius: float = 5.0, space: str = "lab", mode: str = "bf", tol: float = 1e-4,
+    def __init__(self, beta: float = 130.0, radius: float = 5.0, space: str = "lab", mode: str = "bf",
+                 tol: float = 1e-4,
                  frame_background: bool = True):
         if space not in ("lab", "rgb"):
             raise InputError(f"random walker colour space must be 'lab' or 'rgb', got {space!r}")
@@ -72,17 +77,11 @@ class RandomWalkerMethod(Method):
     def set_image(self, image: np.ndarray) -> None:
         rgb = np.asarray(image, dtype=np.float64) / 255.0
         if self.space == "lab":
-            from skimage.color import rgb2lab
-
             self.data = rgb2lab(rgb)
         else:
             self.data = rgb
 
     def predict(self, clicks: Sequence[Click]) -> np.ndarray:
-        import warnings
-
-        from skimage.segmentation import random_walker
-
         assert self.data is not None, "set_image first"
         shape = self.data.shape[:-1]
         labels = seed_labels(shape, clicks, self.radius)
@@ -102,7 +101,7 @@ class RandomWalkerMethod(Method):
                 "frame_background": self.frame_background}
 
 
-class GrabCutMethod(Method):
+class GrabCutMethod:
     """OpenCV GrabCut with click disks as hard constraints."""
 
     name = "grabcut"
@@ -134,4 +133,5 @@ class GrabCutMethod(Method):
         return np.isin(mask, (cv2.GC_FGD, cv2.GC_PR_FGD)).astype(np.float32)
 
     def config(self) -> dict:
-        return {"method": self.name, "radius": self.radius, "iterations": self.iterations, "pr_fg_radius": self.pr_fg_radius}
+        return {"method": self.name, "radius": self.radius, "iterations": self.iterations,
+                "pr_fg_radius": self.pr_fg_radius}

@@ -5,8 +5,13 @@ import argparse
 import inspect
 from typing import Any
 
+from ..config import GPConfig
 from ..errors import InputError
-from .datasets import READERS
+from .baselines import GrabCutMethod, RandomWalkerMethod
+from .datasets import READERS, dataset_name, load_samples
+from .methods import method_names
+from .report import report, table
+from .run2d import run_eval
 
 HELP = "run the RITM click robot on a 2D benchmark and report NoC/NoF/mIoU/SPC"
 
@@ -18,7 +23,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--method", required=True, nargs="+", action="extend",
                    help="gp, random-walker and/or grabcut (several run one after the other)")
     p.add_argument("--out", required=True, help="output folder (instances/, summaries, report, plot)")
-    p.add_argument("--features", default="filterbank", help="GP features: filterbank, learned2d, a .ckpt path, or several joined by + (default filterbank)")
+    p.add_argument("--features", default="filterbank",
+                   help="GP features: filterbank, learned2d, a .ckpt path, or several joined by + (default filterbank)")
     p.add_argument("--device", default="cpu", help="GP device (default cpu)")
     p.add_argument("--config", default=None, help="GP settings YAML (see configs/default.yaml)")
     p.add_argument("--max-instances", type=int, default=None, metavar="N", help="only the first N instances")
@@ -58,7 +64,8 @@ def parse_options(items: list[str], methods: list[str]) -> dict[str, dict]:
             raise InputError(f"--option {item!r}: expected [METHOD:]KEY=VALUE")
         names = [m for m in methods if not target or m == target]
         if not names:
-            raise InputError(f"--option {item!r} names method {target!r}, which is not among --method {' '.join(methods)}")
+            raise InputError(f"--option {item!r} names method {target!r}, "
+                             f"which is not among --method {' '.join(methods)}")
         for m in names:
             ok = _accepted(m)
             if ok is not None and key not in ok:
@@ -68,8 +75,6 @@ def parse_options(items: list[str], methods: list[str]) -> dict[str, dict]:
 
 
 def _accepted(method: str) -> set[str] | None:
-    from .baselines import GrabCutMethod, RandomWalkerMethod
-
     cls = {"random-walker": RandomWalkerMethod, "grabcut": GrabCutMethod}.get(method)
     if cls is None:
         return None  # the GP passes options through to Session, which checks them
@@ -77,11 +82,6 @@ def _accepted(method: str) -> set[str] | None:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from .datasets import dataset_name
-    from .methods import method_names
-    from .report import report, table
-    from .run2d import run_eval
-
     methods = []
     for m in args.method:
         for name in m.split(","):
@@ -99,11 +99,7 @@ def handler(args: argparse.Namespace) -> int:
     ds = dataset_name(args.dataset)
     options = parse_options(args.option, methods)
     if args.config and "gp" in options:
-        from ..config import GPConfig
-
         options["gp"]["config"] = GPConfig.from_yaml(args.config)
-
-    from .datasets import load_samples
 
     samples = load_samples(ds, args.root, split=args.split, max_instances=args.max_instances)
     summaries = []

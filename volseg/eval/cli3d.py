@@ -27,8 +27,9 @@ import re
 from pathlib import Path
 
 from ..errors import InputError, OutputExistsError
+from ..io import ITK_SUFFIXES, NIFTI_SUFFIXES, RASTER_SUFFIXES
+from ..metrics import DEFAULT_TOLERANCE_MM
 from ..session_options import gp_options, session_settings
-from .metrics3d import DEFAULT_TOLERANCE_MM
 from .run3d import EvalCase, EvalOptions, format_table, parse_label_ids, run_eval
 
 _IMAGE_TAGS = ("_0000", "_image", "_img")
@@ -42,8 +43,6 @@ def _suffix(p: Path) -> str:
 
 
 def _readable(p: Path) -> bool:
-    from ..io import ITK_SUFFIXES, NIFTI_SUFFIXES, RASTER_SUFFIXES
-
     if p.name.startswith("."):
         return False
     if p.is_dir():  # a DICOM series

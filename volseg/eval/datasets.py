@@ -39,6 +39,15 @@ IGNORE = -1
 _IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".ppm"}
 
 
+def split_gt(gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(object, ignore)`` boolean masks from a ground truth holding 1 / 0 / :data:`IGNORE`
+    (a boolean array has nothing ignored)."""
+    g = np.asarray(gt)
+    if g.dtype == bool:
+        return g, np.zeros(g.shape, bool)
+    return g == 1, g == IGNORE
+
+
 @dataclass(frozen=True)
 class Sample:
     """One object instance of a benchmark; arrays are read on demand."""
@@ -81,7 +90,8 @@ def _stem(path: Path) -> str:
 
 def _files(folder: Path, suffixes: set[str] | None = None) -> list[Path]:
     return sorted(
-        p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and (suffixes is None or p.suffix.lower() in suffixes)
+        p for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and (suffixes is None or p.suffix.lower() in suffixes)
     )
 
 
@@ -240,7 +250,8 @@ def iter_samples(name: str, root: str | Path, *, split: str | None = None) -> It
         raise InputError(f"{canon} dataset at {root} has no object instances")
 
 
-def load_samples(name: str, root: str | Path, *, split: str | None = None, max_instances: int | None = None) -> list[Sample]:
+def load_samples(name: str, root: str | Path, *, split: str | None = None,
+                 max_instances: int | None = None) -> list[Sample]:
     out = []
     for s in iter_samples(name, root, split=split):
         if max_instances is not None and len(out) >= max_instances:

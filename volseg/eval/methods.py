@@ -7,38 +7,42 @@ baselines (:mod:`volseg.eval.baselines`) recompute from all seeds.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
 from ..clicks import Click
 from ..errors import InputError
+from ..session import Session
+from .baselines import GrabCutMethod, RandomWalkerMethod
 
 
-class Method:
-    """Interface: ``set_image`` once per sample, then ``predict`` after each new click."""
+@runtime_checkable
+class Method(Protocol):
+    """Interface: ``set_image`` once per sample, then ``predict`` after each new click.
 
-    name = "method"
+    A Protocol (no base class to inherit) so that :mod:`volseg.eval.baselines` needs nothing from
+    this module, which builds every method by name."""
+
+    name: str
 
     def set_image(self, image: np.ndarray) -> None:  # (H, W, 3) uint8
-        raise NotImplementedError
+        ...
 
     def predict(self, clicks: Sequence[Click]) -> np.ndarray:  # (H, W) float probability
-        raise NotImplementedError
+        ...
 
     def config(self) -> dict:
         """Settings that change results; stored in every record so a resumed run cannot mix them."""
-        return {"method": self.name}
+        ...
 
 
-class GPMethod(Method):
+class GPMethod:
     """volseg's GP classifier through the public interactive API (:class:`volseg.Session`)."""
 
     name = "gp"
 
     def __init__(self, features: str = "filterbank", device: str = "cpu", **session_options: Any):
-        from .. import Session  # imported here so the baselines run without the GP stack
-
         self.features, self.device, self.options = features, device, dict(session_options)
         self.session = Session(features=features, device=device, **session_options)
 
@@ -62,7 +66,9 @@ class GPMethod(Method):
         opts = {k: v for k, v in self.options.items() if k != "config"}
         # an extractor object is recorded by its name: its repr holds a memory address, which would
         # make a resumed run refuse its own records
-        features = self.features if isinstance(self.features, str) else getattr(self.features, "name", str(self.features))
+        features = self.features
+        if not isinstance(features, str):
+            features = getattr(features, "name", str(features))
         return {"method": self.name, "features": str(features), "device": self.device, **opts, "gp": gp}
 
 
@@ -72,8 +78,6 @@ def method_names() -> list[str]:
 
 def make_method(name: str, *, features: str = "filterbank", device: str = "cpu", **options: Any) -> Method:
     """Build a method by its CLI name; ``options`` go to its constructor."""
-    from .baselines import GrabCutMethod, RandomWalkerMethod
-
     key = name.lower().replace("_", "-")
     if key == "gp":
         return GPMethod(features=features, device=device, **options)

@@ -1,16 +1,76 @@
-"""Summary tables and the mIoU-vs-clicks plot, one dataset at a time, methods side by side.
+"""Benchmark summaries, markdown tables and plots.
 
+2D: :func:`summarize` turns per-instance records into a summary;
 ``OUT/summary_<dataset>_<method>.json`` and ``.md`` are written by every run; :func:`report`
 collects all summaries of a dataset found in ``OUT`` into ``OUT/report_<dataset>.md`` and
-``OUT/miou_<dataset>.png``.
+``OUT/miou_<dataset>.png``, methods side by side.
+
+Video (DAVIS): :func:`davis_table`, :func:`davis_overall` and :func:`davis_plot` over the
+per-sequence results of :mod:`volseg.eval.run_video`.
 """
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Sequence
+
+import numpy as np
 
 from ..io.atomic import atomic_path
+from ..metrics import THRESHOLDS, miou_curve, noc, nof
+
+
+def time_stats(seconds: Iterable[float]) -> dict:
+    s = np.asarray(list(seconds), dtype=np.float64)
+    if s.size == 0:
+        return {"mean": float("nan"), "p50": float("nan"), "p95": float("nan"), "n": 0}
+    return {"mean": float(s.mean()), "p50": float(np.percentile(s, 50)), "p95": float(np.percentile(s, 95)),
+            "n": int(s.size)}
+
+
+def summarize(records: Sequence[dict], max_clicks: int = 20, thresholds: Sequence[float] = THRESHOLDS) -> dict:
+    """Benchmark summary of per-instance records (as written by :mod:`volseg.eval.run2d`)."""
+    all_ious = [r["ious"] for r in records]
+    out: dict = {"instances": len(records), "max_clicks": max_clicks}
+    for t in thresholds:
+        key = f"{round(t * 100):d}"
+        nocs = [noc(i, t, max_clicks) for i in all_ious]
+        out[f"noc{key}"] = float(np.mean(nocs)) if nocs else float("nan")
+        out[f"nof{key}"] = nof(all_ious, t, max_clicks)
+        out[f"nof{key}_ritm"] = nof(all_ious, t, max_clicks, ritm=True)
+    curve = miou_curve(all_ious, max_clicks)
+    out["miou"] = [float(v) for v in curve]
+    out["noic_label"] = float(np.mean([r["noic"]["label"] for r in records])) if records else float("nan")
+    out["noic_drop"] = float(np.mean([r["noic"]["drop"] for r in records])) if records else float("nan")
+    out["spc"] = time_stats(s for r in records for s in r["seconds"])
+    out["set_image_seconds"] = time_stats(r.get("set_image_seconds", np.nan) for r in records)
+    return out
+
+
+def markdown_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
+
+
+def _figure():
+    import matplotlib  # optional: only plots need it
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    return plt, fig, ax
+
+
+def _save(plt, fig, ax, path: str | Path, title: str, legend_loc: str = "best") -> Path:
+    ax.grid(alpha=0.3)
+    ax.legend(loc=legend_loc, fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return Path(path)
 
 COLUMNS = ("method", "inst", "NoC@85", "NoC@90", "NoF@85", "NoF@90", "mIoU@1", "mIoU@5", "mIoU@10", "mIoU@20",
            "NoIC lab", "NoIC drop", "SPC mean", "SPC p50", "SPC p95")
@@ -30,16 +90,15 @@ def _row(s: dict) -> list[str]:
 
 def table(summaries: Sequence[dict]) -> str:
     """Markdown table, one row per method."""
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join("---" for _ in COLUMNS) + "|"]
-    lines += ["| " + " | ".join(_row(s)) + " |" for s in summaries]
-    return "\n".join(lines)
+    return markdown_table(COLUMNS, [_row(s) for s in summaries])
 
 
 def _notes(summaries: Sequence[dict]) -> str:
     return "\n".join(
         [
             "NoC@t: mean clicks to IoU >= t (20 if never); NoF@t: instances never reaching t in 20 clicks;",
-            "NoIC lab: clicks whose pixel the next prediction labels wrongly; NoIC drop: clicks lowering IoU (both per instance);",
+            "NoIC lab: clicks whose pixel the next prediction labels wrongly; "
+            "NoIC drop: clicks lowering IoU (both per instance);",
             "SPC: seconds per click (method only, robot and IoU excluded).",
             "",
             *[f"- `{s.get('method')}`: {json.dumps(s.get('config', {}), sort_keys=True)}" for s in summaries],
@@ -54,7 +113,8 @@ def write_summary(out: str | Path, summary: dict) -> tuple[Path, Path]:
     with atomic_path(js) as tmp:
         Path(tmp).write_text(json.dumps(summary, indent=1))
     with atomic_path(md) as tmp:
-        Path(tmp).write_text(f"# {summary['dataset']}: {summary['method']}\n\n{table([summary])}\n\n{_notes([summary])}\n")
+        title = f"{summary['dataset']}: {summary['method']}"
+        Path(tmp).write_text(f"# {title}\n\n{table([summary])}\n\n{_notes([summary])}\n")
     return js, md
 
 
@@ -73,12 +133,7 @@ def load_summaries(out: str | Path, dataset: str | None = None) -> dict[str, lis
 
 def plot_miou(summaries: Sequence[dict], path: str | Path, title: str = "") -> Path:
     """mIoU after 1..20 clicks, one line per method."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
+    plt, fig, ax = _figure()
     for s in summaries:
         k = range(1, len(s["miou"]) + 1)
         ax.plot(k, s["miou"], marker="o", markersize=3, label=f"{s['method']} (NoC@90 {s['noc90']:.2f})")
@@ -88,14 +143,7 @@ def plot_miou(summaries: Sequence[dict], path: str | Path, title: str = "") -> P
     ax.set_ylabel("mIoU")
     ax.set_xticks(range(0, 21, 2))
     ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(title)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
-    return Path(path)
+    return _save(plt, fig, ax, path, title, legend_loc="lower right")
 
 
 def report(out: str | Path, dataset: str | None = None) -> dict[str, Path]:
@@ -109,3 +157,59 @@ def report(out: str | Path, dataset: str | None = None) -> dict[str, Path]:
             Path(tmp).write_text(f"# {ds}\n\n{table(sums)}\n\n![mIoU vs clicks]({png.name})\n\n{_notes(sums)}\n")
         written[ds] = md
     return written
+
+
+# -- video (DAVIS) -----------------------------------------------------------------------------------
+def davis_overall(results: Sequence[dict], round_: int | None = None) -> tuple[float, float]:
+    """Mean J and F over all (sequence, object) pairs, as the DAVIS tables do (after ``round_`` rounds)."""
+    per = [(r["per_object"] if round_ is None else r["rounds"][round_ - 1]["per_object"]) for r in results]
+    Js = [v["J"]["mean"] for p in per for v in p.values()]
+    Fs = [v["F"]["mean"] for p in per for v in p.values()]
+    return float(np.mean(Js)), float(np.mean(Fs))
+
+
+def davis_table(results: Sequence[dict], mode: str, rounds_shown: Sequence[int] = (1, 3, 8)) -> str:
+    """Markdown table, one row per sequence and a mean row; interactive runs show J&F after ``rounds_shown``."""
+    if mode == "semi":
+        head = ["sequence", "frames", "J", "F", "J&F", "fps", "memory pts"]
+        rows = [[r["sequence"], str(r["frames"]), f"{100 * r['J']:.1f}", f"{100 * r['F']:.1f}", f"{100 * r['JF']:.1f}",
+                 f"{r['fps']:.1f}", str(r["memory"]["memory_peak"])] for r in results]
+        J, F = davis_overall(results)
+        frames = sum(r["frames"] - 1 for r in results)
+        rows.append(["**mean**", str(sum(r["frames"] for r in results)), f"{100 * J:.1f}", f"{100 * F:.1f}",
+                     f"{100 * (J + F) / 2:.1f}", f"{frames / sum(r['seconds'] for r in results):.1f}", ""])
+        return markdown_table(head, rows)
+    shown = [k for k in rounds_shown if k <= len(results[0]["rounds"])]
+    head = ["sequence", "frames"] + [f"J&F@{k}" for k in shown] + [f"J@{shown[-1]}", f"F@{shown[-1]}", "clicks", "fps"]
+    rows = []
+    for r in results:
+        rr = r["rounds"]
+        rows.append([r["sequence"], str(r["frames"])] + [f"{100 * rr[k - 1]['JF']:.1f}" for k in shown]
+                    + [f"{100 * rr[shown[-1] - 1]['J']:.1f}", f"{100 * rr[shown[-1] - 1]['F']:.1f}",
+                       str(rr[-1]["total_clicks"]), f"{r['fps']:.1f}"])
+    means = [davis_overall(results, k) for k in shown]
+    fps = sum(r["frames_propagated"] for r in results) / sum(r["propagation_seconds"] for r in results)
+    rows.append(["**mean**", str(sum(r["frames"] for r in results))] + [f"{50 * (J + F):.1f}" for J, F in means]
+                + [f"{100 * means[-1][0]:.1f}", f"{100 * means[-1][1]:.1f}",
+                   str(sum(r["rounds"][-1]["total_clicks"] for r in results)), f"{fps:.1f}"])
+    return markdown_table(head, rows)
+
+
+def davis_plot(results: Sequence[dict], mode: str, path: str | Path) -> Path:
+    """J and F per sequence (semi), or J&F after each round per sequence (interactive)."""
+    plt, fig, ax = _figure()
+    if mode == "semi":
+        names = [r["sequence"] for r in results]
+        x = np.arange(len(names))
+        ax.bar(x - 0.2, [100 * r["J"] for r in results], 0.4, label="J")
+        ax.bar(x + 0.2, [100 * r["F"] for r in results], 0.4, label="F")
+        ax.set_xticks(x, names, rotation=30, ha="right")
+        ax.set_ylabel("score")
+    else:
+        for r in results:
+            ax.plot([h["round"] for h in r["rounds"]], [100 * h["JF"] for h in r["rounds"]], marker="o", ms=3,
+                    label=r["sequence"])
+        ax.set_xlabel("round")
+        ax.set_ylabel("J&F")
+    ax.set_ylim(0, 100)
+    return _save(plt, fig, ax, path, f"DAVIS {mode}")

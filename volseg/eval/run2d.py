@@ -13,13 +13,15 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from ..errors import InputError, OutputExistsError
 from ..io.atomic import atomic_path
-from .datasets import Sample, dataset_name, load_samples
+from ..metrics import THRESHOLDS, iou, noc, noic
+from ..robot import Robot
+from .datasets import Sample, dataset_name, load_samples, split_gt
 from .methods import Method, make_method
-from .metrics import THRESHOLDS, iou, noc, noic, summarize
-from .robot import Robot
+from .report import summarize, write_summary
 
 PRED_THRESHOLD = 0.49  # RITM's evaluation threshold on the probability map
 MAX_CLICKS = 20
@@ -29,7 +31,7 @@ PROTOCOL = "ritm-2d-v1"
 def evaluate_sample(method: Method, image: np.ndarray, gt: np.ndarray, *, max_clicks: int = MAX_CLICKS,
                     pred_thr: float = PRED_THRESHOLD) -> dict:
     """Run the robot for up to ``max_clicks`` clicks on one instance; return its record (no config)."""
-    robot = Robot(gt)
+    robot = Robot(*split_gt(gt))
     t0 = time.perf_counter()
     method.set_image(image)
     set_image_s = time.perf_counter() - t0
@@ -43,7 +45,8 @@ def evaluate_sample(method: Method, image: np.ndarray, gt: np.ndarray, *, max_cl
         prob = np.asarray(method.predict(list(robot.clicks)))
         seconds.append(time.perf_counter() - t0)
         if prob.shape != robot.obj.shape:
-            raise ValueError(f"method {method.name} returned shape {prob.shape} for an image of shape {robot.obj.shape}")
+            raise ValueError(f"method {method.name} returned shape {prob.shape} "
+                             f"for an image of shape {robot.obj.shape}")
         pred = prob > pred_thr
         ious.append(float(iou(robot.obj, pred, robot.ignore)))
         at_click.append(bool(pred[click.voxel()]))
@@ -105,19 +108,16 @@ def run_eval(
     samples: Sequence[Sample] | None = None,
 ) -> dict:
     """Evaluate one method on one dataset; write per-instance records and the summary; return it."""
-    from .report import write_summary
-
     ds = dataset_name(dataset)
     if samples is None:
         samples = load_samples(ds, root, split=split, max_instances=max_instances)
-    m = method if isinstance(method, Method) else make_method(method, features=features, device=device, **(options or {}))
+    m = method if isinstance(method, Method) else \
+        make_method(method, features=features, device=device, **(options or {}))
     tag = tag or m.name
     if not tag.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise InputError(f"method tag {tag!r} may only contain letters, digits, '-', '_' and '.'")
     config = {"protocol": PROTOCOL, "dataset": ds, "max_clicks": max_clicks, "pred_thr": PRED_THRESHOLD, **m.config()}
     out = Path(out)
-
-    from tqdm import tqdm
 
     records, computed = [], 0
     bar = tqdm(samples, desc=f"{ds} {tag}", unit="inst", disable=not progress, dynamic_ncols=True)

@@ -16,12 +16,15 @@ from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from ..errors import InputError, VolsegError
 from ..image import Image
+from ..io import read_image, read_mask
 from ..io.atomic import atomic_path
-from .metrics3d import DEFAULT_TOLERANCE_MM, auc, dice, nsd
-from .robot3d import next_click
+from ..metrics import DEFAULT_TOLERANCE_MM, auc, dice, nsd
+from ..robot import largest_component_click
+from ..session import Session
 
 CHECKPOINTS = (1, 3, 5, 10)
 LabelIds = Sequence[int] | str  # explicit ids, "all" (each nonzero value on its own) or "nonzero" (their union)
@@ -49,8 +52,6 @@ class EvalOptions:
     def new_session(self):
         if self.session_factory is not None:
             return self.session_factory()
-        from .. import Session
-
         return Session(features=self.features, device=self.device, config=self.config)
 
 
@@ -89,7 +90,7 @@ def evaluate_object(image: Image, gt: np.ndarray, options: EvalOptions) -> dict:
     pred = np.zeros_like(gt)
     clicks, dices, nsds, seconds, predicted, noic = [], [], [], [], [], 0
     for _ in range(options.n_clicks):
-        c = next_click(gt, pred, spacing)
+        c = largest_component_click(gt, pred, spacing)
         if c is None:  # nothing left to correct: the curve stays at its last value
             break
         t = time.perf_counter()
@@ -140,10 +141,6 @@ def _write_json(path: Path, data) -> None:
 
 def run_eval(cases: Iterable[EvalCase], out_dir: str | Path, options: EvalOptions, *, progress: bool = True) -> dict:
     """Evaluate every object of every case; a case that cannot be read is recorded and skipped."""
-    from tqdm import tqdm
-
-    from ..io import read_image, read_mask
-
     out = Path(out_dir)
     rows, failures = [], []
     cases = list(cases)

@@ -28,10 +28,11 @@ from ..errors import InputError
 from ..features.backbones import Backbone, backbone_from_checkpoint, read_checkpoint, save_checkpoint
 from ..gp.differentiable import GPHyper, gp_inputs, posterior
 from ..gp.likelihood import probit
+from ..robot import ritm_click
 from .data import TrainingData
 from .decontaminate import check_no_overlap
 from .losses import bce, segmentation_loss
-from .simulate import error_click, initial_clicks
+from .simulate import initial_clicks
 
 DEFAULTS = {
     "name": "train",
@@ -122,10 +123,12 @@ def simulate_and_score(emb: torch.Tensor, m0: torch.Tensor, obj: np.ndarray, hyp
         ious.append(float((pred & obj).sum() / max((pred | obj).sum(), 1)))
         if step == n_iterative:
             break
-        nxt = error_click(obj, pred, points)
+        clicked = np.zeros(shape, bool)
+        clicked[tuple(np.array(points).T)] = True
+        nxt = ritm_click(obj, pred, clicked=clicked)
         if nxt is None:
             break
-        points.append(nxt[0]), labels.append(nxt[1])
+        points.append(nxt.voxel()), labels.append(1.0 if nxt.positive else -1.0)
     if not with_loss:
         return torch.zeros(()), ious
     loss = torch.stack(losses).mean()

@@ -1,30 +1,22 @@
-"""Click simulation for training, after RITM: random initial clicks, then clicks on the model's errors.
+"""Random initial clicks for training, after RITM (the clicks on the model's errors that follow
+are the benchmark robot's, :func:`volseg.robot.ritm_click`).
 
-* :func:`initial_clicks` -- one positive click inside the object (its deepest point, or with
-  probability ``1 - deepest`` a random point well inside), plus a few random positives and
-  negatives (negatives preferably in a band around the object, where they carry information);
-* :func:`error_click` -- the evaluation robot's rule: the interior point of the largest error
-  region (false negative -> positive click, false positive -> negative), never a pixel twice.
+:func:`initial_clicks` places one positive click inside the object (its deepest point, or with
+probability ``1 - deepest`` a random point well inside), plus a few random positives and
+negatives (negatives preferably in a band around the object, where they carry information).
 
-Positions are index tuples, labels +1 / -1; every function works for 2D and 3D masks.
+Positions are index tuples, labels +1 / -1; works for 2D and 3D masks.
 """
 from __future__ import annotations
 
 import numpy as np
 from scipy import ndimage as ndi
 
-from ..eval.robot import border_distance
+from ..robot import border_distance, deepest_point
 
 
-def deepest_point(mask: np.ndarray) -> tuple[int, ...] | None:
-    """The point of ``mask`` farthest from its boundary (the image border counts as boundary)."""
-    d = border_distance(mask)
-    if d.max() <= 0:
-        return None
-    return tuple(int(i) for i in np.unravel_index(int(np.argmax(d)), d.shape))
-
-
-def _sample(candidates: np.ndarray, rng: np.random.Generator, weights: np.ndarray | None = None) -> tuple[int, ...] | None:
+def _sample(candidates: np.ndarray, rng: np.random.Generator,
+            weights: np.ndarray | None = None) -> tuple[int, ...] | None:
     idx = np.flatnonzero(candidates)
     if idx.size == 0:
         return None
@@ -59,17 +51,4 @@ def initial_clicks(obj: np.ndarray, rng: np.random.Generator, *, max_positive: i
     return points, labels
 
 
-def error_click(obj: np.ndarray, pred: np.ndarray, clicked: list[tuple[int, ...]]) -> tuple[tuple[int, ...], float] | None:
-    """Next click on the largest error region of ``pred`` (the benchmark robot's rule); None if no error."""
-    obj, pred = np.asarray(obj, bool), np.asarray(pred, bool)
-    fn, fp = border_distance(obj & ~pred), border_distance(~obj & pred)
-    for p in clicked:
-        fn[p] = fp[p] = 0
-    if fn.max() == 0 and fp.max() == 0:
-        return None
-    positive = fn.max() > fp.max()
-    d = fn if positive else fp
-    return tuple(int(i) for i in np.unravel_index(int(np.argmax(d)), d.shape)), (1.0 if positive else -1.0)
-
-
-__all__ = ["deepest_point", "error_click", "initial_clicks"]
+__all__ = ["initial_clicks"]
