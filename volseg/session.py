@@ -388,10 +388,7 @@ class Session:
             return None
         point_alpha = (post.alpha if post.n > common else alpha_before)[common].abs().max()
         moved = (post.alpha[:common] - alpha_before[:common]).abs().amax(1) if common else torch.zeros(0, dtype=torch.float64)
-        z_point = self.inputs.at(point[None]).double().cpu()  # the solve lives on the CPU in float64
-        k_point = self.kernel(post.Z[:common], z_point)
-        w = torch.cholesky_solve(k_point, post.L[:common, :common])[:, 0] if common else moved
-        d2 = float(self.kernel(z_point, z_point)) + post.noise + extra - (float(k_point[:, 0] @ w) if common else 0.0)
+        w, d2 = post.schur_complement(self.inputs.at(point[None]), extra, common)
         radii = influence_radii(self.kernel, torch.cat([moved, point_alpha[None]]).numpy(),
                                 torch.cat([w.abs(), torch.ones(1, dtype=torch.float64)]).numpy() / max(d2, 1e-12) ** 0.5,
                                 self.config.tolerance)
