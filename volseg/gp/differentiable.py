@@ -7,9 +7,10 @@ Same model as :class:`volseg.gp.posterior.ExactPosterior` and :class:`volseg.ses
     mean(x) = m0(x) + k(x, X) (K + s2 I)^-1 (y - m0(X)),   var(x) = k(x, x) - k(x, X) (K + s2 I)^-1 k(X, x)
 
 but every step keeps its autograd graph: gradients flow into the embeddings phi, the prior mean
-m0 and the log hyper-parameters.  The solve is in float64 (as the engine's), the kernel rows in
-the embeddings' dtype.  The learned values are exported as GPConfig fields (:meth:`GPHyper.gp_config`)
-so a Session built from the checkpoint uses exactly the kernel the backbone was trained with.
+m0 and the log hyper-parameters.  The solve is in float64 with the engine's Cholesky
+(:mod:`.linalg`), the kernel rows in the embeddings' dtype.  The learned values are exported as
+GPConfig fields (:meth:`GPHyper.gp_config`) so a Session built from the checkpoint uses exactly the
+kernel the backbone was trained with.
 """
 from __future__ import annotations
 

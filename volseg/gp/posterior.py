@@ -8,13 +8,14 @@ With ``A = K + s2 I = L L^T`` and ``alpha = A^-1 (y - m0(X))``:
 
 At a training point the mean is exactly ``y_n - s2 alpha_n``, so ``|s2 alpha| < 1`` is the
 condition under which every click keeps its label; :meth:`ExactPosterior.fit` lowers the noise
-until it holds with a margin (:func:`volseg.gp.linalg.solve_keeping_labels`).  A point may carry extra noise of its own (``extra``): a weak label
-that a click's neighbourhood lends it (:mod:`volseg.seeds`), which need not be kept and yields to
-the clicks; its noise is ``s2 + extra``.  With ``per_point`` the noise is lowered only at the clicks
-that would lose their label, by halves: lowering it everywhere makes the interpolant ring (weights of
-tens, bumps of foreground far from the clicks), which a volume's long spatial kernel shows as a
-correcting click that adds false foreground elsewhere.  Adding a click borders the Cholesky factor (no new solve from
-scratch) and undoing one drops the last row, which leaves the leading factor unchanged.
+until it holds with a margin (:func:`volseg.gp.linalg.solve_keeping_labels`).  A point may carry
+extra noise of its own (``extra``): a weak label that a click's neighbourhood lends it
+(:mod:`volseg.seeds`), which need not be kept and yields to the clicks; its noise is ``s2 + extra``.
+With ``per_point`` the noise is lowered only at the clicks that would lose their label, by halves:
+lowering it everywhere makes the interpolant ring (weights of tens, bumps of foreground far from the
+clicks), which a volume's long spatial kernel shows as a correcting click that adds false foreground
+elsewhere.  Adding a click borders the Cholesky factor (no new solve from scratch) and undoing one
+drops the last row, which leaves the leading factor unchanged.
 """
 from __future__ import annotations
 

@@ -22,8 +22,9 @@ must keep its label (a user click) keeps it while ``|s2_i alpha_i| < 1``; :meth:
 noise of such points until that holds, through the loop :class:`volseg.gp.posterior.ExactPosterior`
 uses for all clicks (:mod:`volseg.gp.linalg`, which takes numpy arrays as well as torch tensors).
 
-Numpy/scipy rather than torch: on the 2-core CPU target, numpy's ``exp`` and the BLAS matmul
-over a (locations x points) block were 2-4x faster per call than torch's for these small shapes.
+Numpy/scipy rather than torch: on a CPU, numpy's ``exp`` and the BLAS matmul over a (locations x
+points) block cost less per call than torch's for these small shapes, where torch's per-call
+overhead dominates.
 """
 from __future__ import annotations
 
