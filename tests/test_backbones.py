@@ -50,7 +50,8 @@ def test_features_2d_shape_and_prior(ckpt2d):
     f = ex.features(img, budget=2 ** 30)
     assert f.shape == (40, 56, 4) and f.dtype == np.float32 and np.isfinite(f).all()
     assert np.allclose(f.reshape(-1, 4).mean(0), 0, atol=1e-3)  # standardised per image
-    assert ex.last_prior_mean.shape == (40, 56) and np.abs(ex.last_prior_mean).max() <= 1.5
+    prior = ex.prior_mean(img)
+    assert prior.shape == (40, 56) and prior.dtype == np.float32 and np.abs(prior).max() <= 1.5
     assert ex.gp_config["feature_lengthscale"] == 0.5
     grey = ex.features(Image.from_array(np.random.default_rng(1).random((33, 20)).astype(np.float32)), budget=2 ** 30)
     assert grey.shape == (33, 20, 4)
@@ -59,11 +60,30 @@ def test_features_2d_shape_and_prior(ckpt2d):
 def test_features_3d_sliding_window(ckpt3d):
     ex = get_extractor(str(ckpt3d))  # the path route Session uses
     vol = np.random.default_rng(0).normal(100, 20, (20, 27, 18)).astype(np.float32)  # larger than the roi
-    f = ex.features(Image.from_array(vol), budget=2 ** 30)
+    img = Image.from_array(vol)
+    f = ex.features(img, budget=2 ** 30)
     assert f.shape == (20, 27, 18, 4) and np.isfinite(f).all()
-    assert ex.last_prior_mean.shape == (20, 27, 18)
+    assert ex.prior_mean(img).shape == (20, 27, 18)
     with pytest.raises(InputError, match="3D model"):
         ex.features(rgb_image(), budget=2 ** 30)
+
+
+def test_one_network_pass_serves_features_and_prior_mean(ckpt2d, monkeypatch):
+    """prior_mean is its own call, and either order runs the backbone once per image."""
+    from volseg.features import FeatureExtractor
+
+    ex = load_backbone(ckpt2d)
+    assert isinstance(ex, FeatureExtractor) and ex.prescaled is False
+    runs = []
+    run_2d = ex._run_2d
+    monkeypatch.setattr(ex, "_run_2d", lambda image: runs.append(image) or run_2d(image))
+    a, b = rgb_image(), rgb_image(seed=1)
+    prior = ex.prior_mean(a)
+    f = ex.features(a, budget=2 ** 30)
+    assert len(runs) == 1 and np.array_equal(ex.prior_mean(a), prior)
+    ex.features(b)  # no budget: the default memory budget
+    assert len(runs) == 2 and not np.array_equal(ex.prior_mean(b), prior) and len(runs) == 2
+    assert np.array_equal(ex.features(a, budget=2 ** 30), f) and len(runs) == 3
 
 
 def test_bad_checkpoints(tmp_path):
@@ -166,7 +186,7 @@ def test_stacked_features_are_a_product_kernel_of_their_parts():
     l_e = learned.gp_config["feature_lengthscale"]
     np.testing.assert_allclose(f[..., :D_e], e / (l_e * D_e ** 0.5), rtol=1e-5, atol=1e-6)
     assert ex.gp_config["feature_lengthscale"] == 1.0 and ex.gp_config["noise"] == learned.gp_config["noise"]
-    assert ex.last_prior_mean is not None
+    assert ex.prior_mean(img) is not None and bank.prior_mean(img) is None
     s = Session(features="learned2d+filterbank").set_image(img)
     # the stack arrives scaled: the session divides by the lengthscale only, not by sqrt(D) again
     np.testing.assert_allclose(s.inputs.features.numpy(), f, rtol=1e-5, atol=1e-6)
@@ -174,5 +194,5 @@ def test_stacked_features_are_a_product_kernel_of_their_parts():
     s.add_click((5, 5), False)
     assert s.mask()[20, 27] == 1 and s.mask()[5, 5] == 0
     s.set_image(rgb_image(30, 44, seed=1))  # the prior head's map follows the new image
-    assert s.extractor.last_prior_mean.shape == (30, 44)
+    assert s.extractor.prior_mean(s.image).shape == (30, 44)
     s.add_click((15, 22), True)

@@ -1,10 +1,12 @@
 """The filter bank: one n-D code path, slab streaming equal to one shot, budgets respected."""
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 
 from volseg import Image
-from volseg.errors import MemoryBudgetError
-from volseg.features import FilterBank, compute_features
+from volseg.errors import InputError, MemoryBudgetError
+from volseg.features import FeatureExtractor, FilterBank, StackedFeatures, compute_features, get_extractor
+from volseg.features.scale_space import exact_derivatives_2d
 from volseg.features.stream import storage_dtype
 
 
@@ -73,3 +75,28 @@ def test_budget_is_respected_and_large_maps_go_half_precision():
     # a map far larger than any cache is streamed by every click: half precision whatever the budget
     assert storage_dtype(128 ** 3, 10, 64 << 30) == np.float16
     assert storage_dtype(64 ** 3, 10, 64 << 30) == np.float32
+
+
+def test_every_extractor_states_the_protocol():
+    bank = FilterBank()
+    assert isinstance(bank, FeatureExtractor) and bank.gp_config == {} and bank.prescaled is False
+    img = Image(np.random.default_rng(0).integers(0, 255, (24, 30, 3)).astype(np.uint8))
+    assert bank.prior_mean(img) is None
+    assert bank.features(img).shape == bank.features(img, budget=2 ** 30).shape  # None: the default budget
+    stack = StackedFeatures([FilterBank(), FilterBank(name="other")])
+    assert isinstance(stack, FeatureExtractor) and stack.prescaled and stack.prior_mean(img) is None
+    assert stack.name == "filterbank+other" and stack.gp_config == {"feature_lengthscale": 1.0}
+    with pytest.raises(InputError, match="not a FeatureExtractor"):
+        get_extractor(object())
+
+
+def test_exact_derivative_backend_matches_scipy():
+    x = np.random.default_rng(0).random((40, 52)).astype(np.float32)
+    orders = [(0, 0), (1, 0), (0, 1), (2, 0), (1, 1), (0, 2)]
+    for sigma in ((2.0, 2.0), (1.0, 3.0)):
+        got = exact_derivatives_2d(x, sigma, orders)
+        for o, g in zip(orders, got):
+            want = ndi.gaussian_filter(x.astype(np.float64), sigma, order=o, mode="reflect")
+            np.testing.assert_allclose(g, want, atol=1e-5)
+    with pytest.raises(ValueError, match="2D"):
+        exact_derivatives_2d(np.zeros((4, 4, 4), np.float32), (1.0, 1.0, 1.0), [(0, 0, 0)])

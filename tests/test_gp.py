@@ -7,7 +7,8 @@ import torch
 
 from volseg.gp.evaluate import evaluate_boxes, slabs
 from volseg.gp.inputs import InputMap
-from volseg.gp.kernels import RBF, Matern, MultiScaleRBF, make_kernel
+from volseg.gp.kernels import RBF, Matern, MultiScaleRBF, make_kernel, squared_distance
+from volseg.gp.linalg import LABEL_MARGIN, MIN_NOISE, cholesky_solve, cholesky_with_jitter, solve_keeping_labels
 from volseg.gp.likelihood import probit
 from volseg.gp.posterior import ExactPosterior
 from volseg.gp.sampling import PathwiseSampler
@@ -189,3 +190,37 @@ def test_probit_link_sign_matches_mean():
     m = torch.linspace(-3, 3, 13)
     p = probit(m, torch.full_like(m, 0.7))
     assert torch.all((p > 0.5) == (m > 0)) and torch.all((p < 0.5) == (m < 0))
+
+
+def test_one_gp_core_serves_torch_and_numpy():
+    """Cholesky with jitter, the label-keeping noise loop and the squared distance give the same
+    numbers for a torch tensor and a numpy array."""
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((7, 3)), rng.standard_normal((5, 3))
+    d2 = squared_distance(a, b)
+    np.testing.assert_allclose(d2, ((a[:, None] - b[None]) ** 2).sum(-1), atol=1e-12)
+    np.testing.assert_allclose(squared_distance(torch.from_numpy(a), torch.from_numpy(b)).numpy(), d2, rtol=1e-12)
+    singular = np.ones((4, 4))  # PSD only: needs the jitter
+    for A in (singular, torch.from_numpy(singular)):
+        factor = cholesky_with_jitter(A)
+        x = cholesky_solve(factor, A[:, :1] * 0 + 1)
+        assert np.isfinite(np.asarray(x)).all()
+    # two clicks at one place with opposite labels: the noise is lowered until the loop gives up
+    K = np.ones((3, 3)) + np.eye(3) * 1e-12
+    R = np.array([[1.0], [-1.0], [1.0]])
+    keep = np.array([True, True, False])
+
+    def halve(noise, lost):
+        where = torch.where if isinstance(noise, torch.Tensor) else np.where
+        return None if noise[lost].min() <= MIN_NOISE else where(lost, noise / 2, noise)
+
+    _, alpha, noise = solve_keeping_labels(K, R, np.full(3, 0.1), keep, halve)
+    _, t_alpha, t_noise = solve_keeping_labels(torch.from_numpy(K), torch.from_numpy(R),
+                                               torch.full((3,), 0.1, dtype=torch.float64), torch.from_numpy(keep), halve)
+    np.testing.assert_allclose(t_alpha.numpy(), alpha, rtol=1e-9)
+    assert np.array_equal(t_noise.numpy(), noise) and noise[2] == 0.1 and noise[0] < 0.1
+    # a click alone keeps its label at the requested noise: one round
+    rounds = []
+    _, alpha, noise = solve_keeping_labels(np.eye(2), np.array([[1.0], [-1.0]]), np.full(2, 0.1), np.ones(2, bool),
+                                           lambda n, lost: rounds.append(1))
+    assert not rounds and (np.abs(0.1 * alpha) < 1 - LABEL_MARGIN).all()

@@ -28,7 +28,7 @@ from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import breadth_first_order, maximum_flow
 from scipy.special import log_ndtr
 
-from .features.filterbank import looks_rgb, rgb_to_lab
+from .colour import looks_rgb, rgb_to_lab
 
 CAPACITY_SCALE = 1000.0  # scipy's max-flow needs integer capacities: costs are kept to 1e-3
 

@@ -94,8 +94,7 @@ class Session:
         self.extractor = get_extractor(features, device=str(self.device))
         base = config if isinstance(config, GPConfig) else GPConfig.from_dict(config)
         # a learned backbone brings the GP settings it was trained with; explicit ones still win
-        learned = getattr(self.extractor, "gp_config", None) or {}
-        self.config = base.replace(**{**learned, **settings})
+        self.config = base.replace(**{**self.extractor.gp_config, **settings})
         make_kernel(self.config.kernel or "rbf", spatial_dims=2)  # an unknown kernel name fails here, not at set_image
         self.kernel = None  # made by set_image: the default depends on the image's dimension
         self.image: Image | None = None
@@ -125,7 +124,7 @@ class Session:
             feats = torch.as_tensor(self.extractor.features(img, budget=self._budget.features)).to(self.device)
         self._feature_seconds = time.perf_counter() - t0
         # a learned prior-mean head (GPCIS) gives m0(x) so the first click already has a shape to refine
-        head = getattr(self.extractor, "last_prior_mean", None)
+        head = self.extractor.prior_mean(img)
         self._learned_mean = None if head is None else torch.as_tensor(np.asarray(head, dtype=np.float32), device=self.device)
         d_f = int(feats.shape[-1])
         cfg = self.config
@@ -136,7 +135,7 @@ class Session:
         # the features are ours: divide them by their lengthscale once here rather than on every click
         # (times sqrt(D), so the lengthscale means the same for any D; a stack scales its parts itself)
         if self.feature_tiles is None:
-            per_feature = 1.0 if getattr(self.extractor, "prescaled", False) else d_f ** 0.5
+            per_feature = 1.0 if self.extractor.prescaled else d_f ** 0.5
             feats.mul_(1.0 / (self.config.feature_lengthscale * per_feature))
         lazy = self.feature_tiles is not None and self.device.type == "cpu"
         self.inputs = InputMap(feats, img.spacing, feature_lengthscale=1.0,
@@ -378,10 +377,7 @@ class Session:
             return None
         point_alpha = (post.alpha if post.n > common else alpha_before)[common].abs().max()
         moved = (post.alpha[:common] - alpha_before[:common]).abs().amax(1) if common else torch.zeros(0, dtype=torch.float64)
-        z_point = self.inputs.at(point[None]).double().cpu()  # the solve lives on the CPU in float64
-        k_point = self.kernel(post.Z[:common], z_point)
-        w = torch.cholesky_solve(k_point, post.L[:common, :common])[:, 0] if common else moved
-        d2 = float(self.kernel(z_point, z_point)) + post.noise + extra - (float(k_point[:, 0] @ w) if common else 0.0)
+        w, d2 = post.schur_complement(self.inputs.at(point[None]), extra, common)
         radii = influence_radii(self.kernel, torch.cat([moved, point_alpha[None]]).numpy(),
                                 torch.cat([w.abs(), torch.ones(1, dtype=torch.float64)]).numpy() / max(d2, 1e-12) ** 0.5,
                                 self.config.tolerance)

@@ -1,31 +1,37 @@
-"""Per-location features: the training-free filter bank, or a learned MONAI backbone."""
+"""Per-location features: the training-free filter bank, a learned MONAI backbone, or a stack of them.
+
+Each is a :class:`FeatureExtractor` (:mod:`.base`); :func:`get_extractor` makes one from its name.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
-from ..units import parse_bytes
+from ..errors import InputError
+from .backbones import BackboneExtractor, load_backbone
+from .base import FeatureExtractor, feature_budget
 from .filterbank import FilterBank
+from .stack import StackedFeatures
 from .stream import compute_features
 
 # checkpoints that ship inside the package, by name (model card: volseg/models/README.md)
 PACKAGED_MODELS = {"learned2d": Path(__file__).resolve().parents[1] / "models" / "learned2d.ckpt"}
 
 
-def get_extractor(spec="filterbank", device: str = "cpu"):
+def get_extractor(spec="filterbank", device: str = "cpu") -> FeatureExtractor:
     """'filterbank', a packaged model's name ('learned2d'), a FeatureExtractor object, a path to a
     learned-backbone checkpoint (.ckpt), or several of these joined by '+' (``learned2d+filterbank``:
     a product kernel over both, :mod:`volseg.features.stack`)."""
     if not isinstance(spec, (str, Path)):
+        if not isinstance(spec, FeatureExtractor):
+            raise InputError(f"{type(spec).__name__} is not a FeatureExtractor: it needs name, gp_config, "
+                             "prescaled, features(image, budget) and prior_mean(image)")
         return spec
     if isinstance(spec, str) and "+" in spec and not Path(spec).exists():
-        from .stack import StackedFeatures
-
         return StackedFeatures([get_extractor(part.strip(), device) for part in spec.split("+")])
     if spec == "filterbank":
         return FilterBank()
-    from .backbones import load_backbone  # torch/monai networks only when asked for
-
     return load_backbone(PACKAGED_MODELS.get(str(spec), spec), device=device)
 
 
-__all__ = ["FilterBank", "compute_features", "get_extractor", "parse_bytes"]
+__all__ = ["BackboneExtractor", "FeatureExtractor", "FilterBank", "PACKAGED_MODELS", "StackedFeatures",
+           "compute_features", "feature_budget", "get_extractor"]

@@ -6,7 +6,7 @@ The network and its prior-mean head are trained end to end through the GP
     ex = load_backbone("model.ckpt")
     feats = ex.features(image, budget=...)    # (*spatial, D) float32, standardised per image
     ex.gp_config                              # GPConfig fields the kernel was trained with
-    ex.last_prior_mean                        # (*spatial) latent prior mean for that image
+    ex.prior_mean(image)                      # (*spatial) latent prior mean for that image
 
 2D: the image (RGB/255, grey replicated) is resized so its long side is the training
 resolution, run once, and the embedding upsampled (bilinearly) to the image grid.  3D: the
@@ -27,8 +27,10 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..errors import InputError, MemoryBudgetError
+from ..gp.differentiable import standardise
 from ..image import Image
 from ..units import format_bytes
+from .base import FeatureExtractor, feature_budget
 
 FORMAT = "volseg-backbone/1"
 
@@ -101,8 +103,6 @@ class Backbone(nn.Module):
         return self.net(x)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        from ..gp.differentiable import standardise
-
         emb = torch.stack([standardise(e) for e in self.net(x)])
         return emb, self.prior_head(emb)
 
@@ -137,8 +137,12 @@ def resize_long_side(shape: tuple[int, int], long_side: int, multiple: int = 16)
     return tuple(max(multiple, int(round(n * s / multiple)) * multiple) for n in shape)
 
 
-class BackboneExtractor:
-    """The FeatureExtractor protocol over a trained :class:`Backbone`."""
+class BackboneExtractor(FeatureExtractor):
+    """The FeatureExtractor over a trained :class:`Backbone`: its embedding, the GP settings it was
+    trained with and its prior-mean head.  One network pass serves both :meth:`features` and
+    :meth:`prior_mean` of an image: its outputs are kept for the last image asked about."""
+
+    prescaled = False
 
     def __init__(self, backbone: Backbone, gp_config: dict, config: dict, device: str = "cpu", path: str = "") -> None:
         self.backbone = backbone.eval().to(device)
@@ -147,12 +151,12 @@ class BackboneExtractor:
         self.config = config
         self.model = backbone.model_config
         self.name = f"backbone:{Path(path).name}" if path else "backbone"
-        self.last_prior_mean: np.ndarray | None = None
+        # (image, embedding or None once handed out, prior mean) of the last image the network ran on
+        self._outputs: tuple[Image, np.ndarray | None, np.ndarray] | None = None
 
-    @torch.no_grad()
-    def features(self, image: Image, *, budget: int) -> np.ndarray:
-        if image.ndim != self.backbone.spatial_dims:
-            raise InputError(f"{self.name} is a {self.backbone.spatial_dims}D model; the image is {image.ndim}D")
+    def features(self, image: Image, budget: int | None = None) -> np.ndarray:
+        self._check_dimension(image)
+        budget = feature_budget(budget)
         n, D = int(np.prod(image.shape)), self.backbone.embed_dim
         dtype = np.float32 if n * D * 4 <= budget // 4 else np.float16
         # the network output (float32, plus MONAI's weight map in 3D), the stored copy, the prior and the input
@@ -160,9 +164,28 @@ class BackboneExtractor:
         if need > budget:
             raise MemoryBudgetError(f"image of shape {image.shape} needs about {format_bytes(need)} for its {D} "
                                     f"learned features, over the memory budget of {format_bytes(budget)}")
-        emb, prior = self._run_2d(image) if image.ndim == 2 else self._run_3d(image)
-        self.last_prior_mean = prior.astype(np.float32)
+        emb, prior = self._run(image, embedding=True)
+        self._outputs = (image, None, prior)  # the embedding is the caller's now: the small prior map is kept
         return np.moveaxis(emb, 0, -1).astype(dtype)
+
+    def prior_mean(self, image: Image) -> np.ndarray:
+        self._check_dimension(image)
+        return self._run(image, embedding=False)[1]
+
+    def _check_dimension(self, image: Image) -> None:
+        if image.ndim != self.backbone.spatial_dims:
+            raise InputError(f"{self.name} is a {self.backbone.spatial_dims}D model; the image is {image.ndim}D")
+
+    @torch.no_grad()
+    def _run(self, image: Image, *, embedding: bool) -> tuple[np.ndarray | None, np.ndarray]:
+        """(embedding (D, *spatial), prior mean (*spatial) float32) of ``image``, from the network's
+        last pass where that was on this image and kept what is asked for (without ``embedding`` the
+        embedding may be None: handed out already)."""
+        kept = self._outputs
+        if kept is None or kept[0] is not image or (embedding and kept[1] is None):
+            emb, prior = self._run_2d(image) if image.ndim == 2 else self._run_3d(image)
+            self._outputs = (image, emb, prior.astype(np.float32))
+        return self._outputs[1:]
 
     def _run_2d(self, image: Image) -> tuple[np.ndarray, np.ndarray]:
         long_side = int(self.model.get("infer_long_side") or self.model.get("long_side", 192))
@@ -185,8 +208,6 @@ class BackboneExtractor:
         return self._finish(emb)
 
     def _finish(self, emb: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        from ..gp.differentiable import standardise
-
         emb = standardise(emb.float())
         head = self.backbone.prior_head
         prior = head(emb[None].to(next(head.parameters()).device))[0]

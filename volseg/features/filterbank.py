@@ -12,28 +12,34 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import ClassVar, Sequence
 
 import numpy as np
 import torch
-from skimage.color import rgb2lab
 from skimage.feature import hessian_matrix_eigvals
 from skimage.segmentation import slic
 
+from ..colour import looks_rgb, rgb_to_lab
+from .base import FeatureExtractor, feature_budget
 from .scale_space import MAX_FACTOR, gaussian_derivatives
+from .stream import compute_features
 
 TRUNCATE = 4.0  # scipy's default Gaussian truncation, in sigmas; also the halo a slab needs
-TEMPORARIES = 10  # float32 maps a slab needs besides its D features: channels, one scale's derivatives, work arrays
 
 
 @dataclass(frozen=True)
-class FilterBank:
+class FilterBank(FeatureExtractor):
+    """The training-free FeatureExtractor: no learned GP settings, no prior-mean head."""
+
+    prescaled: ClassVar[bool] = False
+    # float32 maps a slab needs besides its D features: channels, one scale's derivatives, work arrays
+    temporaries: ClassVar[int] = 10
     smoothing_scales: tuple[float, ...] = (0.0, 1.0, 2.0, 4.0, 8.0)  # 0: the raw channel
     gradient_scales: tuple[float, ...] = (1.0, 3.0)
     hessian_scales: tuple[float, ...] = (2.0,)
     superpixel_sizes: tuple[float, ...] = (100.0, 400.0)  # voxels per SLIC superpixel; () disables
     compactness: float = 0.1
-    superpixel_max_voxels: int = 1_500_000  # SLIC costs ~10 s per million voxels: larger images skip it
+    superpixel_max_voxels: int = 1_500_000  # SLIC's cost grows with the voxels: larger images skip it
     # relative weights of the standardised groups (an ARD lengthscale per group, tuned on Berkeley)
     raw_weight: float = 1.0
     smooth_weight: float = 1.0
@@ -83,11 +89,16 @@ class FilterBank:
         w += [self.superpixel_weight] * (c * len(self.superpixels_for(n_voxels)))
         return np.asarray(w, dtype=np.float32)
 
-    def features(self, image, *, budget: int) -> np.ndarray:
-        """The FeatureExtractor entry point: standardised (*spatial, D), computed in slabs."""
-        from .stream import compute_features
+    @property
+    def gp_config(self) -> dict:
+        return {}
 
-        return compute_features(self, image, budget=budget)
+    def features(self, image, budget: int | None = None) -> np.ndarray:
+        """Standardised features (*spatial, D), computed in slabs (:func:`volseg.features.stream.compute_features`)."""
+        return compute_features(self, image, budget=feature_budget(budget))
+
+    def prior_mean(self, image) -> None:
+        return None
 
     # -- the filters -----------------------------------------------------------------------------
     def channels(self, array: np.ndarray, params: dict) -> np.ndarray:
@@ -107,7 +118,7 @@ class FilterBank:
     def raw(self, array: np.ndarray, spacing: Sequence[float], params: dict, derivatives=None) -> np.ndarray:
         """Unstandardised features (*spatial, D) of a slab (with its halo) or a whole image, in the
         order of :meth:`weights`.  Each feature is written into the result as soon as it is made and
-        its intermediates dropped, so a slab holds about D + 10 float32 maps (:data:`TEMPORARIES`).
+        its intermediates dropped, so a slab holds about D + 10 float32 maps (:attr:`temporaries`).
         Superpixels are the one non-local part: they are used only when the image is small enough
         to be a single slab (``params["superpixels"]``, set by :meth:`prepare`).
         ``derivatives(channel, x, sigma, orders)``, if given, stands in for :func:`gaussian_derivatives`
@@ -127,11 +138,12 @@ class FilterBank:
                 out[..., c * S + i] = ch[..., c] if s == 0 else deriv(c, ch[..., c], s / sp, [zero])[0]
         lum = ch[..., 0]
         for g, s in enumerate(self.gradient_scales):
-            # derivatives per mm, not per voxel, so anisotropic grids agree with isotropic ones
+            # derivatives per mm, not per voxel, so anisotropic grids agree with isotropic ones; the
+            # magnitude is then scale-normalised (times sigma)
             grads = deriv(0, lum, s / sp, first)
             for k, x in enumerate(grads):
-                x *= np.float32(s / sp[k])  # scale-normalised
-            out[..., C * S + g] = np.sqrt(sum(x * x for x in grads))
+                x *= np.float32(1.0 / sp[k])
+            out[..., C * S + g] = np.sqrt(sum(x * x for x in grads)) * np.float32(s)
             del grads
         for h, s in enumerate(self.hessian_scales):
             # scale-normalised (times sigma^2), per mm^2
@@ -151,7 +163,7 @@ class FilterBank:
 
 def symmetric_eigenvalues(elems: list[np.ndarray], d: int) -> np.ndarray:
     """Eigenvalues (decreasing) of a field of symmetric d x d matrices given as their upper triangle
-    (skimage's order).  Closed forms for d = 2 and 3 -- a batched eigvalsh is ~10x slower on a volume."""
+    (skimage's order).  Closed forms for d = 2 and 3 -- a batched eigvalsh is far slower on a volume."""
     if d == 2:
         a, b, c = elems
         half_tr, root = (a + c) / 2, np.sqrt(((a - c) / 2) ** 2 + b * b)
@@ -194,14 +206,3 @@ def _unit(ndim: int, k: int) -> list[int]:
     o[k] = 1
     return o
 
-
-def looks_rgb(array: np.ndarray) -> bool:
-    """Three channels with values in 0..255 (or 0..1): read as an RGB photograph."""
-    return array.shape[-1] == 3 and float(array.min(initial=0)) >= 0.0 and float(array.max(initial=0)) <= 255.0
-
-
-def rgb_to_lab(array: np.ndarray) -> np.ndarray:
-    """CIE Lab (L in 0..100), float32, of RGB in 0..255 or 0..1."""
-    a = array.astype(np.float32, copy=False)
-    rgb = a / 255.0 if a.max(initial=0) > 1.5 else a
-    return rgb2lab(np.clip(rgb, 0.0, 1.0)).astype(np.float32)

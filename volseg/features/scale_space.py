@@ -45,6 +45,34 @@ def gaussian_derivatives(x: np.ndarray, sigma: Sequence[float], orders: Sequence
     return [upsample_linear(d, f, np.shape(x)) if max(f) > 1 else np.asarray(d, dtype=np.float32) for d in coarse]
 
 
+def exact_derivatives_2d(x: np.ndarray, sigma: Sequence[float], orders: Sequence[Sequence[int]]) -> list[np.ndarray]:
+    """:func:`gaussian_derivatives` of a 2D ``x`` by direct filtering with sampled Gaussian-derivative
+    kernels (scipy's, applied by OpenCV's separable filter; scipy's "reflect" border).  Its cost grows
+    with sigma where the pyramid's does not, but on small frames (the video's working grid) the
+    pyramid's per-call overhead dominates, so this backend is the faster one there; the two agree to
+    a fraction of a percent (tested)."""
+    import cv2  # a dependency of the video path, not of the filter bank
+
+    if np.ndim(x) != 2 or len(sigma) != 2:
+        raise ValueError(f"exact_derivatives_2d filters 2D arrays, got {np.ndim(x)} axes and {len(sigma)} scales")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    rows, cols = gaussian_kernels_1d(float(sigma[0])), gaussian_kernels_1d(float(sigma[1]))
+    return [cv2.sepFilter2D(x, cv2.CV_32F, cols[order_c], rows[order_r], borderType=cv2.BORDER_REFLECT)
+            for order_r, order_c in orders]
+
+
+def gaussian_kernels_1d(sigma: float, truncate: float = 4.0) -> list[np.ndarray]:
+    """1D Gaussian and its first two derivatives, as scipy.ndimage builds them, as correlation kernels."""
+    r = int(truncate * sigma + 0.5)
+    x = np.arange(-r, r + 1, dtype=np.float64)
+    g = np.exp(-0.5 * x * x / (sigma * sigma))
+    g /= g.sum()
+    d1 = -x / (sigma * sigma) * g
+    d2 = (x * x / sigma ** 4 - 1.0 / (sigma * sigma)) * g
+    # scipy correlates with the kernel reversed for derivatives: flip odd orders
+    return [g.astype(np.float32), d1[::-1].astype(np.float32), d2.astype(np.float32)]
+
+
 def coarse_derivatives(x: np.ndarray, sigma: Sequence[float], orders: Sequence[Sequence[int]],
                        level: tuple[np.ndarray, list[float]] | None = None) -> tuple[list[np.ndarray], tuple[int, ...]]:
     """What :func:`gaussian_derivatives` computes before its last step, on the pyramid level it

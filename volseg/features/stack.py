@@ -9,28 +9,35 @@ from __future__ import annotations
 
 import numpy as np
 
+from .base import FeatureExtractor, feature_budget
 
-class StackedFeatures:
+
+class StackedFeatures(FeatureExtractor):
     # the parts come scaled by their own lengthscales: the Session divides only by feature_lengthscale
     prescaled = True
 
-    def __init__(self, parts: list) -> None:
+    def __init__(self, parts: list[FeatureExtractor]) -> None:
         if len(parts) < 2:
             raise ValueError("a feature stack needs at least two extractors")
         self.parts = list(parts)
-        self.name = "+".join(getattr(p, "name", type(p).__name__) for p in self.parts)
-        learned = [p for p in self.parts if getattr(p, "gp_config", None)]
+        self.name = "+".join(p.name for p in self.parts)
+        learned = [p for p in self.parts if p.gp_config]
         # the GP settings (spatial lengthscale, noise, ...) of the first learned part; its feature
         # lengthscale is applied to its own features below, so the stack as a whole has 1
         self.gp_config = {**(learned[0].gp_config if learned else {}), "feature_lengthscale": 1.0}
-        self.last_prior_mean: np.ndarray | None = None
 
-    def features(self, image, *, budget: int) -> np.ndarray:
-        blocks, self.last_prior_mean = [], None
+    def features(self, image, budget: int | None = None) -> np.ndarray:
+        blocks, share = [], feature_budget(budget) // len(self.parts)
         for part in self.parts:
-            f = np.asarray(part.features(image, budget=budget // len(self.parts)))
-            lengthscale = (getattr(part, "gp_config", None) or {}).get("feature_lengthscale", 1.0)
+            f = np.asarray(part.features(image, budget=share))
+            lengthscale = part.gp_config.get("feature_lengthscale", 1.0)
             blocks.append((f * np.float32(1.0 / (lengthscale * f.shape[-1] ** 0.5))).astype(f.dtype, copy=False))
-            if self.last_prior_mean is None:
-                self.last_prior_mean = getattr(part, "last_prior_mean", None)
         return np.concatenate(blocks, axis=-1)
+
+    def prior_mean(self, image) -> np.ndarray | None:
+        """The first part's with a prior-mean head."""
+        for part in self.parts:
+            prior = part.prior_mean(image)
+            if prior is not None:
+                return prior
+        return None

@@ -13,12 +13,10 @@ import numpy as np
 from ..errors import MemoryBudgetError
 from ..image import Image
 from ..units import format_bytes
-from .filterbank import TEMPORARIES
 from .scale_space import MAX_FACTOR
 
 # float32 maps larger than this go float16 whatever the budget: larger than a last-level cache, they
 # are streamed from memory by every click, whose evaluation then waits on the bytes it reads
-# (2 threads, Zen 4 with 32 MB of L3: 128^3 92 -> 99 GFLOP/s, 256^3 75 -> 107)
 STREAMED_BYTES = 32 * 1024 ** 2
 
 
@@ -40,12 +38,13 @@ def feature_storage(image: Image, n_features: int, budget: int) -> np.dtype:
     return dtype
 
 
-def standardisation(bank, image: Image, mean: np.ndarray, std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(shift, factor) per feature from its mean and spread: ``(f - shift) * factor`` is the stored
-    feature, with the bank's per-feature weights folded in; constant features stay constant."""
+def standardisation(bank, shape: tuple[int, ...], channels: int, mean: np.ndarray,
+                    std: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(shift, factor) per feature from its mean and spread over an image of spatial ``shape`` with
+    ``channels``: ``(f - shift) * factor`` is the stored feature, with the bank's per-feature weights
+    (its ARD lengthscales) folded in; constant features stay constant."""
     std = np.where(std > 1e-6 * (1.0 + np.abs(mean)), std, 1.0)
-    weights = getattr(bank, "weights", lambda *a: np.ones(len(mean)))(image.ndim, image.channels,
-                                                                      int(np.prod(image.shape)))
+    weights = getattr(bank, "weights", lambda *a: np.ones(len(mean)))(len(shape), channels, int(np.prod(shape)))
     return mean, weights / std
 
 
@@ -61,7 +60,7 @@ def compute_features(bank, image: Image, *, budget: int, slab_bytes: int | None 
     plane = n // shape[0]
     # a slab holds its features and a few temporaries (FilterBank.raw); what the stored map and the
     # image leave of the budget goes to slabs, which are thick enough that the halo stays a minor cost
-    per_voxel = 4 * (D + TEMPORARIES)
+    per_voxel = 4 * (D + bank.temporaries)
     slab_bytes = slab_bytes or max(budget - store_bytes - image.array.nbytes - 64 * 1024 ** 2, 64 * 1024 ** 2)
     thick = max(1, int(slab_bytes // (plane * per_voxel)) - 2 * halo)
     # slabs start on pyramid block boundaries so they see the same coarse grid as the whole volume
@@ -81,7 +80,8 @@ def compute_features(bank, image: Image, *, budget: int, slab_bytes: int | None 
         total2 += np.einsum("ij,ij->j", flat, flat, dtype=np.float64)
         out[a:b] = f
     mean = total / n
-    mean, scale = standardisation(bank, image, mean, np.sqrt(np.maximum(total2 / n - mean * mean, 0.0)))
+    std = np.sqrt(np.maximum(total2 / n - mean * mean, 0.0))
+    mean, scale = standardisation(bank, image.shape, image.channels, mean, std)
     for a in range(0, shape[0], thick):
         b = min(a + thick, shape[0])
         out[a:b] = ((out[a:b].astype(np.float32) - mean) * scale).astype(dtype)

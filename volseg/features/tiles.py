@@ -28,7 +28,6 @@ import numpy as np
 import torch
 
 from ..image import Image
-from .filterbank import TEMPORARIES
 from .scale_space import coarse_derivatives, gaussian_derivatives, pyramid_factors, pyramid_level, upsample_window
 from .stream import feature_storage, standardisation
 
@@ -92,7 +91,7 @@ class TiledFeatures:
         # the rows among the threads needs
         workers = max(1, torch.get_num_threads())
         width = (hit.max(0) - hit.min(0) + 1)[1:] * TILE
-        rows = CHUNK_BYTES // workers // (4 * (self.n_features + TEMPORARIES) * TILE * int(np.prod(width)))
+        rows = CHUNK_BYTES // workers // (4 * (self.n_features + self.bank.temporaries) * TILE * int(np.prod(width)))
         rows = max(1, min(rows, -(-(last - first) // workers)))
         tiles = []
         for a in range(first, last, rows):
@@ -180,7 +179,7 @@ class TiledFeatures:
                 plane[...] = (plane.astype(np.float32) - self._mean[k]) * self._scale[k]
 
     def _finish_standardisation(self, mean: np.ndarray, std: np.ndarray, scale: float) -> None:
-        mean, factor = standardisation(self.bank, self.image, mean, std)
+        mean, factor = standardisation(self.bank, self.shape, self.image.channels, mean, std)
         self._mean = mean.astype(np.float32)
         self._scale = (factor * scale).astype(np.float32)
 

@@ -7,9 +7,10 @@ Same model as :class:`volseg.gp.posterior.ExactPosterior` and :class:`volseg.ses
     mean(x) = m0(x) + k(x, X) (K + s2 I)^-1 (y - m0(X)),   var(x) = k(x, x) - k(x, X) (K + s2 I)^-1 k(X, x)
 
 but every step keeps its autograd graph: gradients flow into the embeddings phi, the prior mean
-m0 and the log hyper-parameters.  The solve is in float64 (as the engine's), the kernel rows in
-the embeddings' dtype.  The learned values are exported as GPConfig fields (:meth:`GPHyper.gp_config`)
-so a Session built from the checkpoint uses exactly the kernel the backbone was trained with.
+m0 and the log hyper-parameters.  The solve is in float64 with the engine's Cholesky
+(:mod:`.linalg`), the kernel rows in the embeddings' dtype.  The learned values are exported as
+GPConfig fields (:meth:`GPHyper.gp_config`) so a Session built from the checkpoint uses exactly the
+kernel the backbone was trained with.
 """
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ import math
 import torch
 from torch import nn
 
-from .kernels import RBF, squared_distance
+from .kernels import RBF
 from .likelihood import probit
+from .linalg import cholesky_solve, cholesky_with_jitter
 
 
 class GPHyper(nn.Module):
@@ -89,8 +91,8 @@ def posterior(z_train: torch.Tensor, y: torch.Tensor, m_train: torch.Tensor, z_q
     kernel = RBF(outputscale)
     K = kernel(z_train.double(), z_train.double())
     A = K + (noise + 1e-8) * torch.eye(K.shape[0], dtype=torch.float64, device=K.device)
-    L = torch.linalg.cholesky(A)
-    alpha = torch.cholesky_solve((y.double() - m_train.double())[:, None], L)  # (N, 1)
+    L = cholesky_with_jitter(A)
+    alpha = cholesky_solve(L, (y.double() - m_train.double())[:, None])  # (N, 1)
     kx = kernel(z_query, z_train)  # (n, N), the bulk of the work, in the embeddings' dtype
     mean = m_query + (kx.double() @ alpha)[:, 0].to(kx.dtype)
     v = torch.linalg.solve_triangular(L, kx.double().T, upper=False)  # (N, n)
@@ -107,4 +109,4 @@ def posterior_probability(z: torch.Tensor, m0: torch.Tensor, clicks: torch.Tenso
     return probit(mean, var)
 
 
-__all__ = ["GPHyper", "gp_inputs", "grid_positions", "posterior", "posterior_probability", "squared_distance", "standardise"]
+__all__ = ["GPHyper", "gp_inputs", "grid_positions", "posterior", "posterior_probability", "standardise"]

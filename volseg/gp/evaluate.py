@@ -17,8 +17,8 @@ from .posterior import ExactPosterior, Workspace
 from .reach import Box, box_size
 
 # Locations per chunk: enough that a chunk's Python work (and its worker's wait for the GIL) is
-# small next to its arithmetic, few enough that its buffers stay a few MB.  Measured on 256^3, 2
-# threads: 2^14 0.66 s per click, 2^15 0.40 s, 2^17 0.30 s, 2^18 0.33 s.
+# small next to its arithmetic, few enough that its buffers stay a few MB (a click on 256^3 is
+# fastest around this size: smaller chunks pay the overhead, larger ones fall out of the cache).
 CHUNK_LOCATIONS = 1 << 17
 MIN_SHARED_CHUNK = 1 << 14  # smallest chunk the fused pass's threads share a region in
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 # Kernel values of far-apart locations underflow into subnormal floats, and every product and
@@ -24,10 +25,11 @@ def _exp(x: torch.Tensor) -> torch.Tensor:
     return torch.exp(x.clamp_min(EXP_FLOOR))
 
 
-def squared_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """|a_i - b_j|^2 through one matrix multiply (the hot path), clamped at 0 against rounding."""
-    d2 = (a * a).sum(-1, keepdim=True) - 2.0 * a @ b.T + (b * b).sum(-1)[None, :]
-    return d2.clamp_min_(0.0)
+def squared_distance(a, b):
+    """|a_i - b_j|^2 through one matrix multiply (the hot path), clamped at 0 against rounding; torch
+    tensors or numpy arrays (the video GP's), (n, D) and (m, D) -> (n, m)."""
+    d2 = (a * a).sum(-1)[:, None] - 2.0 * (a @ b.T) + (b * b).sum(-1)[None, :]
+    return d2.clamp_min_(0.0) if isinstance(d2, torch.Tensor) else np.maximum(d2, 0.0, out=d2)
 
 
 @dataclass(frozen=True)

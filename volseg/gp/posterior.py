@@ -8,22 +8,21 @@ With ``A = K + s2 I = L L^T`` and ``alpha = A^-1 (y - m0(X))``:
 
 At a training point the mean is exactly ``y_n - s2 alpha_n``, so ``|s2 alpha| < 1`` is the
 condition under which every click keeps its label; :meth:`ExactPosterior.fit` lowers the noise
-until it holds with a margin.  A point may carry extra noise of its own (``extra``): a weak label
-that a click's neighbourhood lends it (:mod:`volseg.seeds`), which need not be kept and yields to
-the clicks; its noise is ``s2 + extra``.  With ``per_point`` the noise is lowered only at the clicks
-that would lose their label, by halves: lowering it everywhere makes the interpolant ring (weights of
-tens, bumps of foreground far from the clicks), which a volume's long spatial kernel shows as a
-correcting click that adds false foreground elsewhere.  Adding a click borders the Cholesky factor (no new solve from
-scratch) and undoing one drops the last row, which leaves the leading factor unchanged.
+until it holds with a margin (:func:`volseg.gp.linalg.solve_keeping_labels`).  A point may carry
+extra noise of its own (``extra``): a weak label that a click's neighbourhood lends it
+(:mod:`volseg.seeds`), which need not be kept and yields to the clicks; its noise is ``s2 + extra``.
+With ``per_point`` the noise is lowered only at the clicks that would lose their label, by halves:
+lowering it everywhere makes the interpolant ring (weights of tens, bumps of foreground far from the
+clicks), which a volume's long spatial kernel shows as a correcting click that adds false foreground
+elsewhere.  Adding a click borders the Cholesky factor (no new solve from scratch) and undoing one
+drops the last row, which leaves the leading factor unchanged.
 """
 from __future__ import annotations
 
 import torch
 
 from .kernels import RBF, Matern, MultiScaleRBF
-
-LABEL_MARGIN = 0.5  # a clicked location's posterior mean stays at least this far on its side of 0
-MIN_NOISE = 1e-9
+from .linalg import MIN_NOISE, cholesky_solve, labels_lost, solve_keeping_labels
 
 
 class ExactPosterior:
@@ -57,19 +56,20 @@ class ExactPosterior:
         self.noise = self.requested_noise
         self.scale = torch.ones(self.n, dtype=torch.float64)
         K = self.kernel(self.Z, self.Z)
-        while True:
-            self.L = _cholesky(K + torch.diag(self.point_noise()))
-            self.alpha = torch.cholesky_solve(self.R, self.L)
-            lost = self._labels_lost()
-            if not bool(lost.any()) or float(self.point_noise()[lost].min()) <= MIN_NOISE:
-                break
-            # conflicting nearby clicks: interpolate harder so each keeps its label
-            if self.per_point:
-                self.scale[lost] *= 0.5
-            else:
-                self.noise *= 0.01
+        self.L, self.alpha, _ = solve_keeping_labels(K, self.R, self.point_noise(), self.extra == 0, self._lower_noise)
         self._refresh()
         return self
+
+    def _lower_noise(self, noise: torch.Tensor, lost: torch.Tensor) -> torch.Tensor | None:
+        """The noise after one more round at the clicks that lost their label: halved there (per_point)
+        or a hundredth everywhere; None once those clicks are at the floor."""
+        if float(noise[lost].min()) <= MIN_NOISE:
+            return None
+        if self.per_point:
+            self.scale[lost] *= 0.5
+        else:
+            self.noise *= 0.01
+        return self.point_noise()
 
     def append(self, z: torch.Tensor, y: torch.Tensor, m0: torch.Tensor, extra: float = 0.0) -> "ExactPosterior":
         """Add one training point by bordering the Cholesky factor: O(N^2)."""
@@ -92,7 +92,7 @@ class ExactPosterior:
         L[n, n] = d2 ** 0.5
         self.Z, self.R, self.L, self.extra = torch.cat([self.Z, z]), torch.cat([self.R, r]), L, torch.cat([self.extra, e])
         self.scale = torch.cat([self.scale, torch.ones(1, dtype=torch.float64)])
-        self.alpha = torch.cholesky_solve(self.R, self.L)
+        self.alpha = cholesky_solve(self.L, self.R)
         if bool(self._labels_lost().any()):
             return self.fit(self.Z, self.R, torch.zeros_like(self.R), self.extra)
         self._refresh()
@@ -102,7 +102,7 @@ class ExactPosterior:
         """Keep the first n training points (undo): the leading block of L is their factor."""
         self.Z, self.R, self.L, self.extra = self.Z[:n], self.R[:n], self.L[:n, :n], self.extra[:n]
         self.scale = self.scale[:n]
-        self.alpha = torch.cholesky_solve(self.R, self.L) if n else self.R.clone()
+        self.alpha = cholesky_solve(self.L, self.R) if n else self.R.clone()
         self._refresh()
         return self
 
@@ -115,13 +115,20 @@ class ExactPosterior:
         return self.noise * self.scale + self.extra
 
     def _labels_lost(self) -> torch.Tensor:
-        """Which points are clicks whose label is not kept with the margin, (N,) bool."""
-        # mean(x_n) = y_n - s2 alpha_n, so a click's label survives while |s2 alpha| stays below 1; points
-        # with extra noise are weak labels that may yield
-        if not self.n:
-            return torch.zeros(0, dtype=torch.bool)
-        slack = (self.point_noise()[:, None] * self.alpha).abs().amax(1)
-        return (self.extra == 0) & (slack >= 1.0 - LABEL_MARGIN)
+        """Which points are clicks whose label is not kept with the margin, (N,) bool; points with extra
+        noise are weak labels that may yield."""
+        return labels_lost(self.point_noise(), self.alpha, self.extra == 0)
+
+    def schur_complement(self, z: torch.Tensor, extra: float, n: int) -> tuple[torch.Tensor, float]:
+        """What a training point at ``z`` (1, Dz) with ``extra`` noise adds to the first ``n`` points:
+        the weights ``w = A_n^-1 k(X_n, z)`` (n,) that project it onto them, and the Schur complement
+        ``d2 = k(z, z) + s2 + extra - k(z, X_n) w``, its variance left unexplained plus its noise.  How
+        far a point's addition or removal moves the maps scales with ``|w| / sqrt(d2)`` (:mod:`.reach`)."""
+        z = z.detach().to("cpu", torch.float64)  # the solve lives on the CPU in float64
+        k = self.kernel(self.Z[:n], z)
+        w = cholesky_solve(self.L[:n, :n], k)[:, 0] if n else torch.zeros(0, dtype=torch.float64)
+        d2 = float(self.kernel(z, z)) + self.noise + extra - (float(k[:, 0] @ w) if n else 0.0)
+        return w, d2
 
     def _refresh(self) -> None:
         # float32 copies on the evaluation device (inputs are standardised features and positions
@@ -190,18 +197,6 @@ class ExactPosterior:
         """Multiply-adds x2 of the matrix products plus the elementwise kernel (and variance) work."""
         n, K = self.n, self._alpha.shape[1]
         return 2 * n * input_dim + 2 * n * (K + (n if with_var else 0)) + 4 * n + 2 * input_dim + (3 * n if with_var else 0)
-
-
-def _cholesky(A: torch.Tensor) -> torch.Tensor:
-    """Cholesky with escalating jitter for matrices that are PSD only up to rounding."""
-    jitter = 0.0
-    scale = float(A.diagonal().mean()) if A.numel() else 1.0
-    for _ in range(8):
-        L, info = torch.linalg.cholesky_ex(A + jitter * torch.eye(A.shape[0], dtype=A.dtype))
-        if int(info) == 0:
-            return L
-        jitter = max(jitter * 10.0, 1e-10 * scale)
-    raise torch.linalg.LinAlgError("kernel matrix is not positive definite even with jitter")
 
 
 class Workspace:

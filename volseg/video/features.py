@@ -15,6 +15,8 @@ import cv2
 import numpy as np
 
 from ..features import FilterBank
+from ..features.scale_space import exact_derivatives_2d
+from ..features.stream import standardisation
 
 
 @dataclass(frozen=True)
@@ -77,14 +79,9 @@ class FrameFeatures:
         self._params = self.bank.prepare(small)
         raw = self.raw(small)
         self.n_features = D = raw.shape[-1]
-        raw = raw.reshape(-1, D)
-        self._mean = raw.mean(0)
-        std = raw.std(0)
-        weights = getattr(self.bank, "weights", None)
-        w = np.asarray(weights(2, 3, raw.shape[0]), np.float32) if weights is not None else np.ones(D, np.float32)
-        if w.shape != (D,):
-            w = np.ones(D, np.float32)
-        self._scale = (w / np.where(std > 1e-6, std, 1.0)).astype(np.float32)
+        flat = raw.reshape(-1, D)
+        self._mean, scale = standardisation(self.bank, raw.shape[:-1], small.shape[-1], flat.mean(0), flat.std(0))
+        self._scale = scale.astype(np.float32)
 
     def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(features (h, w, D) float32 standardised, grey (h, w) uint8 for the flow)."""
@@ -117,55 +114,14 @@ class FrameFeatures:
         return ((raw - self._mean) * self._scale).astype(np.float32, copy=False)
 
     def raw(self, small: np.ndarray) -> np.ndarray:
-        """The bank's unstandardised features of a working frame; 2D separable filters through OpenCV
-        (the same kernels as scipy's, 4-8x faster on these small frames) when the bank is plain."""
-        if not _plain(self.bank, self._params):
-            return self.bank.raw(small, (1.0, 1.0), self._params)
-        return fast_raw(self.bank, small, self._params)
+        """The bank's unstandardised features of a working frame, its Gaussian derivatives filtered
+        directly (:func:`volseg.features.scale_space.exact_derivatives_2d`: the faster backend on
+        these small frames)."""
+        return self.bank.raw(small, (1.0, 1.0), self._params, derivatives=_exact_derivatives)
 
 
-def _plain(bank, params) -> bool:
-    """A FilterBank whose raw() is exactly smoothing + gradient magnitude + Hessian eigenvalues."""
-    return type(bank) is FilterBank and not params.get("superpixels") and \
-        set(params) <= {"colour", "lo", "hi", "superpixels"}
-
-
-def _gauss_kernels(sigma: float, truncate: float = 4.0) -> list[np.ndarray]:
-    """1D Gaussian and its first two derivatives, as scipy.ndimage builds them (correlation kernels)."""
-    r = int(truncate * sigma + 0.5)
-    x = np.arange(-r, r + 1, dtype=np.float64)
-    g = np.exp(-0.5 * x * x / (sigma * sigma))
-    g /= g.sum()
-    d1 = -x / (sigma * sigma) * g
-    d2 = (x * x / sigma ** 4 - 1.0 / (sigma * sigma)) * g
-    # scipy correlates with the kernel reversed for derivatives: flip odd orders
-    return [g.astype(np.float32), d1[::-1].astype(np.float32), d2.astype(np.float32)]
-
-
-def _filter(x: np.ndarray, sigma: float, order_r: int, order_c: int) -> np.ndarray:
-    k = _gauss_kernels(sigma)
-    return cv2.sepFilter2D(x, cv2.CV_32F, k[order_c], k[order_r], borderType=cv2.BORDER_REFLECT)
-
-
-def fast_raw(bank: FilterBank, small: np.ndarray, params: dict) -> np.ndarray:
-    """FilterBank.raw for a 2D frame with unit spacing, through cv2.sepFilter2D: exact Gaussian derivatives
-    where the bank uses a pyramid and central differences (equal to a fraction of a percent, tested),
-    3x faster on the small working frames, where the pyramid's per-call overhead dominates."""
-    ch = np.ascontiguousarray(bank.channels(small, params), dtype=np.float32)
-    out = []
-    for c in range(ch.shape[-1]):
-        x = np.ascontiguousarray(ch[..., c])
-        out += [x if s == 0 else _filter(x, s, 0, 0) for s in bank.smoothing_scales]
-    lum = np.ascontiguousarray(ch[..., 0])
-    for s in bank.gradient_scales:
-        gr, gc = _filter(lum, s, 1, 0), _filter(lum, s, 0, 1)
-        out.append(np.sqrt(gr * gr + gc * gc) * s)
-    for s in bank.hessian_scales:
-        s2 = s * s
-        hrr, hrc, hcc = _filter(lum, s, 2, 0) * s2, _filter(lum, s, 1, 1) * s2, _filter(lum, s, 0, 2) * s2
-        half_tr, root = (hrr + hcc) / 2, np.sqrt(((hrr - hcc) / 2) ** 2 + hrc * hrc)
-        out += [half_tr + root, half_tr - root]  # eigenvalues, decreasing, as skimage orders them
-    return np.stack(out, axis=-1)
+def _exact_derivatives(channel: int, x: np.ndarray, sigma, orders) -> list[np.ndarray]:
+    return exact_derivatives_2d(x, sigma, orders)
 
 
 class Flow:

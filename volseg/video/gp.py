@@ -19,26 +19,22 @@ Only the mean is evaluated (the variance would cost an N x N solve per location,
 than the mean); ``Phi(mean)`` has the same 0.5 level set as the probit of the full posterior.
 At a training point the mean is ``m0 + r_i - s2_i alpha_i = y_i - s2_i alpha_i``, so a point that
 must keep its label (a user click) keeps it while ``|s2_i alpha_i| < 1``; :meth:`fit` lowers the
-noise of such points until that holds, as :class:`volseg.gp.posterior.ExactPosterior` does for
-all clicks.
+noise of such points until that holds, through the loop :class:`volseg.gp.posterior.ExactPosterior`
+uses for all clicks (:mod:`volseg.gp.linalg`, which takes numpy arrays as well as torch tensors).
 
-Numpy/scipy rather than torch: on the 2-core CPU target, numpy's ``exp`` and the BLAS matmul
-over a (locations x points) block were 2-4x faster per call than torch's for these small shapes.
+Numpy/scipy rather than torch: on a CPU, numpy's ``exp`` and the BLAS matmul over a (locations x
+points) block cost less per call than torch's for these small shapes, where torch's per-call
+overhead dominates.
 """
 from __future__ import annotations
 
 import numpy as np
-from scipy import linalg
 from scipy.special import ndtr
 
-from ..gp.kernels import EXP_FLOOR
-from ..gp.posterior import LABEL_MARGIN, MIN_NOISE
+from ..gp.kernels import EXP_FLOOR, squared_distance
+from ..gp.linalg import MIN_NOISE, solve_keeping_labels
 
-
-def sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """|a_i - b_j|^2 through one matrix multiply, clamped at 0 (the same trick as volseg.gp.kernels)."""
-    d2 = (a * a).sum(1)[:, None] - 2.0 * (a @ b.T) + (b * b).sum(1)[None, :]
-    return np.maximum(d2, 0.0, out=d2)
+MAX_NOISE_ROUNDS = 8  # factorisations spent lowering the clicks' noise before the fit settles for what it has
 
 
 def rbf(d2: np.ndarray) -> np.ndarray:
@@ -61,10 +57,10 @@ class MemoryPosterior:
         clicks, dwarfs their rounding), centred first so |f|^2 stays small."""
         F = np.asarray(F, np.float32)
         F = F - F.mean(0)
-        K = rbf(sq_dist(F, F)).astype(np.float64)
+        K = rbf(squared_distance(F, F)).astype(np.float64)
         if self.wg < 1.0:
             P = np.asarray(P, np.float64)
-            K *= self.wg + (1.0 - self.wg) * rbf(sq_dist(P, P))
+            K *= self.wg + (1.0 - self.wg) * rbf(squared_distance(P, P))
         np.fill_diagonal(K, 1.0)
         return K
 
@@ -77,18 +73,17 @@ class MemoryPosterior:
             return self
         noise = np.asarray(noise, np.float64).copy()
         keep = np.zeros(self.n, bool) if keep is None else np.asarray(keep, bool)
-        K = self.gram(F, P)
-        R64 = np.asarray(R, np.float64)
-        for _ in range(8):
-            A = K.copy()
-            A[np.diag_indices_from(A)] += noise
-            factor = _cho_factor(A)
-            alpha = linalg.cho_solve(factor, R64)
-            bad = keep & ((noise[:, None] * np.abs(alpha)).max(1) >= 1.0 - LABEL_MARGIN)
-            if not bad.any() or noise[keep].max(initial=0.0) <= MIN_NOISE:
-                break
-            noise[bad] = np.maximum(noise[bad] * 0.01, MIN_NOISE)  # conflicting points: interpolate the clicks harder
-        self.noise = noise
+
+        def lower(noise: np.ndarray, lost: np.ndarray) -> np.ndarray | None:
+            # conflicting points: interpolate the clicks that lost their label harder
+            if noise[keep].max(initial=0.0) <= MIN_NOISE:
+                return None
+            noise = noise.copy()
+            noise[lost] = np.maximum(noise[lost] * 0.01, MIN_NOISE)
+            return noise
+
+        _, alpha, self.noise = solve_keeping_labels(self.gram(F, P), np.asarray(R, np.float64), noise, keep, lower,
+                                                    max_rounds=MAX_NOISE_ROUNDS)
         self.alpha = alpha.astype(np.float32)
         self.center = np.asarray(F, np.float32).mean(0)  # keeps |f|^2 small in the matmul trick
         self.F = np.ascontiguousarray(F - self.center, np.float32)
@@ -131,12 +126,3 @@ def probability(latent: np.ndarray) -> np.ndarray:
     """Phi(latent), the probit link of volseg.gp.likelihood without the variance term."""
     return ndtr(latent).astype(np.float32)
 
-
-def _cho_factor(A: np.ndarray):
-    jitter, scale = 0.0, float(np.mean(np.diag(A)))
-    for _ in range(8):
-        try:
-            return linalg.cho_factor(A + jitter * np.eye(A.shape[0]) if jitter else A, lower=True, check_finite=False)
-        except linalg.LinAlgError:
-            jitter = max(jitter * 10.0, 1e-10 * scale)
-    raise linalg.LinAlgError("memory kernel matrix is not positive definite even with jitter")
