@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all test-browser browser-deps bench clean
+.PHONY: install demo test lint test-all test-browser browser-deps bench clean
 
 $(STAMP): pyproject.toml constraints.txt setup.py volseg/gp/_fused.c volseg/gp/_fused_rbf.h
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +19,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# ruff, configured in pyproject.toml: pyflakes, pycodestyle (120 columns), import order, imports at top
+lint: $(STAMP)
+	$(BIN)/ruff check .
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q -m "" 

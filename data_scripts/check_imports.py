@@ -56,7 +56,7 @@ def imports_of(module: str, path: Path, known: dict[str, Path], root: Path) -> s
         elif target == module and name == module:
             found.add(module)
 
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 add(alias.name)

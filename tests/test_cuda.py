@@ -6,12 +6,11 @@ torch.  Both must give the same posterior, mask, uncertainty and suggestion on t
 import numpy as np
 import pytest
 import torch
+from test_session import blob_image
 
 from volseg import Image, Session
 from volseg.gp.evaluate import evaluate_boxes
 from volseg.robot import ritm_click
-
-from test_session import blob_image
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 

@@ -9,11 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from volseg.errors import InputError
+from volseg.eval.run3d import EvalOptions, evaluate_object, objects_in, parse_label_ids
+from volseg.image import Image
 from volseg.metrics import auc, dice, nsd, surface
 from volseg.robot import deepest_point, largest_component_click
-from volseg.eval.run3d import EvalOptions, evaluate_object, objects_in, parse_label_ids
-from volseg.errors import InputError
-from volseg.image import Image
 
 
 def ellipsoid(shape, centre, radius_mm, spacing):

@@ -5,12 +5,12 @@ import cv2
 import numpy as np
 import pytest
 
+from volseg.cli import main
 from volseg.clicks import Click
+from volseg.errors import InputError
 from volseg.eval import run2d
 from volseg.eval.baselines import GrabCutMethod, RandomWalkerMethod, seed_labels
-from volseg.cli import main
 from volseg.eval.cli2d import parse_options
-from volseg.errors import InputError
 
 H, W = 40, 48
 

@@ -152,8 +152,8 @@ def test_samples_are_lazy(tmp_path):
 
 
 def _dev_berkeley():
-    from pathlib import Path
     import os
+    from pathlib import Path
 
     root = Path(os.environ.get("VOLSEG_DEV_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dev"))
     root = root / "2d" / "berkeley"

@@ -4,7 +4,7 @@ import pytest
 
 from volseg.clicks import Click
 from volseg.eval.report import summarize, time_stats
-from volseg.metrics import iou, iou_drops, miou_curve, noc, noic, nof, pad_ious
+from volseg.metrics import iou, iou_drops, miou_curve, noc, nof, noic, pad_ious
 
 
 def test_iou_with_ignored_pixels():

@@ -8,8 +8,8 @@ import torch
 from volseg.gp.evaluate import evaluate_boxes, slabs
 from volseg.gp.inputs import InputMap
 from volseg.gp.kernels import RBF, Matern, MultiScaleRBF, make_kernel, squared_distance
-from volseg.gp.linalg import LABEL_MARGIN, MIN_NOISE, cholesky_solve, cholesky_with_jitter, solve_keeping_labels
 from volseg.gp.likelihood import probit
+from volseg.gp.linalg import LABEL_MARGIN, MIN_NOISE, cholesky_solve, cholesky_with_jitter, solve_keeping_labels
 from volseg.gp.posterior import ExactPosterior
 from volseg.gp.sampling import PathwiseSampler
 

@@ -5,8 +5,15 @@ import pytest
 from scipy.ndimage import distance_transform_edt
 
 from volseg.eval.datasets import IGNORE, split_gt
-from volseg.robot import (Robot, border_distance, deepest_point, error_masks, largest_component_click,
-                          multi_object_click, ritm_click)
+from volseg.robot import (
+    Robot,
+    border_distance,
+    deepest_point,
+    error_masks,
+    largest_component_click,
+    multi_object_click,
+    ritm_click,
+)
 
 
 def square(shape, top, left, size):

@@ -20,10 +20,12 @@ from starlette.testclient import TestClient  # noqa: E402
 from volseg.cli import main  # noqa: E402
 from volseg.config import GPConfig  # noqa: E402
 from volseg.image import Image  # noqa: E402
-from volseg.serve import create_app  # noqa: E402
-from volseg.serve import render, sessions  # noqa: E402
+from volseg.serve import (  # noqa: E402
+    create_app,  # noqa: E402
+    render,
+    sessions,
+)
 from volseg.serve.cli import is_loopback  # noqa: E402
-
 
 # one wide spatial RBF instead of the default: two clicks fill the small generated ellipsoid (these
 # tests are about what the server sends, not about how far a click reaches)

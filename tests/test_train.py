@@ -11,9 +11,9 @@ import torch
 
 from volseg.errors import InputError
 from volseg.features.backbones import load_backbone, read_checkpoint
-from volseg.train.losses import bce, normalized_focal, segmentation_loss, soft_dice
-from volseg.train.loop import load_config, train
 from volseg.robot import border_distance, deepest_point, ritm_click
+from volseg.train.loop import load_config, train
+from volseg.train.losses import bce, normalized_focal, segmentation_loss, soft_dice
 from volseg.train.simulate import initial_clicks
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "train_smoke.yaml"

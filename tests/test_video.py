@@ -8,8 +8,8 @@ import pytest
 
 from volseg.clicks import Click, save_clicks
 from volseg.errors import ClickError, InputError, OutputExistsError
-from volseg.metrics import iou
 from volseg.io.video import FolderFrames, MaskWriter, open_video, write_video
+from volseg.metrics import iou
 from volseg.video import MemoryBank, VideoConfig, VideoSegmenter
 from volseg.video.memory import Points, sample_informative
 from volseg.video.synthetic import ArrayFrames, moving_shapes

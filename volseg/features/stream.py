@@ -7,7 +7,6 @@ half precision keeps ~3 significant digits, far below the kernel's lengthscales)
 """
 from __future__ import annotations
 
-
 import numpy as np
 
 from ..errors import MemoryBudgetError
