@@ -139,7 +139,8 @@ def main(argv=None) -> int:
         md += [f"## {mode}", ""] + group_table(results, mode, rss) + ["", s["table"], ""]
         if mode == "interactive":
             md += ["| round | J | F | J&F |", "|---|---|---|---|"]
-            md += [f"| {r['round']} | {100 * r['J']:.1f} | {100 * r['F']:.1f} | {100 * r['JF']:.1f} |" for r in s["rounds"]]
+            md += [f"| {r['round']} | {100 * r['J']:.1f} | {100 * r['F']:.1f} | {100 * r['JF']:.1f} |"
+                   for r in s["rounds"]]
             md += [""]
     md += ["## peak RSS per process", "", "| mode | sequence | seconds | peak RSS MiB |", "|---|---|---|---|"]
     md += [f"| {r['mode']} | {r['sequence']} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} |" for r in rows]
@@ -150,12 +151,12 @@ def main(argv=None) -> int:
             res = out / f"long_{n}.json"
             cmd = [sys.executable, "-c", LONG_VIDEO, str(n), json.dumps(config.to_dict())]
             with res.open("w") as f:
-                t0 = time.perf_counter()
                 proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.DEVNULL, cwd=REPO)
                 _, status, usage = os.wait4(proc.pid, 0)
             r = json.loads(res.read_text().strip().splitlines()[-1])
             rss = usage.ru_maxrss / 1024.0
-            md.append(f"| {n} | {r['seconds']:.1f} | {n / r['seconds']:.1f} | {r['memory']['memory_peak']} | {rss:.0f} |")
+            md.append(f"| {n} | {r['seconds']:.1f} | {n / r['seconds']:.1f} | {r['memory']['memory_peak']} "
+                      f"| {rss:.0f} |")
             print(f"long video {n} frames: {r['seconds']:.1f}s, peak RSS {rss:.0f} MiB", flush=True)
     (out / "benchmark.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))

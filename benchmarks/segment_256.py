@@ -36,7 +36,8 @@ def main() -> None:
     rng = np.random.default_rng(1)
     inside, outside = np.argwhere(truth[::4, ::4, ::4]) * 4, np.argwhere(~truth[::4, ::4, ::4]) * 4
     n_pos = (a.clicks + 1) // 2
-    clicks = [{"position": inside[i].tolist(), "label": "positive"} for i in rng.choice(len(inside), n_pos, replace=False)]
+    clicks = [{"position": inside[i].tolist(), "label": "positive"}
+              for i in rng.choice(len(inside), n_pos, replace=False)]
     clicks += [{"position": outside[i].tolist(), "label": "negative"}
                for i in rng.choice(len(outside), a.clicks - n_pos, replace=False)]
     clicks = [c for pair in zip(clicks[:n_pos], clicks[n_pos:] + [None]) for c in pair if c]
@@ -54,7 +55,8 @@ def main() -> None:
     after_first = rec["click_seconds"][1:]
     dice = 2 * (mask & truth).sum() / (mask.sum() + truth.sum())
     print(json.dumps({"size": shape, "clicks": len(rec["click_seconds"]), "total_s": round(total, 2),
-                      "features_s": round(rec["feature_seconds"], 2), "first_click_s": round(rec["click_seconds"][0], 3),
+                      "features_s": round(rec["feature_seconds"], 2),
+                      "first_click_s": round(rec["click_seconds"][0], 3),
                       "clicks_total_s": round(float(np.sum(rec["click_seconds"])), 2),
                       "per_click_after_first_mean_s": round(float(np.mean(after_first)), 3),
                       "per_click_after_first_max_s": round(float(np.max(after_first)), 3),

@@ -104,7 +104,8 @@ def test_bad_checkpoints(tmp_path):
 def test_session_2d_keeps_clicked_labels(ckpt2d):
     s = Session(features=str(ckpt2d))
     s.set_image(rgb_image())
-    clicks = [((20, 27), True), ((5, 5), False), ((21, 27), False), ((12, 38), True), ((35, 50), False), ((22, 28), True)]
+    clicks = [((20, 27), True), ((5, 5), False), ((21, 27), False), ((12, 38), True), ((35, 50), False),
+              ((22, 28), True)]
     for pos, positive in clicks:
         s.add_click(pos, positive)
         mask = s.mask()

@@ -89,7 +89,8 @@ def test_batch_report_skip_and_recompute(cases, tmp_path, capsys):
     assert _cli([str(cases), "--out", str(out), "--quiet"]) == 0
     report = json.loads((out / "batch_report.json").read_text())
     by_name = {c["name"]: c for c in report["cases"]}
-    assert [by_name[n]["status"] for n in ("case1.nii.gz", "case2.nii.gz", "case3.nii.gz")] == ["skipped", "done", "done"]
+    statuses = [by_name[n]["status"] for n in ("case1.nii.gz", "case2.nii.gz", "case3.nii.gz")]
+    assert statuses == ["skipped", "done", "done"]
     assert by_name["case2.nii.gz"]["reason"] == "clicks changed"
 
 
@@ -114,8 +115,8 @@ def test_changed_parameters_recompute_and_foreign_output_is_kept(cases, tmp_path
 def test_manifest_json_paths_and_errors(tmp_path):
     (tmp_path / "sub").mkdir()
     m = tmp_path / "sub" / "m.json"
-    m.write_text(json.dumps([{"image": "../a.nrrd", "clicks": "a.json"}, {"image": "/x/ct", "clicks": "c.csv",
-                                                                            "prior": "p.nii.gz", "output": "ct.nii.gz"}]))
+    m.write_text(json.dumps([{"image": "../a.nrrd", "clicks": "a.json"},
+                             {"image": "/x/ct", "clicks": "c.csv", "prior": "p.nii.gz", "output": "ct.nii.gz"}]))
     rows = read_manifest(m, tmp_path / "out")
     assert rows[0].image == str(tmp_path / "a.nrrd") and rows[0].clicks == str(tmp_path / "sub" / "a.json")
     assert rows[0].output == str(tmp_path / "out" / "a_mask.nrrd") and rows[0].prior is None

@@ -65,7 +65,8 @@ def test_segment_2d_png_with_csv_clicks(tmp_path, wide_config):
     PILImage.fromarray(rgb).save(tmp_path / "img.png")
     (tmp_path / "c.csv").write_text("i,j,label\n20,27,positive\n2,2,negative\n")
     out = tmp_path / "mask.png"
-    assert run("segment", tmp_path / "img.png", "--clicks", tmp_path / "c.csv", "--out", out, "--config", wide_config) == 0
+    assert run("segment", tmp_path / "img.png", "--clicks", tmp_path / "c.csv", "--out", out, "--config",
+               wide_config) == 0
     mask = np.asarray(PILImage.open(out))
     assert mask.shape == (40, 50) and mask[20, 27] == 1 and mask[11:29, 16:39].mean() > 0.9
 

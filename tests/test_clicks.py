@@ -100,7 +100,8 @@ def test_wrong_number_of_coordinates(tmp_path):
     with pytest.raises(ClickError, match="2 coordinates, the image has 3 axes"):
         load_clicks(write_json(tmp_path, [{"position": [1, 2], "label": "pos"}]), VOL)
     with pytest.raises(ClickError, match="3 world coordinates, the image has 2 axes"):
-        load_clicks(write_json(tmp_path, {"coordinates": "world", "clicks": [{"position": [1, 2, 3], "label": 1}]}, "w.json"), RASTER)
+        load_clicks(write_json(tmp_path, {"coordinates": "world", "clicks": [{"position": [1, 2, 3], "label": 1}]},
+                               "w.json"), RASTER)
     with pytest.raises(ClickError, match="not a list of numbers"):
         load_clicks(write_json(tmp_path, [{"position": "123", "label": "pos"}], "s.json"))
 
@@ -144,7 +145,8 @@ def test_empty_and_malformed_files(tmp_path):
     with pytest.raises(ClickError, match="CSV needs columns"):
         load_clicks(write_csv(tmp_path, "a,b,label\n1,2,pos\n", "cols.csv"), VOL)
     with pytest.raises(ClickError, match="unknown coordinate space 'voxel'"):
-        load_clicks(write_json(tmp_path, {"coordinates": "voxel", "clicks": [{"position": [1, 2, 3], "label": 1}]}, "sp.json"))
+        load_clicks(write_json(tmp_path, {"coordinates": "voxel", "clicks": [{"position": [1, 2, 3], "label": 1}]},
+                               "sp.json"))
     (tmp_path / "broken.json").write_text("{not json")
     with pytest.raises(InputError, match="not valid JSON"):
         load_clicks(tmp_path / "broken.json", VOL)

@@ -38,7 +38,8 @@ def test_cuda_session_matches_cpu(shape):
     cpu, clicks = scripted("cpu", img, truth)
     gpu, _ = scripted("cuda", img, truth, clicks)
     assert gpu.device.type == "cuda" and gpu._mean.is_cuda
-    np.testing.assert_allclose(gpu._mean.cpu().numpy(), cpu._mean.cpu().numpy(), atol=1e-3)  # float32 sums in another order
+    # float32 sums in another order
+    np.testing.assert_allclose(gpu._mean.cpu().numpy(), cpu._mean.cpu().numpy(), atol=1e-3)
     np.testing.assert_allclose(gpu.uncertainty(), cpu.uncertainty(), atol=1e-3)
     agree = (gpu.mask() == cpu.mask()).mean()
     assert agree > 0.999

@@ -126,7 +126,8 @@ def test_nsd_matches_monai_on_random_blobs():
     g = ndimage.gaussian_filter(rng.random((30, 28, 12)), 2) > 0.5
     p = ndimage.gaussian_filter(rng.random((30, 28, 12)), 2) > 0.52
     spacing = (0.7, 0.9, 2.5)
-    onehot = lambda m: torch.from_numpy(np.stack([~m, m])[None].astype(np.float32))
+    def onehot(m):
+        return torch.from_numpy(np.stack([~m, m])[None].astype(np.float32))
     ref = compute_surface_dice(onehot(p), onehot(g), [1.5], spacing=list(spacing)).item()
     assert nsd(g, p, spacing, 1.5) == pytest.approx(ref, abs=1e-6)
 
@@ -272,7 +273,8 @@ def test_eval3d_pairs_csv_shared_image(tmp_path):
     _write_volume(img, tmp_path / "ct.nii.gz")
     write_mask((lab == 1).astype(np.uint8) * 3, img, tmp_path / "organ_seg.nrrd")  # value 3: nonzero is the object
     write_mask((lab == 2).astype(np.uint8), img, tmp_path / "small_seg.nrrd")
-    (tmp_path / "pairs.csv").write_text("image,label,name\nct.nii.gz,organ_seg.nrrd,organ\nct.nii.gz,small_seg.nrrd,small\n")
+    (tmp_path / "pairs.csv").write_text("image,label,name\nct.nii.gz,organ_seg.nrrd,organ\n"
+                                        "ct.nii.gz,small_seg.nrrd,small\n")
     out = tmp_path / "out"
     assert _run_cli(["--pairs-csv", str(tmp_path / "pairs.csv"), "--out", str(out), "--clicks", "1",
                      "--label-ids", "nonzero", "--quiet"]) == 0
@@ -326,6 +328,7 @@ def test_eval3d_resamples_a_flipped_label_map_and_fails_one_from_elsewhere(tmp_p
     out = tmp_path / "out"
     assert _run_cli(["--pairs-csv", str(tmp_path / "pairs.csv"), "--out", str(out), "--clicks", "2", "--quiet"]) == 1
     summary = json.loads((out / "summary.json").read_text())
-    assert [o["name"] for o in summary["objects"]] == ["ok"] and summary["objects"][0]["voxels"] == int((lab == 1).sum())
+    assert [o["name"] for o in summary["objects"]] == ["ok"]
+    assert summary["objects"][0]["voxels"] == int((lab == 1).sum())
     assert [f["name"] for f in summary["failures"]] == ["elsewhere"]
     assert "does not overlap" in summary["failures"][0]["reason"]

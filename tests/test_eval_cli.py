@@ -43,7 +43,8 @@ def run(*args):
 
 def test_cli_random_walker_end_to_end(berkeley, tmp_path, capsys):
     out = tmp_path / "out"
-    assert run("--dataset", "berkeley", "--root", berkeley, "--method", "random-walker", "--out", out, "--max-clicks", 5) == 0
+    assert run("--dataset", "berkeley", "--root", berkeley, "--method", "random-walker", "--out", out, "--max-clicks",
+               5) == 0
     printed = capsys.readouterr().out
     assert "| random-walker | 2 |" in printed
     files = sorted(p.name for p in (out / "instances").iterdir())
@@ -87,7 +88,8 @@ def test_cli_refuses_to_mix_settings(berkeley, tmp_path, capsys):
 
 
 def test_cli_wrong_root_is_a_clear_error(tmp_path, capsys):
-    assert run("--dataset", "Berkeley", "--root", tmp_path / "missing", "--method", "grabcut", "--out", tmp_path / "o") == 2
+    assert run("--dataset", "Berkeley", "--root", tmp_path / "missing", "--method", "grabcut", "--out",
+               tmp_path / "o") == 2
     assert "volseg: error: dataset root" in capsys.readouterr().err
     (tmp_path / "img").mkdir()
     assert run("--dataset", "Berkeley", "--root", tmp_path, "--method", "grabcut", "--out", tmp_path / "o") == 2
@@ -100,7 +102,8 @@ def test_cli_unknown_method_and_option(berkeley, tmp_path, capsys):
     assert "unknown method 'snake'" in capsys.readouterr().err
     with pytest.raises(InputError, match="has no setting 'bta'"):
         parse_options(["random-walker:bta=3"], ["random-walker", "grabcut"])
-    assert parse_options(["random-walker:beta=3", "radius=4", "grabcut:pr_fg_radius=2.5"], ["random-walker", "grabcut"]) == {
+    options = ["random-walker:beta=3", "radius=4", "grabcut:pr_fg_radius=2.5"]
+    assert parse_options(options, ["random-walker", "grabcut"]) == {
         "random-walker": {"beta": 3, "radius": 4}, "grabcut": {"radius": 4, "pr_fg_radius": 2.5}}
 
 

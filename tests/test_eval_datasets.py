@@ -155,7 +155,8 @@ def _dev_berkeley():
     import os
     from pathlib import Path
 
-    root = Path(os.environ.get("VOLSEG_DEV_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dev"))
+    root = Path(os.environ.get("VOLSEG_DEV_DATA",
+                               Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dev"))
     root = root / "2d" / "berkeley"
     if not root.is_dir():
         pytest.skip(f"dev data not found at {root}")

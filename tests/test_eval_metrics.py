@@ -62,7 +62,8 @@ def test_time_stats():
 
 def test_summarize():
     recs = [
-        {"ious": [0.5, 0.86, 0.91], "noic": {"label": 1, "drop": 0}, "seconds": [0.1, 0.2, 0.3], "set_image_seconds": 1.0},
+        {"ious": [0.5, 0.86, 0.91], "noic": {"label": 1, "drop": 0}, "seconds": [0.1, 0.2, 0.3],
+         "set_image_seconds": 1.0},
         {"ious": [0.2] * 20, "noic": {"label": 0, "drop": 2}, "seconds": [0.5] * 20, "set_image_seconds": 2.0},
     ]
     s = summarize(recs)

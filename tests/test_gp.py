@@ -50,7 +50,9 @@ def test_random_features_match_kernel(kernel):
     g = torch.Generator().manual_seed(1)
     w = kernel.sample_frequencies(400_000, 3, generator=g, dtype=torch.float64)
     # along a feature axis, along a position axis, and across both (the multiscale kernel's parts differ)
-    for d in [torch.tensor(v, dtype=torch.float64) for r in (0.3, 1.0, 2.0) for v in ([r, 0, 0], [0, 0, r], [r, r / 2, r / 3])]:
+    directions = [[r, 0, 0] for r in (0.3, 1.0, 2.0)] + [[0, 0, r] for r in (0.3, 1.0, 2.0)]
+    directions += [[r, r / 2, r / 3] for r in (0.3, 1.0, 2.0)]
+    for d in [torch.tensor(v, dtype=torch.float64) for v in directions]:
         mc = torch.cos(w @ d).mean().item()
         exact = kernel(d[None], torch.zeros(1, 3, dtype=torch.float64)).item()
         assert abs(mc - exact) < 0.01, (d, mc, exact)
@@ -75,7 +77,9 @@ def test_far_kernel_values_are_never_subnormal(kernel):
     """Subnormal floats cost CPUs 20-30x; far-apart kernel values (and their products) must stay normal."""
     a, b = torch.zeros(1, 3), torch.tensor([[0.5, 0, 0], [9.0, 0, 0], [40.0, 0, 0], [400.0, 0, 0]])
     tiny = torch.finfo(torch.float32).tiny
-    for k in (kernel(a, b), kernel.of_neg_half_distance2(-0.5 * (b * b).sum(1)[None].clone()) if isinstance(kernel, RBF) else kernel(b, a).T):
+    second = kernel.of_neg_half_distance2(-0.5 * (b * b).sum(1)[None].clone()) if isinstance(kernel, RBF) \
+        else kernel(b, a).T
+    for k in (kernel(a, b), second):
         assert (k >= 1e-6 * tiny ** 0.5).all() and (k * k >= tiny).all()
         assert k[0, 0] > 0.8 and k[0, -1] < 1e-14
 
@@ -94,7 +98,8 @@ def test_exact_posterior_matches_dense(name):
 
 def test_append_and_truncate_equal_fresh_solves():
     Z, Y, M0, Q, m0q = problem(n=8)
-    t = lambda x: torch.tensor(x)
+    def t(x):
+        return torch.tensor(x)
     inc = ExactPosterior(RBF(), noise=1e-2, compute_dtype=torch.float64)
     for i in range(len(Z)):
         inc.append(t(Z[i]), t(Y[i]), t(M0[i]))
@@ -103,7 +108,8 @@ def test_append_and_truncate_equal_fresh_solves():
     np.testing.assert_allclose(inc.alpha.numpy(), fresh.alpha.numpy(), atol=1e-8)
     inc.truncate(5)
     prefix = ExactPosterior(RBF(), noise=1e-2, compute_dtype=torch.float64).fit(t(Z[:5]), t(Y[:5]), t(M0[:5]))
-    np.testing.assert_allclose(inc.mean_var(t(Q), t(m0q))[0].numpy(), prefix.mean_var(t(Q), t(m0q))[0].numpy(), atol=1e-8)
+    np.testing.assert_allclose(inc.mean_var(t(Q), t(m0q))[0].numpy(), prefix.mean_var(t(Q), t(m0q))[0].numpy(),
+                               atol=1e-8)
 
 
 def test_conflicting_close_clicks_keep_their_labels():
@@ -123,7 +129,8 @@ def test_per_point_noise_is_lowered_only_where_a_label_would_be_lost():
     z = torch.tensor([[0.0, 0.0], [1e-2, 0.0], [3.0, 0.0], [3.0, 0.0]], dtype=torch.float64)
     y = torch.tensor([[1.0], [-1.0], [1.0], [-1.0]], dtype=torch.float64)
     extra = torch.tensor([0.0, 0.0, 0.0, 2.0])
-    post = ExactPosterior(RBF(), noise=1e-1, compute_dtype=torch.float64, per_point=True).fit(z, y, torch.zeros_like(y), extra)
+    post = ExactPosterior(RBF(), noise=1e-1, compute_dtype=torch.float64, per_point=True)
+    post.fit(z, y, torch.zeros_like(y), extra)
     mean, _ = post.mean_var(z, torch.zeros_like(y))
     assert post.noise == 1e-1 and post.scale[0] < 1 and post.scale[1] < 1 and post.scale[2] == 1
     assert torch.all(torch.sign(mean[:3]) == y[:3]) and torch.all(mean[:3].abs() >= 0.5 - 1e-9)
@@ -147,7 +154,8 @@ def test_chunked_equals_unchunked():
     post = ExactPosterior(RBF(), 1e-3).fit(inputs.at(vox).double(), torch.tensor([[1.0], [-1.0], [1.0]]),
                                            torch.full((3, 1), -0.5))
     box = tuple(slice(0, n) for n in feats.shape[:-1])
-    prior = lambda b: torch.full((int(np.prod([s.stop - s.start for s in b])), 1), -0.5)
+    def prior(b):
+        return torch.full((int(np.prod([s.stop - s.start for s in b])), 1), -0.5)
     outs, threads = [], torch.get_num_threads()
     # one chunk; many chunks on one thread; many chunks shared by worker threads, over disjoint boxes
     for max_bytes, workers in ((10**9, 1), (500, 1), (2000, 3)):
@@ -175,7 +183,8 @@ def test_chunked_equals_unchunked():
 def test_pathwise_samples_match_exact_posterior(kernel):
     Z, Y, M0, Q, m0q = problem(n=6, m=25, dim=3, K=1, seed=5)
     Z, Q = Z * 0.7, Q * 0.7
-    post = ExactPosterior(kernel, noise=1e-2, compute_dtype=torch.float64).fit(torch.tensor(Z), torch.tensor(Y), torch.tensor(M0))
+    post = ExactPosterior(kernel, noise=1e-2, compute_dtype=torch.float64)
+    post.fit(torch.tensor(Z), torch.tensor(Y), torch.tensor(M0))
     S = 4000
     sampler = PathwiseSampler(post, 3, n_samples=S, n_basis=4096, seed=0)
     f = sampler.sample(torch.tensor(Q), torch.tensor(m0q))[:, 0, :].numpy()
@@ -216,7 +225,8 @@ def test_one_gp_core_serves_torch_and_numpy():
 
     _, alpha, noise = solve_keeping_labels(K, R, np.full(3, 0.1), keep, halve)
     _, t_alpha, t_noise = solve_keeping_labels(torch.from_numpy(K), torch.from_numpy(R),
-                                               torch.full((3,), 0.1, dtype=torch.float64), torch.from_numpy(keep), halve)
+                                               torch.full((3,), 0.1, dtype=torch.float64), torch.from_numpy(keep),
+                                               halve)
     np.testing.assert_allclose(t_alpha.numpy(), alpha, rtol=1e-9)
     assert np.array_equal(t_noise.numpy(), noise) and noise[2] == 0.1 and noise[0] < 0.1
     # a click alone keeps its label at the requested noise: one round

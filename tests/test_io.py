@@ -264,7 +264,8 @@ def test_raster_modes(tmp_path, suffix):
     cases = {
         "L": (PILImage.fromarray(grey), grey[..., None]),
         "RGB": (PILImage.fromarray(rgb), rgb),
-        "RGBA": (PILImage.fromarray(np.dstack([rgb, np.full(grey.shape, 7, np.uint8)])), rgb),  # alpha dropped, not composited
+        # alpha dropped, not composited
+        "RGBA": (PILImage.fromarray(np.dstack([rgb, np.full(grey.shape, 7, np.uint8)])), rgb),
         "LA": (PILImage.fromarray(np.dstack([grey, grey // 2])), grey[..., None]),
     }
     for mode, (im, expected) in cases.items():

@@ -34,7 +34,8 @@ def natural(shape):
     return ndi.gaussian_filter(np.random.default_rng(0).standard_normal(shape), 2.0).astype(np.float32)
 
 
-@pytest.mark.parametrize("shape, sigma", [((200, 180), (4.0, 4.0)), ((200, 180), (8.0, 3.0)), ((48, 40, 36), (4.0, 4.0, 2.0))])
+@pytest.mark.parametrize("shape, sigma", [((200, 180), (4.0, 4.0)), ((200, 180), (8.0, 3.0)),
+                                          ((48, 40, 36), (4.0, 4.0, 2.0))])
 def test_pyramid_smoothing_matches_direct_gaussian(shape, sigma):
     x = natural(shape)
     got = gaussian_derivatives(x, sigma, [(0,) * len(shape)])[0]

@@ -60,8 +60,10 @@ def test_same_api_for_arrays_images_and_rgb():
 @pytest.mark.parametrize("seed_points", [0, 16])
 def test_local_update_equals_full_recomputation(seed_points):
     img, labels = blob_image((40, 44, 30), seed=2)
-    s = Session(spatial_lengthscale=3.0, seed_points=seed_points).set_image(Image.from_array(img, spacing=(1.0, 1.0, 1.5)))
-    clicks = [((12, 14, 10), True), ((30, 31, 21), True), ((3, 3, 3), False), ((14, 12, 9), False), ((28, 30, 20), False)]
+    s = Session(spatial_lengthscale=3.0, seed_points=seed_points)
+    s.set_image(Image.from_array(img, spacing=(1.0, 1.0, 1.5)))
+    clicks = [((12, 14, 10), True), ((30, 31, 21), True), ((3, 3, 3), False), ((14, 12, 9), False),
+              ((28, 30, 20), False)]
     for n, (pos, positive) in enumerate(clicks):
         s.add_click(pos, positive)
         # every click, the first included, evaluates only its reach (with a positive click's weak points, a

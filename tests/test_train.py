@@ -94,7 +94,8 @@ def test_smoke_train_checkpoint_resume_log(tmp_path):
 
 def test_smoke_train_3d(tmp_path):
     cfg = {"name": "smoke3d", "model": {"name": "UNet", "spatial_dims": 3, "in_channels": 1, "embed_dim": 3,
-                                        "channels": [4, 8], "strides": [2], "num_res_units": 0, "roi_size": [16, 16, 16]},
+                                        "channels": [4, 8], "strides": [2], "num_res_units": 0,
+                                        "roi_size": [16, 16, 16]},
            "data": {"synthetic": {"n": 4}, "size": [16, 16, 16], "augment": False},
            "clicks": {"iterative": 1}, "optim": {"batch_size": 1, "steps": 2, "warmup": 0},
            "log": {"every": 1, "checkpoint_every": 10, "val_images": 1}}

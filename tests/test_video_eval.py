@@ -146,7 +146,8 @@ def test_eval_video_layout_without_480p_and_errors(tmp_path):
 @pytest.mark.devdata
 @pytest.mark.slow
 def test_davis_dev_semi_blackswan():
-    root = Path(os.environ.get("VOLSEG_DEV_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dev"))
+    root = Path(os.environ.get("VOLSEG_DEV_DATA",
+                               Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "dev"))
     root = root / "video" / "davis2016"
     if not root.is_dir():
         pytest.skip(f"no DAVIS dev data at {root}")
