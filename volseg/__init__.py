@@ -10,20 +10,8 @@ from .clicks import Click, load_clicks
 from .config import GPConfig
 from .errors import VolsegError
 from .image import Image
+from .io import read_image, write_mask
 from .session import Session
-
-
-def read_image(path):
-    from .io import read_image as _read
-
-    return _read(path)
-
-
-def write_mask(mask, like, path, **kwargs):
-    from .io import write_mask as _write
-
-    return _write(mask, like, path, **kwargs)
-
 
 __all__ = ["Click", "GPConfig", "Image", "Session", "VolsegError", "load_clicks", "read_image", "write_mask",
            "__version__"]

@@ -321,7 +321,7 @@ def _watch_parent(parent: int) -> None:
 def _run_ray(rows: list[CaseRow], out_dir: str, options: BatchOptions, workers: int,
              address: str | None) -> Iterator[CaseResult]:
     try:
-        import ray
+        import ray  # noqa: PLC0415 -- optional dependency (volseg[ray])
     except ImportError:
         raise InputError("--executor ray needs Ray: pip install 'volseg[ray]'") from None
     started = not ray.is_initialized()

@@ -27,6 +27,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .errors import ClickError, InputError
+from .io.atomic import atomic_path
 
 _POSITIVE = {"positive", "pos", "fg", "foreground", "1", "true", "+", "+1"}
 _NEGATIVE = {"negative", "neg", "bg", "background", "0", "false", "-", "-1"}
@@ -186,7 +187,5 @@ def _read_csv(p: Path) -> tuple[list[dict], str]:
 
 
 def save_clicks(clicks: Iterable[Click], path: str | Path) -> None:
-    from .io.atomic import atomic_path
-
     with atomic_path(path) as tmp:
         Path(tmp).write_text(json.dumps({"coordinates": "index", "clicks": [c.to_dict() for c in clicks]}, indent=1))

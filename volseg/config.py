@@ -8,6 +8,7 @@ from pathlib import Path
 import yaml
 
 from .errors import InputError
+from .gp.kernels import KERNELS
 from .units import parse_bytes
 
 # The defaults that depend on the image, as (2D images, volumes): a setting left None in GPConfig takes
@@ -47,7 +48,7 @@ class GPConfig:
                                           # None: BY_DIMENSION
     edge_band: float = 1.5                # ... over locations whose latent mean is within this of 0
     edge_reach: float = 35.0              # ... and within this many mm (pixels) of the GP's boundary; wide enough
-                                          # to undo a flood of look-alike background (Berkeley NoC@90 9.11 at 20)
+                                          # to undo a flood of look-alike background
     edge_max_locations: int = 4_000_000   # ... on images up to this size (a whole CT keeps the GP's own mask)
     appearance_weight: float = 0.5        # ... plus this times a colour model's log-likelihood ratio (GrabCut-like)
     edge_connectivity: int = 2            # ... between face and diagonal neighbours (1: faces only; up to ndim)
@@ -165,8 +166,6 @@ def _check_setting(name: str, value) -> None:
             raise InputError(f"GP setting {name} needs a value, got null")
         return
     if kind == "kernel":
-        from .gp.kernels import KERNELS
-
         if not isinstance(value, str) or value.lower() not in KERNELS:
             raise InputError(f"unknown kernel {value!r} (GP setting kernel): {', '.join(KERNELS)} or null")
         return

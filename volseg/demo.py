@@ -13,8 +13,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image as PILImage
+from scipy.ndimage import gaussian_filter
+from skimage import data
 
 from .clicks import Click
+from .io import write_mask, write_probability
+from .segment import segment_file
 from .session import Session
 
 COFFEE_CLICKS = [  # (row, col), positive?  -- cup and saucer vs. the wooden table
@@ -32,8 +36,6 @@ def synthetic_volume(shape=(96, 96, 40), spacing=(0.9, 0.9, 2.5), seed=0) -> tup
     lesion_c = centre + np.array([12.0, -8.0, 6.0])
     lesion = (((grid - lesion_c) / np.array([14.0, 10.0, 18.0])) ** 2).sum(-1) < 1
     vol = 200.0 * head + 180.0 * lesion + 25.0 * rng.standard_normal(shape)
-    from scipy.ndimage import gaussian_filter
-
     return gaussian_filter(vol, 0.7).astype(np.float32), lesion
 
 
@@ -41,10 +43,10 @@ def _overview(path: Path, image: np.ndarray, masks: dict[str, np.ndarray], prob:
               clicks: list[Click], title: str) -> None:
     """Image with clicks, one panel per mask (e.g. one per feature set, same clicks), probability and
     uncertainty of the first."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 -- slow to import; only `volseg demo` draws
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 -- after choosing the Agg backend
 
     n = 3 + len(masks)
     fig, axes = plt.subplots(1, n, figsize=(4 * n, 4.4))
@@ -76,11 +78,6 @@ def _report(name: str, session: Session, extra: str = "") -> None:
 
 
 def run_demo(out: str | Path = "volseg-demo", *, device: str = "cpu", overwrite: bool = True) -> dict:
-    from skimage import data
-
-    from .io import write_mask, write_probability
-    from .segment import segment_file
-
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     results = {}
@@ -110,7 +107,7 @@ def run_demo(out: str | Path = "volseg-demo", *, device: str = "cpu", overwrite:
     results["coffee"] = {"mask": str(mask_path), "click_seconds": s.timings}
 
     # -- case 2: a generated volume, through the same path as `volseg segment` ------------------------
-    import nibabel as nib
+    import nibabel as nib  # noqa: PLC0415 -- slow to import; only `volseg demo` needs it here
 
     vol, truth = synthetic_volume()
     affine = np.diag([0.9, 0.9, 2.5, 1.0])

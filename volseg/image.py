@@ -117,7 +117,8 @@ class Image:
         for name in ("spacing", "origin", "direction"):
             a, b = np.asarray(getattr(self, name)), np.asarray(getattr(other, name))
             if not np.allclose(a, b, atol=1e-3, rtol=1e-5):
-                raise GeometryError(f"{what} {name} {b.round(4).tolist()} differs from the image's {a.round(4).tolist()}")
+                raise GeometryError(f"{what} {name} {b.round(4).tolist()} differs from the image's "
+                                    f"{a.round(4).tolist()}")
 
     def with_array(self, array: np.ndarray) -> "Image":
         """Same geometry, another array (spatial shape must match)."""
@@ -133,6 +134,6 @@ class Image:
             bad = ~np.isfinite(self.array)
             if bad.any():
                 first = np.argwhere(bad)[0][:-1].tolist()
-                raise InputError(
-                    f"image {self.meta.get('path', '')} has {int(bad.sum())} NaN/Inf values (first at index {first})".replace("  ", " ")
-                )
+                message = (f"image {self.meta.get('path', '')} has {int(bad.sum())} NaN/Inf values "
+                           f"(first at index {first})")
+                raise InputError(message.replace("  ", " "))

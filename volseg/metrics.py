@@ -54,6 +54,7 @@ import itertools
 import math
 from typing import Iterable, Sequence
 
+import cv2
 import numpy as np
 from scipy import integrate, ndimage
 
@@ -128,8 +129,7 @@ def _ball(radius: int, ndim: int) -> np.ndarray:
 
 def _dilate(mask: np.ndarray, ball: np.ndarray) -> np.ndarray:
     if mask.ndim == 2:
-        import cv2  # optional: the reference implementation's dilation for 2D
-
+        # OpenCV's dilation, as the reference implementation uses in 2D
         return cv2.dilate(mask.astype(np.uint8), ball.astype(np.uint8)) > 0
     return ndimage.binary_dilation(mask, structure=ball)
 

@@ -32,6 +32,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import cc3d
+import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -60,8 +62,6 @@ def border_distance(mask: np.ndarray, spacing: Sequence[float] | None = None) ->
     if spacing is not None:
         return ndimage.distance_transform_edt(m, sampling=axis_spacing(spacing, m.ndim))[inner]
     if m.ndim == 2:
-        import cv2  # optional: only the 2D pixel-unit transform needs it
-
         return cv2.distanceTransform(m.astype(np.uint8), cv2.DIST_L2, 0)[inner]
     return ndimage.distance_transform_edt(m).astype(np.float32)[inner]
 
@@ -158,8 +158,6 @@ def multi_object_click(gt: np.ndarray, pred: np.ndarray, objects: Sequence[int],
 def _components(kinds: np.ndarray) -> np.ndarray:
     """Connected components of a small-integer label image, each value on its own, full connectivity."""
     if kinds.ndim in (2, 3):
-        import cc3d  # optional: the fast path for 2D/3D
-
         return cc3d.connected_components(kinds, connectivity=8 if kinds.ndim == 2 else 26)
     # cc3d handles 2D/3D only; scipy for other dimensions, one value at a time.
     out = np.zeros(kinds.shape, dtype=np.int64)

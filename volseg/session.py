@@ -125,13 +125,15 @@ class Session:
         self._feature_seconds = time.perf_counter() - t0
         # a learned prior-mean head (GPCIS) gives m0(x) so the first click already has a shape to refine
         head = self.extractor.prior_mean(img)
-        self._learned_mean = None if head is None else torch.as_tensor(np.asarray(head, dtype=np.float32), device=self.device)
+        self._learned_mean = (None if head is None
+                              else torch.as_tensor(np.asarray(head, dtype=np.float32), device=self.device))
         d_f = int(feats.shape[-1])
         cfg = self.config
         self.kernel = make_kernel(cfg.kernel_for(img.ndim), cfg.outputscale, spatial_dims=img.ndim,
                                   ratio=cfg.short_ratio, share=cfg.short_share)
-        self.spatial_lengthscale = self.config.spatial_lengthscale or self.config.spatial_fraction_for(img.ndim) * float(
-            np.linalg.norm(np.asarray(img.shape) * np.asarray(img.spacing)))
+        extent = float(np.linalg.norm(np.asarray(img.shape) * np.asarray(img.spacing)))
+        self.spatial_lengthscale = (self.config.spatial_lengthscale
+                                    or self.config.spatial_fraction_for(img.ndim) * extent)
         # the features are ours: divide them by their lengthscale once here rather than on every click
         # (times sqrt(D), so the lengthscale means the same for any D; a stack scales its parts itself)
         if self.feature_tiles is None:
@@ -376,11 +378,14 @@ class Session:
         if alpha_before.shape[0] < common or post.alpha.shape[0] < common:
             return None
         point_alpha = (post.alpha if post.n > common else alpha_before)[common].abs().max()
-        moved = (post.alpha[:common] - alpha_before[:common]).abs().amax(1) if common else torch.zeros(0, dtype=torch.float64)
+        if common:
+            moved = (post.alpha[:common] - alpha_before[:common]).abs().amax(1)
+        else:
+            moved = torch.zeros(0, dtype=torch.float64)
         w, d2 = post.schur_complement(self.inputs.at(point[None]), extra, common)
-        radii = influence_radii(self.kernel, torch.cat([moved, point_alpha[None]]).numpy(),
-                                torch.cat([w.abs(), torch.ones(1, dtype=torch.float64)]).numpy() / max(d2, 1e-12) ** 0.5,
-                                self.config.tolerance)
+        reach = torch.cat([w.abs(), torch.ones(1, dtype=torch.float64)]).numpy() / max(d2, 1e-12) ** 0.5
+        alphas = torch.cat([moved, point_alpha[None]]).numpy()
+        radii = influence_radii(self.kernel, alphas, reach, self.config.tolerance)
         centres = np.concatenate([np.asarray(before, np.float64).reshape(-1, self.image.ndim),
                                   np.asarray(point, np.float64).reshape(1, -1)])
         return centres, radii[:, None] / self.inputs.pos_scale[None, :]

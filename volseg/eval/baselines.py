@@ -22,6 +22,7 @@ from __future__ import annotations
 import warnings
 from typing import Sequence
 
+import cv2
 import numpy as np
 from skimage.color import rgb2lab
 from skimage.segmentation import random_walker
@@ -114,8 +115,6 @@ class GrabCutMethod:
         self.image = np.ascontiguousarray(image, dtype=np.uint8)
 
     def predict(self, clicks: Sequence[Click]) -> np.ndarray:
-        import cv2
-
         assert self.image is not None, "set_image first"
         shape = self.image.shape[:2]
         mask = np.full(shape, cv2.GC_PR_BGD, np.uint8)

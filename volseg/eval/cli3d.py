@@ -117,7 +117,9 @@ def read_pairs_csv(path: Path, label_ids="all") -> list[EvalCase]:
             raise InputError(f"pairs CSV {path} needs a header with columns image,label[,label_ids][,name]")
         cases = []
         for n, r in enumerate(reader, 2):
-            get = lambda k: (r.get(cols[k]) or "").strip() if k in cols else ""
+            def get(k: str) -> str:
+                return (r.get(cols[k]) or "").strip() if k in cols else ""
+
             if not get("image") or not get("label"):
                 raise InputError(f"pairs CSV {path} line {n}: image and label are both needed")
             img, lab = (path.parent / get("image")), (path.parent / get("label"))

@@ -31,7 +31,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import cv2
 import numpy as np
+from PIL import Image as PILImage
+from scipy.io import loadmat
 
 from ..errors import InputError
 
@@ -67,8 +70,6 @@ class Sample:
 
 
 def read_rgb(path: Path) -> np.ndarray:
-    import cv2
-
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)  # grey images come back as 3 equal channels
     if bgr is None:
         raise InputError(f"cannot read image {path}")
@@ -76,8 +77,6 @@ def read_rgb(path: Path) -> np.ndarray:
 
 
 def _read_color_mask(path: Path) -> np.ndarray:
-    import cv2
-
     m = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if m is None:
         raise InputError(f"cannot read mask {path}")
@@ -171,8 +170,6 @@ def _split_names(list_file: Path, split: str | None, fallback: list[Path], name:
 
 
 def _sbd_labels(path: Path) -> np.ndarray:
-    from scipy.io import loadmat
-
     if not path.is_file():
         raise InputError(f"SBD: instance file {path} does not exist")
     try:
@@ -197,8 +194,6 @@ def _read_sbd(root: Path, split: str | None = None) -> Iterator[Sample]:
 
 
 def _voc_labels(path: Path) -> np.ndarray:
-    from PIL import Image as PILImage
-
     if not path.is_file():
         raise InputError(f"PascalVOC: object mask {path} does not exist")
     with PILImage.open(path) as im:

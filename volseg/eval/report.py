@@ -53,10 +53,10 @@ def markdown_table(head: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
 
 
 def _figure():
-    import matplotlib  # optional: only plots need it
+    import matplotlib  # noqa: PLC0415 -- slow to import; only plots need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 -- after choosing the Agg backend
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=120)
     return plt, fig, ax

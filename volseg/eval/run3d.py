@@ -233,7 +233,10 @@ def format_table(summary: dict) -> str:
     if summary["objects"]:
         lines.append(row("mean", "", "", summary["mean"]))
     widths = [max(len(h), *(len(r[i]) for r in lines)) if lines else len(h) for i, h in enumerate(head)]
-    fmt = lambda cells: "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    def fmt(cells):
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     text = [f"NSD tolerance {summary['tolerance_mm']:g} mm; {summary['n_clicks']} clicks", fmt(head),
             fmt(["-" * w for w in widths])]
     text += [fmt(r) for r in lines]
@@ -244,10 +247,10 @@ def format_table(summary: dict) -> str:
 
 def plot_curves(rows: list[dict], path: Path, tolerance: float) -> None:
     """Dice and NSD against clicks: one thin line per object, the mean in black."""
-    import matplotlib
+    import matplotlib  # noqa: PLC0415 -- slow to import; only plots need it
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # noqa: PLC0415 -- after choosing the Agg backend
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, key, title in ((axes[0], "dice", "Dice"), (axes[1], "nsd", f"NSD @ {tolerance:g} mm")):

@@ -29,6 +29,7 @@ from torch.nn import functional as F
 from ..errors import InputError, MemoryBudgetError
 from ..gp.differentiable import standardise
 from ..image import Image
+from ..io.atomic import atomic_path
 from ..units import format_bytes
 from .base import FeatureExtractor, feature_budget
 
@@ -41,7 +42,7 @@ NETWORKS_3D = ("UNet", "SegResNet", "SwinUNETR", "BasicUNet")
 
 def build_network(model: dict) -> nn.Module:
     """A MONAI network from the ``model`` section of a config; out_channels = embed_dim."""
-    from monai.networks import nets
+    from monai.networks import nets  # noqa: PLC0415 -- slow to import; only learned features need it
 
     m = dict(model)
     name = m.pop("name", "BasicUNet")
@@ -198,7 +199,7 @@ class BackboneExtractor(FeatureExtractor):
         return self._finish(emb)
 
     def _run_3d(self, image: Image) -> tuple[np.ndarray, np.ndarray]:
-        from monai.inferers import sliding_window_inference
+        from monai.inferers import sliding_window_inference  # noqa: PLC0415 -- slow to import (as above)
 
         x = torch.from_numpy(normalise_3d(image.array)).to(self.device)[None]
         roi = tuple(int(r) for r in self.model.get("roi_size", (64, 64, 64)))
@@ -218,8 +219,6 @@ class BackboneExtractor(FeatureExtractor):
 def save_checkpoint(path: str | Path, backbone: Backbone, config: dict, gp_config: dict, *, manifest_sha256: str = "",
                     metrics: dict | None = None, extra: dict | None = None) -> Path:
     """Write a checkpoint atomically (a half-written file never replaces a good one)."""
-    from ..io.atomic import atomic_path
-
     net_state = {k: v.detach().cpu() for k, v in backbone.net.state_dict().items()}
     head_state = {k: v.detach().cpu() for k, v in backbone.prior_head.state_dict().items()}
     ckpt = {"format": FORMAT, "config": config, "state_dict": net_state, "prior_head": head_state,
@@ -258,7 +257,8 @@ def backbone_from_checkpoint(ckpt: dict, path: str | Path = "") -> Backbone:
         backbone.net.load_state_dict(ckpt["state_dict"])
         backbone.prior_head.load_state_dict(ckpt["prior_head"])
     except RuntimeError as e:
-        raise InputError(f"backbone checkpoint {path} does not match its model config: {str(e).splitlines()[0]}") from None
+        first = str(e).splitlines()[0]
+        raise InputError(f"backbone checkpoint {path} does not match its model config: {first}") from None
     return backbone
 
 

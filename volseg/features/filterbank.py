@@ -157,7 +157,8 @@ class FilterBank(FeatureExtractor):
             del elems
         col = C * S + G + d * len(self.hessian_scales)
         for j, size in enumerate(sizes):
-            out[..., col + j * C: col + (j + 1) * C] = np.moveaxis(superpixel_means(ch, size, sp, self.compactness), 0, -1)
+            means = superpixel_means(ch, size, sp, self.compactness)
+            out[..., col + j * C: col + (j + 1) * C] = np.moveaxis(means, 0, -1)
         return out
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -51,8 +52,6 @@ def exact_derivatives_2d(x: np.ndarray, sigma: Sequence[float], orders: Sequence
     with sigma where the pyramid's does not, but on small frames (the video's working grid) the
     pyramid's per-call overhead dominates, so this backend is the faster one there; the two agree to
     a fraction of a percent (tested)."""
-    import cv2  # a dependency of the video path, not of the filter bank
-
     if np.ndim(x) != 2 or len(sigma) != 2:
         raise ValueError(f"exact_derivatives_2d filters 2D arrays, got {np.ndim(x)} axes and {len(sigma)} scales")
     x = np.ascontiguousarray(x, dtype=np.float32)

@@ -469,10 +469,9 @@ static int posterior_box(const box_args *a) {
 
 /* ---- a click's region in one call ----------------------------------------------------------------
  * A click re-evaluates a few boxes, cut into chunks so that threads can share them.  Calling the
- * box pass once per chunk from Python threads cost 50-150 us of GIL hand-over per chunk and about
- * a millisecond of thread-pool start per click: on 128^3 a fifth of a click's time.  Here POSIX
- * threads share the chunks: each takes the next one (the caller sorts them largest first) until
- * none is left. */
+ * box pass once per chunk from Python threads paid a GIL hand-over per chunk and a thread-pool
+ * start per click, a large share of a small click's time.  Here POSIX threads share the chunks:
+ * each takes the next one (the caller sorts them largest first) until none is left. */
 typedef struct {
     int64_t n_boxes, next;                 /* next: the first chunk no thread has taken */
     const int64_t *starts, *stops;         /* n_boxes x ndim, in the maps' index space */

@@ -17,8 +17,8 @@ from .posterior import ExactPosterior, Workspace
 from .reach import Box, box_size
 
 # Locations per chunk: enough that a chunk's Python work (and its worker's wait for the GIL) is
-# small next to its arithmetic, few enough that its buffers stay a few MB (a click on 256^3 is
-# fastest around this size: smaller chunks pay the overhead, larger ones fall out of the cache).
+# small next to its arithmetic, few enough that its buffers stay a few MB: smaller chunks pay the
+# overhead, larger ones fall out of the cache.
 CHUNK_LOCATIONS = 1 << 17
 MIN_SHARED_CHUNK = 1 << 14  # smallest chunk the fused pass's threads share a region in
 
@@ -49,7 +49,8 @@ def slabs(box: Box, max_locations: int) -> Iterator[Box]:
 
 
 def evaluate_boxes(posterior: ExactPosterior, inputs: InputMap, prior_mean: Callable[[Box], torch.Tensor] | None,
-                   boxes: list[Box], mean_out: torch.Tensor | None, var_out: torch.Tensor | None, *, max_bytes: int) -> None:
+                   boxes: list[Box], mean_out: torch.Tensor | None, var_out: torch.Tensor | None, *,
+                   max_bytes: int) -> None:
     """Write the posterior mean (K, *box) and/or variance (*box) of each of several disjoint boxes into
     the output maps, chunk by chunk, the chunks shared among the CPU threads.  ``prior_mean(box)``
     gives the box's prior mean in C order (n, K), or one row (1, K) where it is the same everywhere.
@@ -58,8 +59,8 @@ def evaluate_boxes(posterior: ExactPosterior, inputs: InputMap, prior_mean: Call
     go to it in one call, whose own threads share them.  Elsewhere (CUDA, or without the
     extension) a chunk is a few torch products; on a CPU each worker thread then takes whole
     chunks and runs its torch ops single-threaded: one parallel region per op would make every op
-    of every chunk wait for the slowest core, which on a machine busy with anything else costs
-    10-20x."""
+    of every chunk wait for the slowest core, which on a machine busy with anything else is many
+    times slower."""
     K = mean_out.shape[0] if mean_out is not None else 1
     inputs.ensure(boxes)
     cpu = inputs.device.type == "cpu"
@@ -110,8 +111,8 @@ def evaluate_boxes(posterior: ExactPosterior, inputs: InputMap, prior_mean: Call
 def _evaluate_fused(posterior, inputs, prior_mean, boxes: list[Box], mean_out, var_out, threads: int,
                     max_bytes: int, *, per_location: bool = False) -> None:
     """The fused pass over the boxes: chunks small enough that every thread has work to the end of a
-    click (the extension's threads take them largest first, at ~1 us each), in as few calls as
-    the prior means' bytes allow.  ``prior_mean`` gives one row (1, K) where the prior mean is the
+    click (the extension's threads take them largest first, and taking one is cheap), in as few
+    calls as the prior means' bytes allow.  ``prior_mean`` gives one row (1, K) where the prior mean is the
     same everywhere: the whole region is then one call."""
     K = mean_out.shape[0] if mean_out is not None else 1
     total = sum(box_size(b) for b in boxes)

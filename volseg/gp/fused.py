@@ -28,7 +28,7 @@ def _load():
     if os.environ.get("VOLSEG_NO_FUSED"):  # force the torch path (benchmarks, debugging)
         return None
     try:
-        from . import _fused
+        from . import _fused  # noqa: PLC0415 -- the C extension may not be built; torch is the fallback
     except ImportError:
         return None
     lib = ctypes.CDLL(_fused.__file__)
@@ -165,4 +165,5 @@ def evaluate_region(posterior, inputs, boxes, m0: torch.Tensor | None, mean_out:
     if rc & 2:
         raise MemoryError("fused posterior evaluation could not allocate its kernel-row buffer")
     if rc:
-        raise ValueError(f"fused posterior evaluation does not take {len(spatial)} axes, {inputs.dim} inputs, {K} objects")
+        raise ValueError(f"fused posterior evaluation does not take {len(spatial)} axes, {inputs.dim} inputs, "
+                         f"{K} objects")

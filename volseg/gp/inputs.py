@@ -58,7 +58,10 @@ class InputMap:
         per axis, so no coordinate grid is built."""
         shape = tuple(s.stop - s.start for s in box)
         self.ensure([tuple(box)])
-        flat = out if out is not None else torch.empty(int(np.prod(shape)), self.dim, dtype=self.dtype, device=self.device)
+        if out is not None:
+            flat = out
+        else:
+            flat = torch.empty(int(np.prod(shape)), self.dim, dtype=self.dtype, device=self.device)
         z = flat.view(shape + (self.dim,))
         z[..., : self.n_features] = self.features[box]
         if self.feature_lengthscale != 1.0:
@@ -66,7 +69,8 @@ class InputMap:
         for k, s in enumerate(box):
             view = [1] * self.ndim
             view[k] = shape[k]
-            ax = (torch.arange(s.start, s.stop, dtype=self.dtype, device=self.device) - self.centre[k]) * self.position_scale[k]
+            coords = torch.arange(s.start, s.stop, dtype=self.dtype, device=self.device)
+            ax = (coords - self.centre[k]) * self.position_scale[k]
             z[..., self.n_features + k] = ax.view(view)
         return flat
 

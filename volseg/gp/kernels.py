@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 # Kernel values of far-apart locations underflow into subnormal floats, and every product and
-# square taken of them afterwards too; CPUs compute subnormals 20-30x slower than normal numbers.
+# square taken of them afterwards too; CPUs compute subnormals far more slowly than normal numbers.
 # Flooring the exponent at -40 keeps the kernel, its products with the weights and their squares
 # normal in float32, and moves a kernel value by at most exp(-40) = 4e-18.
 EXP_FLOOR = -40.0
@@ -46,7 +46,8 @@ class RBF:
 
     def of_neg_half_distance2(self, h: torch.Tensor) -> torch.Tensor:
         """k from h = -|z - z'|^2 / 2, consuming h in place: the hot path's single elementwise pass."""
-        out = h.clamp_min_(EXP_FLOOR).exp_()  # h <= 0 up to rounding, and exp of a rounding error is 1 to float precision
+        # h <= 0 up to rounding, and exp of a rounding error is 1 to float precision
+        out = h.clamp_min_(EXP_FLOOR).exp_()
         return out.mul_(self.outputscale) if self.outputscale != 1.0 else out
 
     def radius(self, tol: float) -> float:

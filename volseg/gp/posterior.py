@@ -46,7 +46,8 @@ class ExactPosterior:
         return int(self.Z.shape[0])
 
     # -- solve ---------------------------------------------------------------------------------
-    def fit(self, Z: torch.Tensor, Y: torch.Tensor, M0: torch.Tensor, extra: torch.Tensor | None = None) -> "ExactPosterior":
+    def fit(self, Z: torch.Tensor, Y: torch.Tensor, M0: torch.Tensor,
+            extra: torch.Tensor | None = None) -> "ExactPosterior":
         """Solve from scratch: Z (N, Dz) inputs, Y (N, K) +-1 labels, M0 (N, K) prior means, ``extra`` (N,)
         each point's noise on top of s2 (default 0: all clicks)."""
         self.Z = Z.detach().to("cpu", torch.float64)
@@ -83,14 +84,15 @@ class ExactPosterior:
         d2 = float(self.kernel(z, z)) + self.noise + float(extra) - float((c * c).sum())
         if d2 <= 1e-12 * (1.0 + self.noise):
             # numerically a duplicate of existing points: refit, which raises the jitter as needed
-            return self.fit(torch.cat([self.Z, z]), torch.cat([self.R, r]), torch.zeros(self.n + 1, r.shape[1], dtype=torch.float64),
-                            torch.cat([self.extra, e]))
+            return self.fit(torch.cat([self.Z, z]), torch.cat([self.R, r]),
+                            torch.zeros(self.n + 1, r.shape[1], dtype=torch.float64), torch.cat([self.extra, e]))
         n = self.n
         L = torch.zeros(n + 1, n + 1, dtype=torch.float64)
         L[:n, :n] = self.L
         L[n, :n] = c[:, 0]
         L[n, n] = d2 ** 0.5
-        self.Z, self.R, self.L, self.extra = torch.cat([self.Z, z]), torch.cat([self.R, r]), L, torch.cat([self.extra, e])
+        self.Z, self.R, self.L = torch.cat([self.Z, z]), torch.cat([self.R, r]), L
+        self.extra = torch.cat([self.extra, e])
         self.scale = torch.cat([self.scale, torch.ones(1, dtype=torch.float64)])
         self.alpha = cholesky_solve(self.L, self.R)
         if bool(self._labels_lost().any()):
@@ -196,7 +198,8 @@ class ExactPosterior:
     def flops_per_location(self, input_dim: int, *, with_var: bool = True) -> int:
         """Multiply-adds x2 of the matrix products plus the elementwise kernel (and variance) work."""
         n, K = self.n, self._alpha.shape[1]
-        return 2 * n * input_dim + 2 * n * (K + (n if with_var else 0)) + 4 * n + 2 * input_dim + (3 * n if with_var else 0)
+        return (2 * n * input_dim + 2 * n * (K + (n if with_var else 0)) + 4 * n + 2 * input_dim
+                + (3 * n if with_var else 0))
 
 
 class Workspace:

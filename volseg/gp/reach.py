@@ -36,7 +36,8 @@ def influence_radii(kernel, mean_weights: np.ndarray, var_weights: np.ndarray, t
     return radii
 
 
-def ball_boxes(centres: np.ndarray, half_widths: np.ndarray, shape: Sequence[int], bands_per_ball: int = 16) -> list[Box]:
+def ball_boxes(centres: np.ndarray, half_widths: np.ndarray, shape: Sequence[int],
+               bands_per_ball: int = 16) -> list[Box]:
     """Disjoint boxes covering the union of axis-aligned ellipsoids (centres and half-widths in voxels, (m, ndim)),
     clipped to ``shape``.  Axis 0 is cut into bands; in each band an ellipsoid contributes the box of
     its widest cross-section there, and overlapping boxes of one band merge."""
@@ -61,7 +62,8 @@ def ball_boxes(centres: np.ndarray, half_widths: np.ndarray, shape: Sequence[int
     hit = (np.abs(u) <= 1.0) & (hi > lo).all(-1)
     boxes: list[Box] = []
     for k, (b0, b1) in enumerate(zip(starts.tolist(), stops.tolist())):
-        rects = [tuple(slice(a, b) for a, b in zip(lo[k, j].tolist(), hi[k, j].tolist())) for j in np.flatnonzero(hit[k])]
+        rects = [tuple(slice(a, b) for a, b in zip(lo[k, j].tolist(), hi[k, j].tolist()))
+                 for j in np.flatnonzero(hit[k])]
         boxes += [(slice(b0, b1),) + r for r in merge_boxes(rects)]
     return boxes
 

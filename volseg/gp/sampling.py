@@ -3,9 +3,9 @@
     f_post(x) = m0(x) + f_prior(x) + k(x, X) (K + s2 I)^-1 (y - m0(X) - f_prior(X) - eps)
 
 ``f_prior`` is a random-Fourier-feature draw whose frequencies come from the kernel's own
-spectral density (so it is a draw from *this* kernel), eps ~ N(0, s2) (each point's own noise).  The update term uses the
-exact kernel, so samples interpolate the clicks like the exact posterior does, and evaluating a
-sample costs O(basis + N) per location, streamed in chunks like the mean.
+spectral density (so it is a draw from *this* kernel), eps ~ N(0, s2) (each point's own noise).
+The update term uses the exact kernel, so samples interpolate the clicks like the exact posterior
+does, and evaluating a sample costs O(basis + N) per location, streamed in chunks like the mean.
 """
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ class PathwiseSampler:
         self.scale = math.sqrt(2.0 * posterior.kernel.outputscale / n_basis)
         # the update weights, solved once in float64 against the exact factor
         f_train = self._prior(posterior.Z, self.omega, self.phase, self.weights)
-        eps = posterior.point_noise().sqrt()[:, None] * torch.randn(posterior.n, n_samples * K, generator=g, dtype=torch.float64)
+        noise = torch.randn(posterior.n, n_samples * K, generator=g, dtype=torch.float64)
+        eps = posterior.point_noise().sqrt()[:, None] * noise
         target = posterior.R.repeat_interleave(n_samples, dim=1) - f_train - eps
         v = torch.cholesky_solve(target, posterior.L)
         self._omega, self._phase = self.omega.to(dev, dt), self.phase.to(dev, dt)

@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import GeometryError, InputError, VolsegError
 from ..image import Image
 from .atomic import atomic_path, check_output
+from .raster import read_raster, read_raster_labels, write_raster
 
 __all__ = [
     "read_image", "read_mask", "write_mask", "write_probability", "image_format", "check_output_path",
@@ -84,13 +85,13 @@ def read_image(path: str | Path) -> Image:
     fmt = image_format(p)
     with reading(p, "image"):
         if fmt == "raster":
-            from .raster import read_raster as reader
+            reader = read_raster
         elif fmt == "nifti":
-            from .nifti import read_nifti as reader
+            from .nifti import read_nifti as reader  # noqa: PLC0415 -- nibabel is slow to import
         elif fmt == "itk":
-            from .itk import read_itk as reader
+            from .itk import read_itk as reader  # noqa: PLC0415 -- SimpleITK is slow to import
         elif fmt == "dicom":
-            from .itk import read_dicom as reader
+            from .itk import read_dicom as reader  # noqa: PLC0415 -- SimpleITK is slow to import
         else:
             raise InputError(f"{p}: a .npy array has no geometry or channel axis; load it and use Image.from_array")
         img = reader(p)
@@ -112,8 +113,6 @@ def read_mask(path: str | Path, like: Image | None = None, *, resample: bool = F
     fmt = image_format(p)
     with reading(p, "mask"):
         if fmt == "raster":
-            from .raster import read_raster_labels
-
             labels = Image.from_array(read_raster_labels(p))
         elif fmt == "npy":
             labels = Image.from_array(np.load(p, allow_pickle=False))
@@ -129,7 +128,7 @@ def read_mask(path: str | Path, like: Image | None = None, *, resample: bool = F
             if arr.shape != like.shape:
                 raise GeometryError(f"mask {p} has shape {arr.shape}, the image has {like.shape}")
         elif resample and not like.same_grid(labels):
-            from .itk import resample_labels
+            from .itk import resample_labels  # noqa: PLC0415 -- SimpleITK is slow to import
 
             arr = _as_labels(arr, p)  # checked before resampling: nearest neighbour keeps values as they are
             labels = Image.from_array(arr, spacing=labels.spacing, origin=labels.origin, direction=labels.direction)
@@ -234,15 +233,13 @@ def _write(arr: np.ndarray, like: Image, path: str | Path, overwrite: bool, inpu
     if palette and s != ".png":
         raise InputError(f"palette output needs a .png path, got {out}")
     if s in (".png", ".tif", ".tiff"):
-        from .raster import write_raster
-
         write_raster(arr, out, kind=kind, palette=palette)
     elif s in NIFTI_SUFFIXES:
-        from .nifti import write_nifti
+        from .nifti import write_nifti  # noqa: PLC0415 -- nibabel is slow to import
 
         write_nifti(arr, like, out, kind=kind)
     elif s in (".nrrd", ".mha", ".mhd"):
-        from .itk import write_itk
+        from .itk import write_itk  # noqa: PLC0415 -- SimpleITK is slow to import
 
         write_itk(arr, like, out)
     elif s == ".npy":

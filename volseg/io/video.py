@@ -8,16 +8,21 @@ backwards (backward propagation) decodes a chunk once and serves it in any order
 """
 from __future__ import annotations
 
+import os
 import re
+import tempfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import cv2
 import numpy as np
 
 from ..errors import InputError, OutputExistsError
 from ..image import Image
+from . import write_mask
 from .atomic import atomic_path, check_output
+from .raster import davis_palette
 
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".ts")
@@ -65,7 +70,8 @@ class FrameSource:
 
     def _check(self, frame: np.ndarray, where: str) -> np.ndarray:
         if frame.shape[:2] != self.shape:
-            raise InputError(f"{where} has size {frame.shape[:2]}, the video's first frame {self.shape}; all frames must match")
+            raise InputError(f"{where} has size {frame.shape[:2]}, the video's first frame {self.shape}; "
+                             "all frames must match")
         return frame
 
 
@@ -75,8 +81,8 @@ class FolderFrames(FrameSource):
     def __init__(self, folder: str | Path, cache: int = 16, fps: float = 24.0) -> None:
         super().__init__(cache)
         self.path = Path(folder)
-        self.files = sorted((p for p in self.path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and not p.name.startswith(".")),
-                            key=lambda p: _natural_key(p.name))
+        frames = (p for p in self.path.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and not p.name.startswith("."))
+        self.files = sorted(frames, key=lambda p: _natural_key(p.name))
         if not self.files:
             raise InputError(f"frame folder {self.path} holds no images ({', '.join(FRAME_SUFFIXES)})")
         self.names = [p.stem for p in self.files]
@@ -84,8 +90,6 @@ class FolderFrames(FrameSource):
         self.shape = tuple(self._read(self.files[0]).shape[:2])
 
     def _read(self, p: Path) -> np.ndarray:
-        import cv2
-
         a = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if a is None:
             raise InputError(f"cannot read frame {p}")
@@ -100,7 +104,7 @@ class DecordFrames(FrameSource):
 
     def __init__(self, path: str | Path, cache: int = 16) -> None:
         super().__init__(cache)
-        import decord
+        import decord  # noqa: PLC0415 -- loads FFmpeg; only video files need it, not frame folders
 
         self.path = Path(path)
         try:
@@ -141,7 +145,8 @@ class MaskWriter:
         if self.out.exists() and not self.out.is_dir():
             raise OutputExistsError(f"output {self.out} exists and is not a folder")
         if self.out.resolve() == Path(source.path).resolve():
-            raise OutputExistsError(f"output folder {self.out} is the input frame folder; masks would mix with the frames")
+            raise OutputExistsError(f"output folder {self.out} is the input frame folder; "
+                                    "masks would mix with the frames")
         self.out.mkdir(parents=True, exist_ok=True)
         self.source, self.overwrite = source, overwrite
         # only the shape of ``like`` is used: a zero-stride view costs no memory
@@ -158,8 +163,6 @@ class MaskWriter:
                 check_output(self.path(t))
 
     def write(self, t: int, labels: np.ndarray) -> Path:
-        from . import write_mask
-
         p = write_mask(labels, self._like, self.path(t), overwrite=self.overwrite, palette=True)
         self.written.append(p)
         return p
@@ -167,10 +170,6 @@ class MaskWriter:
 
 def overlay(frame: np.ndarray, labels: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """The frame with each object tinted in its DAVIS colour and outlined."""
-    import cv2
-
-    from .raster import davis_palette
-
     pal = davis_palette()
     out = frame.copy()
     objs = labels > 0
@@ -187,11 +186,6 @@ class OverlayWriter:
     The video is written to a temporary file beside the target and renamed onto it when closed."""
 
     def __init__(self, path: str | Path, shape: Sequence[int], fps: float, *, overwrite: bool = False) -> None:
-        import os
-        import tempfile
-
-        import cv2
-
         self.path = check_output(path, overwrite=overwrite)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp.mp4", dir=self.path.parent)
@@ -208,8 +202,6 @@ class OverlayWriter:
         self._n = 0
 
     def write(self, frame: np.ndarray, labels: np.ndarray) -> None:
-        import cv2
-
         img = overlay(frame, labels)[..., ::-1]
         if self._writer is not None:
             self._writer.write(np.ascontiguousarray(img))
@@ -218,8 +210,6 @@ class OverlayWriter:
         self._n += 1
 
     def close(self) -> Path:
-        import os
-
         if self._writer is None:
             return self.folder
         self._writer.release()
@@ -229,8 +219,6 @@ class OverlayWriter:
 
 def write_video(path: str | Path, frames: Sequence[np.ndarray] | np.ndarray, fps: float = 10.0) -> Path:
     """Write RGB frames as an mp4 (``mp4v``); used by tests and demos to make videos decord reads back."""
-    import cv2
-
     frames = np.asarray(frames)
     p = Path(path)
     with atomic_path(p) as tmp:

@@ -11,6 +11,6 @@ __all__ = ["create_app"]
 
 
 def create_app(*args, **kwargs):
-    from .app import create_app as make
+    from .app import create_app as make  # noqa: PLC0415 -- Starlette app; only `volseg serve` loads it
 
     return make(*args, **kwargs)

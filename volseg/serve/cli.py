@@ -36,14 +36,14 @@ def is_loopback(host: str) -> bool:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from .app import create_app
+    from .app import create_app  # noqa: PLC0415 -- Starlette app; only `volseg serve` loads it
 
     if not 0 < args.port < 65536:
         raise InputError(f"--port {args.port} is not a port number")
     if args.idle_timeout <= 0 or args.max_sessions < 1:
         raise InputError("--idle-timeout must be positive and --max-sessions 1 or more")
     try:
-        import uvicorn
+        import uvicorn  # noqa: PLC0415 -- only `volseg serve` needs it
     except ImportError:
         raise InputError("volseg serve needs uvicorn and starlette: pip install uvicorn starlette") from None
     app = create_app(args.path, out=args.out, settings=session_settings(args), idle_timeout=args.idle_timeout,

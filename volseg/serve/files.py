@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from ..errors import InputError
 from ..io import DICOM_SUFFIXES, ITK_SUFFIXES, NIFTI_SUFFIXES, RASTER_SUFFIXES, suffix
 from ..io.video import FRAME_SUFFIXES, VIDEO_SUFFIXES
 
@@ -55,8 +56,6 @@ class Root:
     def __init__(self, path: str | Path, *, exclude: Path | None = None) -> None:
         p = Path(path).expanduser()
         if not p.exists():
-            from ..errors import InputError
-
             raise InputError(f"serve: {p} does not exist")
         p = p.resolve()
         # a file, a DICOM folder or a frame folder is served alone, under the name it has in its folder

@@ -13,6 +13,8 @@ import io
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from matplotlib import colormaps
+from PIL import Image as PILImage
 
 from ..image import Image
 
@@ -146,8 +148,6 @@ def heat(values: np.ndarray, vmax: float) -> np.ndarray:
     """RGBA uint8 heat-map of values in [0, vmax] (inferno); the alpha grows with the value."""
     global _HEAT
     if _HEAT is None:
-        from matplotlib import colormaps
-
         _HEAT = (colormaps["inferno"](np.linspace(0, 1, 256)) * 255).astype(np.uint8)
     idx = np.clip(np.asarray(values, np.float32) * (255.0 / max(vmax, 1e-12)), 0, 255).astype(np.uint8)
     rgba = _HEAT[idx].copy()
@@ -157,8 +157,6 @@ def heat(values: np.ndarray, vmax: float) -> np.ndarray:
 
 def png(array: np.ndarray) -> bytes:
     """PNG bytes, fast compression: a slice is encoded on every click, so speed beats the last bytes."""
-    from PIL import Image as PILImage
-
     buf = io.BytesIO()
     PILImage.fromarray(np.ascontiguousarray(array)).save(buf, format="PNG", compress_level=1)
     return buf.getvalue()

@@ -7,11 +7,6 @@ runs the optimisation with checkpoints, resume, CSV/TensorBoard logs and torchru
 """
 from __future__ import annotations
 
-
-def train(config, out=None, *, resume=None, **kwargs):
-    from .loop import train as _train
-
-    return _train(config, out, resume=resume, **kwargs)
-
+from .loop import train
 
 __all__ = ["train"]

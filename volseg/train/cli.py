@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from .loop import train
+
 HELP = "train a MONAI backbone end to end through the GP posterior (writes OUT/model.ckpt)"
 
 
@@ -22,8 +24,6 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def handler(args: argparse.Namespace) -> int:
-    from .loop import train
-
     path = train(args.config, args.out, resume=args.resume, max_steps=args.steps, max_minutes=args.max_minutes,
                  quiet=args.quiet, exclude_like=args.exclude_like)
     print(f"wrote {path}")

@@ -15,7 +15,9 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
+from scipy import ndimage as ndi
 
 from ..errors import InputError
 from ..features.backbones import normalise_2d, normalise_3d
@@ -68,8 +70,6 @@ def split(items: list, val_fraction: float) -> tuple[list, list]:
 # -- loading ----------------------------------------------------------------------------------------
 def load_2d(pair: Pair, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(3, h, w) normalised image and (h, w) bool mask, long side ``size``."""
-    import cv2
-
     img = cv2.imread(str(pair.image), cv2.IMREAD_COLOR)
     mask = cv2.imread(str(pair.mask), cv2.IMREAD_GRAYSCALE)
     if img is None or mask is None:
@@ -86,7 +86,7 @@ def load_2d(pair: Pair, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def load_3d(pair: Pair, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """(1, *spatial) normalised volume and a bool object mask: one label or all of them."""
-    import nibabel as nib
+    import nibabel as nib  # noqa: PLC0415 -- slow to import; only 3D data needs it
 
     x = np.asarray(nib.load(str(pair.image)).dataobj, dtype=np.float32)
     y = np.asarray(nib.load(str(pair.mask)).dataobj).astype(np.int64)
@@ -98,8 +98,6 @@ def load_3d(pair: Pair, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarra
 
 def synthetic_sample(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """A blob (union of 1-3 ellipsoids) with its own colour/texture on a textured background."""
-    from scipy import ndimage as ndi
-
     grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"), -1)
     obj = np.zeros(shape, bool)
     for _ in range(int(rng.integers(1, 4))):
@@ -119,7 +117,7 @@ def synthetic_sample(rng: np.random.Generator, shape: tuple[int, ...]) -> tuple[
 def augmentation(dims: int, size: tuple[int, ...], augment: bool):
     """MONAI transforms on {"image": (C, *spatial), "mask": (1, *spatial)}: flips, small affine,
     intensity jitter, then pad/crop to the training size."""
-    from monai import transforms as T
+    from monai import transforms as T  # noqa: PLC0415 -- slow to import; only training needs it
 
     keys = ["image", "mask"]
     steps = []

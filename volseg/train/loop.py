@@ -148,11 +148,13 @@ def validate(model: Trainee, data: TrainingData, cfg: dict, device, n_clicks: in
     for i in range(min(len(data), int(cfg["log"]["val_images"]))):
         x, obj = data.sample(i, rng)
         emb, m0 = model(torch.from_numpy(x)[None].to(device))
-        _, ious = simulate_and_score(emb[0], m0[0], obj, model.hyper, vcfg, rng, n_iterative=n_clicks - 1, with_loss=False)
+        _, ious = simulate_and_score(emb[0], m0[0], obj, model.hyper, vcfg, rng, n_iterative=n_clicks - 1,
+                                     with_loss=False)
         first.append(ious[0])
         last.append(ious[-1])
     model.train()
-    return {"val_iou_1": float(np.mean(first)) if first else None, f"val_iou_{n_clicks}": float(np.mean(last)) if last else None}
+    return {"val_iou_1": float(np.mean(first)) if first else None,
+            f"val_iou_{n_clicks}": float(np.mean(last)) if last else None}
 
 
 def _hardware(device) -> str:
@@ -204,10 +206,12 @@ def train(config: dict | str | Path, out: str | Path | None = None, *, resume: s
             model.hyper.load_state_dict(ckpt["hyper"])
         if "optimizer" in ckpt:
             optim.load_state_dict(ckpt["optimizer"])
-        start, elapsed_before, metrics = int(ckpt.get("step", 0)), float(ckpt.get("wall_seconds", 0.0)), ckpt.get("metrics", {})
+        start, elapsed_before = int(ckpt.get("step", 0)), float(ckpt.get("wall_seconds", 0.0))
+        metrics = ckpt.get("metrics", {})
     ddp = model
     if world > 1:
-        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        device_ids = [device.index] if device.type == "cuda" else None
+        ddp = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     writer = log = None
     if rank == 0:
@@ -221,7 +225,7 @@ def train(config: dict | str | Path, out: str | Path | None = None, *, resume: s
             log_writer.writeheader()
         if log_cfg.get("tensorboard"):
             try:
-                from torch.utils.tensorboard import SummaryWriter
+                from torch.utils.tensorboard import SummaryWriter  # noqa: PLC0415 -- optional (tensorboard)
 
                 writer = SummaryWriter(str(out / "tensorboard"))
             except ImportError:
@@ -233,9 +237,12 @@ def train(config: dict | str | Path, out: str | Path | None = None, *, resume: s
         if final and len(val):
             m.update(validate(model, val, cfg, device))
         gp_cfg = model.hyper.gp_config()
-        extra = {"hyper": model.hyper.state_dict(), "optimizer": optim.state_dict(), "step": step, "wall_seconds": elapsed}
-        save_checkpoint(out / "last.ckpt", model.backbone, cfg, gp_cfg, manifest_sha256=data.manifest, metrics=m, extra=extra)
-        return save_checkpoint(out / "model.ckpt", model.backbone, cfg, gp_cfg, manifest_sha256=data.manifest, metrics=m)
+        extra = {"hyper": model.hyper.state_dict(), "optimizer": optim.state_dict(), "step": step,
+                 "wall_seconds": elapsed}
+        save_checkpoint(out / "last.ckpt", model.backbone, cfg, gp_cfg, manifest_sha256=data.manifest, metrics=m,
+                        extra=extra)
+        return save_checkpoint(out / "model.ckpt", model.backbone, cfg, gp_cfg, manifest_sha256=data.manifest,
+                               metrics=m)
 
     t0 = time.perf_counter()
     B, warm = int(opt_cfg["batch_size"]), int(opt_cfg.get("warmup", 0))

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 
 from ..errors import InputError
+from ..eval.run_video import evaluate
 from ..propagate import propagate_video
 from .config import read_video_config
 
@@ -70,8 +71,6 @@ def propagate_handler(args: argparse.Namespace) -> int:
 
 
 def eval_handler(args: argparse.Namespace) -> int:
-    from ..eval.run_video import evaluate
-
     config = read_video_config(args.config, args.option)
     if args.rounds < 1 or args.clicks_per_round < 1:
         raise InputError("--rounds and --clicks-per-round must be 1 or more")

@@ -1,6 +1,8 @@
 """Generated videos with known masks: moving shapes on a textured background (tests and demos)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 from scipy import ndimage as ndi
 
@@ -21,8 +23,6 @@ class ShapesVideo:
         self.n, self.shape, self.seed, self.step = n_frames, (height, width), seed, step
         self.names = [f"{t:05d}" for t in range(n_frames)]
         self.fps = 10.0
-        from pathlib import Path
-
         self.path = Path(".")
 
     def __len__(self) -> int:
@@ -67,8 +67,6 @@ class ArrayFrames:
     """A FrameSource over an in-memory (T, H, W, 3) array (tests; real videos use volseg.io.video)."""
 
     def __init__(self, frames: np.ndarray, names=None, path=".") -> None:
-        from pathlib import Path
-
         self.frames = np.asarray(frames)
         self.shape = tuple(self.frames.shape[1:3])
         self.names = list(names) if names is not None else [f"{t:05d}" for t in range(len(self.frames))]
