@@ -53,7 +53,7 @@ from .io.claim import claim
 from .provenance import file_sha256, read_sidecar, recorded_sha256, sidecar_path
 from .segment import segment_file
 from .session import Session
-from .session_options import gp_options, session_settings
+from .session_options import command_parser, gp_options, session_settings
 
 _KEYS = ("image", "clicks", "prior", "output")
 
@@ -429,12 +429,8 @@ def _handler(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "batch",
-        help="segment many cases from a manifest (resumable; local processes or Ray)",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser(subparsers, "batch", "segment many cases from a manifest (resumable; local processes or Ray)",
+                       __doc__)
     p.add_argument("manifest", help="CSV (image,clicks[,prior][,output]) or JSON list of cases")
     p.add_argument("--out", required=True, help="output folder for the masks and batch_report.json")
     p.add_argument("--workers", type=int, default=1, help="cases run at once (default 1: in this process)")

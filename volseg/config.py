@@ -125,37 +125,25 @@ class GPConfig:
         return asdict(self)
 
 
-# the type and range of every setting: (kind, lowest, lowest allowed itself, highest, None allowed)
-_RULES = {
-    "kernel": ("kernel", None, True, None, True),
-    "short_ratio": ("number", 0.0, False, None, False),
-    "short_share": ("number", 0.0, True, 1.0, False),
-    "outputscale": ("number", 0.0, False, None, False),
-    "noise": ("number", 0.0, False, None, False),
-    "feature_lengthscale": ("number", 0.0, False, None, False),
-    "spatial_lengthscale": ("number", 0.0, False, None, True),
-    "spatial_fraction": ("number", 0.0, False, None, True),
-    "background_mean": ("number", None, True, None, False),
-    "prior_strength": ("number", 0.0, True, None, False),
-    "connected": ("bool", None, True, None, False),
-    "fill_holes": ("bool", None, True, None, False),
-    "edge_strength": ("number", 0.0, True, None, True),
-    "edge_band": ("number", 0.0, True, None, False),
-    "edge_reach": ("number", 0.0, True, None, False),
-    "edge_max_locations": ("integer", 0, True, None, False),
-    "appearance_weight": ("number", 0.0, True, None, False),
-    "edge_connectivity": ("integer", 1, True, 3, False),
-    "noise_per_point": ("bool", None, True, None, True),
-    "seed_points": ("integer", 0, True, None, False),
-    "seed_radius": ("number", 0.0, False, None, False),
-    "seed_similarity": ("number", 0.0, True, 1.0, False),
-    "seed_spacing": ("number", 0.0, False, None, False),
-    "seed_noise": ("number", 0.0, True, None, False),
-    "on_demand_features_above": ("integer", 0, True, None, False),
-    "tolerance": ("number", 0.0, False, None, False),
-    "memory_budget": ("size", None, True, None, False),
-    "chunk_bytes": ("size", None, True, None, False),
+# the type and range of every setting: (kind, lowest, lowest allowed itself, highest, None allowed),
+# written once per kind of range and spread over the settings that share it
+_RANGES = {
+    ("number", 0.0, False, None, False): ("short_ratio", "outputscale", "noise", "feature_lengthscale", "seed_radius",
+                                          "seed_spacing", "tolerance"),
+    ("number", 0.0, False, None, True): ("spatial_lengthscale", "spatial_fraction"),
+    ("number", 0.0, True, None, False): ("prior_strength", "edge_band", "edge_reach", "appearance_weight",
+                                         "seed_noise"),
+    ("number", 0.0, True, None, True): ("edge_strength",),
+    ("number", 0.0, True, 1.0, False): ("short_share", "seed_similarity"),
+    ("number", None, True, None, False): ("background_mean",),
+    ("integer", 0, True, None, False): ("edge_max_locations", "seed_points", "on_demand_features_above"),
+    ("integer", 1, True, 3, False): ("edge_connectivity",),
+    ("bool", None, True, None, False): ("connected", "fill_holes"),
+    ("bool", None, True, None, True): ("noise_per_point",),
+    ("kernel", None, True, None, True): ("kernel",),
+    ("size", None, True, None, False): ("memory_budget", "chunk_bytes"),
 }
+_RULES = {name: rule for rule, names in _RANGES.items() for name in names}
 
 
 def _check_setting(name: str, value) -> None:

@@ -1,4 +1,5 @@
-"""The command-line options every command that runs a :class:`volseg.Session` shares, and their reading.
+"""What the subcommands share: the options of every command that runs a :class:`volseg.Session`, their
+reading, and how a subcommand is documented.
 
 Its own module so that :mod:`volseg.cli` (which assembles the parser) and the command modules it
 registers (batch, eval, serve) both import it, and none of them imports the other.
@@ -9,6 +10,12 @@ import argparse
 
 from .config import GPConfig
 from .units import parse_bytes
+
+
+def command_parser(subparsers, name: str, help: str, module_doc: str | None) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` shows its module docstring past the first paragraph, line breaks kept."""
+    return subparsers.add_parser(name, help=help, description=module_doc.split("\n\n", 1)[1] if module_doc else None,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def gp_options(parser: argparse.ArgumentParser) -> None:

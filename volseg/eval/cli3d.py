@@ -29,7 +29,7 @@ from pathlib import Path
 from ..errors import InputError, OutputExistsError
 from ..io import ITK_SUFFIXES, NIFTI_SUFFIXES, RASTER_SUFFIXES
 from ..metrics import DEFAULT_TOLERANCE_MM
-from ..session_options import gp_options, session_settings
+from ..session_options import command_parser, gp_options, session_settings
 from .run3d import EvalCase, EvalOptions, format_table, parse_label_ids, run_eval
 
 _IMAGE_TAGS = ("_0000", "_image", "_img")
@@ -165,12 +165,8 @@ def _handler(args: argparse.Namespace) -> int:
 
 
 def register(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser(
-        "eval3d",
-        help="interactive 3D evaluation with a simulated user (Dice/NSD per click)",
-        description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+    p = command_parser(subparsers, "eval3d", "interactive 3D evaluation with a simulated user (Dice/NSD per click)",
+                       __doc__)
     p.add_argument("--images", help="image folder (pairs) or MSD task folder with imagesTr/labelsTr")
     p.add_argument("--labels", help="label folder (pairs; MSD when --images is imagesTr itself)")
     p.add_argument("--layout", choices=("msd", "pairs"), help="folder layout (default: msd if --images has imagesTr)")
