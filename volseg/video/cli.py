@@ -8,10 +8,12 @@ from pathlib import Path
 from ..errors import InputError
 from ..eval.run_video import evaluate
 from ..propagate import propagate_video
-from .config import read_video_config
+from .config import VideoConfig, read_video_config
 
 PROPAGATE_HELP = "mask objects on every frame of a video from clicks (and/or masks) on some frames"
 EVAL_HELP = "score video propagation on DAVIS (J, F, J&F, fps): semi-supervised or interactive"
+FEATURES_HELP = ("per-frame features for matching: filterbank (default), learned2d (packaged 2D model), a checkpoint "
+                 ".ckpt, or several joined by + (learned2d+filterbank); the same as --option features=...")
 
 
 def register(subparsers) -> None:
@@ -25,6 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--config", help="YAML file with a 'video:' section of settings")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="a video setting, e.g. scale=4 or budget=800 (repeatable; see VideoConfig)")
+    p.add_argument("--features", help=FEATURES_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace masks already in --out")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=propagate_handler)
@@ -39,6 +42,7 @@ def register(subparsers) -> None:
                    help="robot clicks per round on the worst frame (default 5)")
     e.add_argument("--config", help="YAML file with a 'video:' section of settings")
     e.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a video setting (repeatable)")
+    e.add_argument("--features", help=FEATURES_HELP)
     e.add_argument("--overwrite", action="store_true", help="recompute sequences already in --out")
     e.set_defaults(func=eval_handler)
 
@@ -57,8 +61,14 @@ def _parse_masks(items: list[str]) -> list[tuple[int, Path]]:
     return out
 
 
-def propagate_handler(args: argparse.Namespace) -> int:
+def video_config(args: argparse.Namespace) -> VideoConfig:
+    """The settings of --config and --option, with --features (if given) over both."""
     config = read_video_config(args.config, args.option)
+    return config.replace(features=args.features) if args.features is not None else config
+
+
+def propagate_handler(args: argparse.Namespace) -> int:
+    config = video_config(args)
     done = propagate_video(args.video, args.out, clicks=args.clicks, masks=_parse_masks(args.mask),
                            overlay=args.overlay, config=config, overwrite=args.overwrite)
     if not args.quiet:
@@ -71,7 +81,7 @@ def propagate_handler(args: argparse.Namespace) -> int:
 
 
 def eval_handler(args: argparse.Namespace) -> int:
-    config = read_video_config(args.config, args.option)
+    config = video_config(args)
     if args.rounds < 1 or args.clicks_per_round < 1:
         raise InputError("--rounds and --clicks-per-round must be 1 or more")
     summary = evaluate(args.root, args.out, mode=args.mode, names=args.sequences, config=config,

@@ -7,6 +7,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import InputError
+from ..features import PACKAGED_MODELS
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,11 @@ class VideoConfig:
     targets: str = "label"             # "label": GP on +-1 labels, latent = m0 + GP; "residual": GP on y - m0
     threads: int = 1                   # BLAS / OpenCV threads while propagating (0: library default); see threads.py
     seed: int = 0
+    features: str = "filterbank"       # per-frame features: filterbank, learned2d, a .ckpt path, or several joined
+                                       # by + (learned2d+filterbank: embedding and filter bank side by side)
+    learned_long_side: int = 320       # a learned extractor gets the frame shrunk to this long side (never below the
+                                       # working grid's; 0: full resolution): its network resizes to its own input
+                                       # size anyway, and upsampling the embedding to the full frame costs more
 
     def __post_init__(self) -> None:
         checks = [
@@ -57,12 +63,13 @@ class VideoConfig:
             (min(self.noise_click, self.noise_annotated, self.noise_propagated) > 0 and self.noise_growth >= 0,
              "noise levels must be positive"),
             (self.object_cells >= 0, "object_cells must be 0 or more"),
+            (self.learned_long_side >= 0, "learned_long_side must be 0 or more"),
             (0 <= self.lost_fraction < 1, "lost_fraction must be in [0, 1)"),
             (self.flow in ("ultrafast", "fast", "medium", "none"), "flow must be ultrafast, fast, medium or none"),
             (self.prior_mode in ("linear", "probit"), "prior_mode must be linear or probit"),
             (self.targets in ("label", "residual"), "targets must be label or residual"),
         ]
-        bad = [msg for ok, msg in checks if not ok]
+        bad = [msg for ok, msg in checks if not ok] + feature_problems(self.features)
         if bad:
             raise InputError("video settings: " + "; ".join(bad))
 
@@ -83,6 +90,29 @@ class VideoConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def feature_parts(spec: str) -> list[str]:
+    """The extractor names of a ``features`` setting: ``"learned2d+filterbank"`` -> ``["learned2d", "filterbank"]``
+    (a path to a checkpoint whose name holds a '+' is one part)."""
+    spec = str(spec).strip()
+    return [spec] if Path(spec).is_file() else [part.strip() for part in spec.split("+")]
+
+
+def feature_problems(spec) -> list[str]:
+    """What is wrong with a ``features`` setting, checked by name only (a checkpoint is read when the video
+    segmenter starts): every part is filterbank, a packaged model or an existing checkpoint file, once."""
+    if not isinstance(spec, str) or not spec.strip():
+        return [f"features must be a name such as filterbank or learned2d+filterbank, not {spec!r}"]
+    parts = feature_parts(spec)
+    unknown = [p for p in parts if p != "filterbank" and p not in PACKAGED_MODELS and not Path(p).is_file()]
+    if unknown:
+        known = ", ".join(["filterbank", *sorted(PACKAGED_MODELS)])
+        return [f"features {spec!r}: unknown extractor(s) {', '.join(map(repr, unknown))}; use {known}, "
+                "a checkpoint .ckpt path, or several joined by +"]
+    if len(set(parts)) < len(parts):
+        return [f"features {spec!r} names an extractor twice"]
+    return []
 
 
 def option_value(text: str):

@@ -1,10 +1,13 @@
-"""Per-frame inputs of the video GP on a reduced working grid: filter-bank features and optical flow.
+"""Per-frame inputs of the video GP on a reduced working grid: features and optical flow.
 
 Features are the training-free :class:`volseg.features.FilterBank` computed on the frame shrunk by
 ``scale`` per axis (its scales are in working-grid pixels, so a scale of 4 means 4x larger at full
-resolution).  They are standardised with the mean and std of one reference frame for the whole
-video -- per-frame statistics would shift as the object moves, and matching across frames needs
-one feature space.  Flow is OpenCV's DIS optical flow (training-free) on the grey working frames.
+resolution), and/or learned extractors (``VideoConfig.features``, e.g. ``learned2d+filterbank``): a
+learned embedding is computed on the full frame (the network sees the resolution it was trained for)
+and shrunk to the working grid.  They are standardised with the mean and std of one reference frame
+for the whole video -- per-frame statistics would shift as the object moves, and matching across
+frames needs one feature space.  Flow is OpenCV's DIS optical flow (training-free) on the grey
+working frames.
 """
 from __future__ import annotations
 
@@ -14,9 +17,11 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..features import FilterBank
+from ..features import FeatureExtractor, FilterBank, get_extractor
 from ..features.scale_space import exact_derivatives_2d
 from ..features.stream import standardisation
+from ..image import Image
+from .config import feature_parts
 
 
 @dataclass(frozen=True)
@@ -64,24 +69,69 @@ def make_bank(**settings) -> FilterBank:
     return FilterBank(**{k: v for k, v in settings.items() if k in known})
 
 
+def frame_extractors(spec: str, device: str = "cpu") -> tuple[bool, list[FeatureExtractor]]:
+    """(whether the filter bank is one of the parts, the other parts loaded) of a ``features`` setting
+    such as ``learned2d+filterbank``.  The filter bank is the video's own (working grid, its scales from
+    VideoConfig), not the 2D default that :func:`volseg.features.get_extractor` would make."""
+    parts = feature_parts(spec)
+    return "filterbank" in parts, [get_extractor(p, device) for p in parts if p != "filterbank"]
+
+
 class FrameFeatures:
-    def __init__(self, grid: Grid, bank: FilterBank | None = None) -> None:
+    """Standardised per-frame features on the working grid: the filter bank's, then the ``learned``
+    extractors' embeddings (their channels in order).
+
+    A working frame (:meth:`shrink`) is the shrunk RGB frame, with the learned embeddings appended as
+    extra channels when there are learned extractors: the network runs once per frame on the full
+    frame, and a region's features (:meth:`standardised` with a box) are a slice of them.
+
+    With learned extractors the features come ``prescaled`` as in :class:`volseg.features.StackedFeatures`:
+    each part divided by its own lengthscale (the filter bank's 1, a learned part's the one it was trained
+    with) times sqrt(its number of features), so the kernel is the product of the parts' kernels and the
+    video's ``feature_lengthscale`` is applied to it as a whole."""
+
+    def __init__(self, grid: Grid, bank: FilterBank | None = None, learned=(), learned_long_side: int = 0) -> None:
         self.grid = grid
-        self.bank = bank or make_bank()
+        self.learned = list(learned)
+        self.learned_long_side = learned_long_side
+        self.bank = bank if bank is not None or self.learned else make_bank()
+        self.prescaled = bool(self.learned)
         self._params = None
         self._mean = self._scale = None
         self.n_features = 0
+        self._learned_dims = 0  # embedding channels at the end of a working frame
+        self._part_dims: list[int] = []  # ... of each learned extractor
 
     def fit_standardisation(self, frame: np.ndarray) -> None:
         """Mean and scale per feature from ``frame``, kept for every later frame; the bank's per-group
-        weights (its ARD lengthscales), where it has them, are folded into the scale."""
+        weights (its ARD lengthscales), where it has them, are folded into the scale, and so are the
+        parts' lengthscales when the features are :attr:`prescaled`."""
+        self._learned_dims = 0
         small = self.grid.shrink(frame)
-        self._params = self.bank.prepare(small)
+        if self.bank is not None:
+            self._params = self.bank.prepare(small)
+        if self.learned:
+            small = self._with_embeddings(frame, small)
         raw = self.raw(small)
         self.n_features = D = raw.shape[-1]
         flat = raw.reshape(-1, D)
-        self._mean, scale = standardisation(self.bank, raw.shape[:-1], small.shape[-1], flat.mean(0), flat.std(0))
-        self._scale = scale.astype(np.float32)
+        mean, std = flat.mean(0), flat.std(0)
+        means, scales, start = [], [], 0
+        if self.bank is not None:
+            Db = D - self._learned_dims
+            m, sc = standardisation(self.bank, raw.shape[:-1], small.shape[-1] - self._learned_dims, mean[:Db],
+                                    std[:Db])
+            means.append(m)
+            scales.append(sc / Db ** 0.5 if self.prescaled else sc)
+            start = Db
+        for ex, E in zip(self.learned, self._part_dims):
+            m, sd = mean[start:start + E], std[start:start + E]
+            sd = np.where(sd > 1e-6 * (1.0 + np.abs(m)), sd, 1.0)  # a constant channel stays constant
+            means.append(m)
+            scales.append(1.0 / (sd * ex.gp_config.get("feature_lengthscale", 1.0) * E ** 0.5))
+            start += E
+        self._mean = np.concatenate(means)
+        self._scale = np.concatenate(scales).astype(np.float32)
 
     def __call__(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(features (h, w, D) float32 standardised, grey (h, w) uint8 for the flow)."""
@@ -89,16 +139,40 @@ class FrameFeatures:
         return self.standardised(small), grey
 
     def shrink(self, frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(working frame (h, w, 3), its grey (h, w) uint8 for the flow)."""
-        if self._params is None:
+        """(working frame (h, w, C): the shrunk RGB, then any learned embedding channels; its grey (h, w)
+        uint8 for the flow)."""
+        if self._mean is None:
             self.fit_standardisation(frame)
         small = self.grid.shrink(frame)
-        return small, cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+        grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
+        return (self._with_embeddings(frame, small) if self.learned else small), grey
+
+    def _with_embeddings(self, frame: np.ndarray, small: np.ndarray) -> np.ndarray:
+        """The working frame ``small`` with the learned extractors' embeddings of ``frame`` (computed on the
+        frame shrunk to :attr:`learned_long_side`, but no smaller than the working grid, then shrunk to the
+        working grid) appended as float32 channels."""
+        H, W = frame.shape[:2]
+        side = max(self.learned_long_side, self.grid.h, self.grid.w)
+        if self.learned_long_side and side < max(H, W):
+            s = side / max(H, W)
+            frame = cv2.resize(frame, (max(1, round(W * s)), max(1, round(H * s))), interpolation=cv2.INTER_AREA)
+        image = Image.from_array(frame, channel_axis=-1 if frame.ndim == 3 else None)
+        blocks = [np.asarray(ex.features(image), np.float32) for ex in self.learned]
+        self._part_dims = [b.shape[-1] for b in blocks]
+        self._learned_dims = sum(self._part_dims)
+        # cv2's area resize takes at most 4 channels at a time
+        shrunk = [self.grid.shrink(np.ascontiguousarray(b[..., i:i + 4])).reshape(self.grid.h, self.grid.w, -1)
+                  for b in blocks for i in range(0, b.shape[-1], 4)]
+        rgb = small.reshape(self.grid.h, self.grid.w, -1).astype(np.float32)
+        return np.concatenate([rgb, *shrunk], axis=-1)
 
     @property
     def reach(self) -> int:
-        """Working pixels a feature reads on either side (the largest Gaussian's truncation)."""
+        """Working pixels a feature reads on either side (the largest Gaussian's truncation; a learned
+        embedding is computed on the whole frame once, so a box is a slice of it)."""
         b = self.bank
+        if b is None:
+            return 0
         return int(4.0 * max(b.smoothing_scales + b.gradient_scales + b.hessian_scales) + 0.5) + 1
 
     def standardised(self, small: np.ndarray, box: tuple[int, int, int, int] | None = None) -> np.ndarray:
@@ -114,10 +188,18 @@ class FrameFeatures:
         return ((raw - self._mean) * self._scale).astype(np.float32, copy=False)
 
     def raw(self, small: np.ndarray) -> np.ndarray:
-        """The bank's unstandardised features of a working frame, its Gaussian derivatives filtered
-        directly (:func:`volseg.features.scale_space.exact_derivatives_2d`: the faster backend on
-        these small frames)."""
-        return self.bank.raw(small, (1.0, 1.0), self._params, derivatives=_exact_derivatives)
+        """The unstandardised features of a working frame: the bank's, its Gaussian derivatives filtered
+        directly (:func:`volseg.features.scale_space.exact_derivatives_2d`: the faster backend on these
+        small frames), then the learned embedding channels the working frame carries."""
+        E = self._learned_dims
+        if not E:
+            return self.bank.raw(small, (1.0, 1.0), self._params, derivatives=_exact_derivatives)
+        embedding = small[..., -E:]
+        if self.bank is None:
+            return embedding
+        rgb = small[..., :-E].astype(np.uint8)  # the shrunk uint8 frame, carried exactly as float32
+        bank = self.bank.raw(rgb, (1.0, 1.0), self._params, derivatives=_exact_derivatives)
+        return np.concatenate([bank.astype(np.float32, copy=False), embedding], axis=-1)
 
 
 def _exact_derivatives(channel: int, x: np.ndarray, sigma, orders) -> list[np.ndarray]:

@@ -57,7 +57,7 @@ from ..errors import ClickError
 from ..session import Session
 from .annotations import AnnotatedFrames, Annotation, clicks_by_frame
 from .config import VideoConfig
-from .features import Flow, FrameFeatures, Grid, flow_confidence, make_bank, warp
+from .features import Flow, FrameFeatures, Grid, flow_confidence, frame_extractors, make_bank, warp
 from .gp import MemoryPosterior, probability
 from .memory import ANNOTATED, CLICK, PROPAGATED, MemoryBank, Points, sample_informative
 from .refine import to_labels, upsample
@@ -73,6 +73,8 @@ class VideoSegmenter:
         self.config = config if isinstance(config, VideoConfig) else VideoConfig.from_dict(config)
         cfg = self.config
         self.T = len(source)
+        # the learned extractors are loaded once (a finer grid at the first annotation reuses them)
+        self._use_bank, self._learned = frame_extractors(cfg.features)
         self._set_grid(cfg.scale)
         self._grid_fixed = False  # the first annotation may choose a finer grid (object_cells)
         self.flow = None if cfg.flow == "none" else Flow(cfg.flow)
@@ -92,11 +94,12 @@ class VideoSegmenter:
         H, W = self.source.shape
         self.grid = Grid.for_frame(H, W, scale, cfg.min_side)
         bank = make_bank(smoothing_scales=cfg.smoothing_scales, gradient_scales=cfg.gradient_scales,
-                         hessian_scales=cfg.hessian_scales)
-        self.features = FrameFeatures(self.grid, bank)
+                         hessian_scales=cfg.hessian_scales) if self._use_bank else None
+        self.features = FrameFeatures(self.grid, bank, self._learned, cfg.learned_long_side)
         self.features.fit_standardisation(self.source[0])  # one feature space for the whole video
         self.D = self.features.n_features
-        self.lf = cfg.feature_lengthscale * self.D ** 0.5
+        # prescaled features (with a learned part) come divided by sqrt(D) per part already
+        self.lf = cfg.feature_lengthscale * (1.0 if self.features.prescaled else self.D ** 0.5)
         # distances in the motion model (ROI margin, prior blur, spatial window) are set on the `scale` grid:
         # the same in full-resolution pixels whatever grid the object's size picks
         self.unit = max(Grid.for_frame(H, W, cfg.scale, cfg.min_side).factor) / max(self.grid.factor)
