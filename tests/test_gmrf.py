@@ -42,6 +42,16 @@ def test_a_click_fills_a_bright_ellipsoid():
     assert np.median(latent[obj]) > 0.3 and np.median(latent[~obj]) < -0.3
 
 
+def test_flat_padding_does_not_cut_every_edge():
+    """A skull-stripped MR is exactly 0 outside the head: its steps of 0 are not the typical step."""
+    obj = _ellipsoid(radii=(8.0, 6.0, 7.0))
+    head = _ellipsoid(radii=(14.0, 11.0, 12.0))
+    vol = np.where(head, _volume(obj), 0.0).astype(np.float32)
+    graph, post = _posterior(vol)
+    post.fit(np.array([graph.labels[_centre()]]), np.array([[1.0]]), -0.5)
+    assert dice(obj, post.mean()[:, 0][graph.labels] > 0) > 0.9
+
+
 def test_variance_is_positive_and_smallest_at_the_clicks():
     obj = _ellipsoid()
     graph, post = _posterior(_volume(obj))

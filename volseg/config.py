@@ -67,7 +67,7 @@ class GPConfig:
     latent: str | None = None             # gp | gmrf | gp+gmrf (LATENTS); None: BY_DIMENSION
     gmrf_nodes: int = 15000               # gmrf: about this many supervoxels (the sparse factor grows with them)
     gmrf_range: float = 0.5               # ... prior range, as a fraction of the image diagonal, where no edge stops it
-    gmrf_contrast: float = 4.0            # ... an edge between supervoxels whose intensity step is this many times the
+    gmrf_contrast: float = 0.1            # ... an edge between supervoxels whose intensity step is this many times the
                                           # typical one (squared) conducts e^-1 of a step inside tissue
     tolerance: float = 1e-5               # a click may leave mean and variance this far off outside its reach
     on_demand_features_above: int = 30_000_000  # volumes over this many voxels compute features where clicks

@@ -1,25 +1,27 @@
 """A Gaussian Markov random field on a supervoxel graph: a GP whose precision is sparse.
 
-The image is cut into supervoxels (SLIC, :func:`supervoxel_graph`); each is a node of a graph whose
-precision is a finite-volume discretisation of ``-div(w grad) + 1 / range^2``:
+The image is cut into supervoxels (SLIC); each is a node of a graph, and the field is the SPDE
+(Lindgren-Rue) discretisation of ``(1 / range^2 - div(w grad)) f = white noise`` on it:
 
-    Q = B^T diag(w) B + diag(volume) / range^2,    w_ab = exp(-|g_a - g_b|^2 / (contrast m)) area_ab / dist_ab
+    K = B^T diag(w) B + V / range^2,    precision Q = K V^-1 K,    covariance Q^-1 = K^-1 V K^-1
+    w_ab = exp(-|g_a - g_b|^2 / (contrast m)) area_ab / dist_ab
 
-with B the signed incidence matrix of adjacent supervoxels, g their mean intensities, m the median of
-|g_a - g_b|^2 over the edges (the typical step inside tissue), area their contact (mm^2) and dist the
-distance of their centroids (mm).  The covariance Q^-1 is the kernel: it spreads through
-neighbours that look alike, up to the image's edges (the random walker is the noise-free limit),
-and decays over ``range`` mm where nothing stops it.  Q is scaled so the median prior variance is
-the outputscale, as the stationary kernels have it.
+with B the signed incidence matrix of adjacent supervoxels, V their volumes (mm^3), g their mean
+intensities (channels standardised), m the median of the nonzero |g_a - g_b|^2 over the edges (the
+typical step inside tissue), area their contact (mm^2) and dist the distance of their centroids (mm).
+The covariance spreads through neighbours that look alike, up to the image's edges, and decays over
+``range`` mm where nothing stops it.  K alone as the precision (a first-order field, the random
+walker's) has a covariance that in 3D falls like 1/r from a spike at the node itself: a click would
+label its own supervoxel and little else; the squared operator has a finite, smooth covariance.
+The covariance is scaled so the median prior variance is the outputscale, as the stationary kernels have it.
 
 The posterior given clicks is the GP's on that kernel: a click on node x brings the column
-``Q^-1 e_x`` (one solve with the factor made once per image, cached per node), and with
-``A = K_XX + diag(s2)``, ``mean = m0 + Q^-1 E_X A^-1 (y - m0_X)``; the noise is lowered where a
+``K^-1 V K^-1 e_x`` (two solves with the factor of K made once per image, cached per node), and with
+``A = K_XX + diag(s2)``, ``mean = m0 + Sigma E_X A^-1 (y - m0_X)``; the noise is lowered where a
 click would lose its label, as in :func:`volseg.gp.linalg.solve_keeping_labels`.  The variance is
-estimated from pathwise samples (``SAMPLES`` of them): prior samples drawn exactly by perturbation,
-``x = Q^-1 (B^T sqrt(w) e1 + sqrt(volume / range^2) e2)`` has covariance ``Q^-1``, then conditioned
-on noisy observations at the clicks.  It is an estimate (relative error about ``sqrt(2 / SAMPLES)``
-per node), positive, and near zero at the clicks.
+estimated from pathwise samples (``SAMPLES`` of them): exact prior samples ``K^-1 V^(1/2) e`` (e white),
+conditioned on noisy observations at the clicks.  It is an estimate (relative error about
+``sqrt(2 / SAMPLES)`` per node), positive, and near the noise at the clicks.
 
 Works for any number of spatial axes; the image's channels are the intensities compared.
 """
@@ -40,10 +42,11 @@ SLIC_SIGMA = 0.0
 
 
 class SupervoxelGraph:
-    """Supervoxels of an image, their adjacency and the GMRF's sparse precision (before scaling).
+    """Supervoxels of an image, their adjacency and the GMRF's sparse operator K (before scaling).
 
     ``labels`` (*spatial) int32: each voxel's node; ``incidence`` (edges, nodes) signed; ``weights``
-    (edges,) the conductances; ``mass`` (nodes,) volume / range^2, the diagonal that sets the range."""
+    (edges,) the conductances; ``volume`` (nodes,) mm^3; ``mass`` volume / range^2, the diagonal that
+    sets the range."""
 
     def __init__(self, image: np.ndarray, spacing, *, n_nodes: int, range_mm: float, contrast: float,
                  channel_axis: int | None = -1) -> None:
@@ -74,7 +77,10 @@ class SupervoxelGraph:
             for i, (size, v) in enumerate(zip(lab.shape, voxel))], 1) / counts[:, None]
         pairs, areas = _contacts(lab, voxel)
         d2 = ((means[pairs[:, 0]] - means[pairs[:, 1]]) ** 2).sum(1)
-        typical = max(float(np.median(d2)), 1e-12)
+        # the typical step inside tissue; flat padding (a skull-stripped MR's zeros) has steps of exactly 0
+        # and would make every real step look like an edge
+        steps = d2[d2 > 1e-6 * max(float(d2.max()), 1e-12)]
+        typical = max(float(np.median(steps)) if len(steps) else 1.0, 1e-12)
         dist = np.linalg.norm(centroids[pairs[:, 0]] - centroids[pairs[:, 1]], axis=1).clip(min=voxel.min())
         self.weights = np.exp(-d2 / (contrast * typical)) * areas / dist
         m = len(pairs)
@@ -97,15 +103,15 @@ class SupervoxelGraph:
 
 
 class GMRF:
-    """The prior: Q factorised once, scaled so the median prior variance is ``outputscale``; the kernel
-    columns Q^-1 e_x of clicked nodes (cached), and exact prior samples for the variance estimate."""
+    """The prior: K factorised once, the covariance scaled so the median prior variance is ``outputscale``;
+    the kernel columns of clicked nodes (cached), and exact prior samples for the variance estimate."""
 
     def __init__(self, graph: SupervoxelGraph, outputscale: float = 1.0, seed: int = 0) -> None:
         self.graph = graph
         self._lu = splu(graph.operator(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
                         options={"SymmetricMode": True})
         samples = self._lu.solve(graph.white_noise(np.random.default_rng(seed), SAMPLES))
-        self.scale = outputscale / float(np.median((samples * samples).mean(1)))  # Q^-1 -> scale Q^-1
+        self.scale = outputscale / float(np.median((samples * samples).mean(1)))  # of the covariance
         self.samples = (samples * np.sqrt(self.scale)).astype(np.float32)
         self._columns: dict[int, np.ndarray] = {}
 
