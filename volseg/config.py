@@ -20,7 +20,12 @@ BY_DIMENSION = {
     "spatial_fraction_one_scale": (0.1, 0.05),  # with any other kernel
     "noise_per_point": (False, True),
     "edge_strength": (15.0, 0.0),
+    "latent": ("gp", "gp"),
 }
+
+# what carries a click's label over the image (GPConfig.latent): the GP alone, a Gaussian Markov random
+# field on supervoxels alone (volseg.gp.gmrf), or the GMRF's posterior mean as the GP's prior mean
+LATENTS = ("gp", "gmrf", "gp+gmrf")
 
 
 def by_dimension(name: str, ndim: int):
@@ -59,6 +64,11 @@ class GPConfig:
     seed_similarity: float = 0.6          # ... whose feature kernel to the click is at least this
     seed_spacing: float = 0.5             # ... spaced at least this many spatial lengthscales apart
     seed_noise: float = 0.5               # ... as weak labels with this much extra noise (clicks override them)
+    latent: str | None = None             # gp | gmrf | gp+gmrf (LATENTS); None: BY_DIMENSION
+    gmrf_nodes: int = 15000               # gmrf: about this many supervoxels (the sparse factor grows with them)
+    gmrf_range: float = 0.5               # ... prior range, as a fraction of the image diagonal, where no edge stops it
+    gmrf_contrast: float = 0.1            # ... an edge between supervoxels whose intensity step is this many times the
+                                          # typical one (squared) conducts e^-1 of a step inside tissue
     tolerance: float = 1e-5               # a click may leave mean and variance this far off outside its reach
     on_demand_features_above: int = 30_000_000  # volumes over this many voxels compute features where clicks
                                           # reach, standardised from a sample; smaller ones all at once, exactly
@@ -118,6 +128,9 @@ class GPConfig:
         # low-contrast structures and Dice fell as clicks were added, so volumes go without
         return self.edge_strength if self.edge_strength is not None else by_dimension("edge_strength", ndim)
 
+    def latent_for(self, ndim: int) -> str:
+        return self.latent if self.latent is not None else by_dimension("latent", ndim)
+
     def replace(self, **changes) -> "GPConfig":
         return GPConfig.from_dict({**asdict(self), **{k: v for k, v in changes.items() if v is not None}})
 
@@ -129,7 +142,7 @@ class GPConfig:
 # written once per kind of range and spread over the settings that share it
 _RANGES = {
     ("number", 0.0, False, None, False): ("short_ratio", "outputscale", "noise", "feature_lengthscale", "seed_radius",
-                                          "seed_spacing", "tolerance"),
+                                          "seed_spacing", "tolerance", "gmrf_range", "gmrf_contrast"),
     ("number", 0.0, False, None, True): ("spatial_lengthscale", "spatial_fraction"),
     ("number", 0.0, True, None, False): ("prior_strength", "edge_band", "edge_reach", "appearance_weight",
                                          "seed_noise"),
@@ -137,10 +150,12 @@ _RANGES = {
     ("number", 0.0, True, 1.0, False): ("short_share", "seed_similarity"),
     ("number", None, True, None, False): ("background_mean",),
     ("integer", 0, True, None, False): ("edge_max_locations", "seed_points", "on_demand_features_above"),
+    ("integer", 2, True, None, False): ("gmrf_nodes",),
     ("integer", 1, True, 3, False): ("edge_connectivity",),
     ("bool", None, True, None, False): ("connected", "fill_holes"),
     ("bool", None, True, None, True): ("noise_per_point",),
     ("kernel", None, True, None, True): ("kernel",),
+    ("latent", None, True, None, True): ("latent",),
     ("size", None, True, None, False): ("memory_budget", "chunk_bytes"),
 }
 _RULES = {name: rule for rule, names in _RANGES.items() for name in names}
@@ -156,6 +171,10 @@ def _check_setting(name: str, value) -> None:
     if kind == "kernel":
         if not isinstance(value, str) or value.lower() not in KERNELS:
             raise InputError(f"unknown kernel {value!r} (GP setting kernel): {', '.join(KERNELS)} or null")
+        return
+    if kind == "latent":
+        if value not in LATENTS:
+            raise InputError(f"unknown latent {value!r} (GP setting latent): {', '.join(LATENTS)} or null")
         return
     if kind == "bool":
         if not isinstance(value, bool):

@@ -28,9 +28,11 @@ from .errors import ClickError, InputError, VolsegError
 from .features import FilterBank, get_extractor
 from .features.tiles import TiledFeatures
 from .gp.evaluate import Box, evaluate_boxes, slabs
+from .gp.gmrf import GMRF, GMRFPosterior, SupervoxelGraph
 from .gp.inputs import InputMap
 from .gp.kernels import make_kernel
 from .gp.likelihood import probit
+from .gp.linalg import LABEL_MARGIN
 from .gp.posterior import ExactPosterior
 from .gp.reach import ball_boxes, box_size, influence_radii, merge_boxes
 from .gp.sampling import PathwiseSampler
@@ -144,6 +146,13 @@ class Session:
                                spatial_lengthscale=self.spatial_lengthscale,
                                ensure=self.feature_tiles.ensure if lazy else None)
         self._set_prior(prior)
+        # a prior mask is a prior mean the GP refines; the GMRF's prior mean is the background's
+        self.latent = "gp" if prior is not None else cfg.latent_for(img.ndim)
+        self.field = None
+        if self.latent != "gp":  # the supervoxel graph and its factor, once per image
+            graph = SupervoxelGraph(img.array, img.spacing, n_nodes=cfg.gmrf_nodes, range_mm=cfg.gmrf_range * extent,
+                                    contrast=cfg.gmrf_contrast)
+            self.field = GMRF(graph, cfg.outputscale)
         self._masks = MaskStage(img, self.config)
         self.reset()
         return self
@@ -208,6 +217,10 @@ class Session:
         if self._prior_labels is None:
             if self._learned_mean is not None:
                 return self._learned_mean[box].reshape(n, 1).expand(n, len(objects)).clone()
+            if self._field_mean is not None:  # gp+gmrf: the GMRF's posterior mean
+                bg = torch.full((n,), self.config.background_mean, device=self.device)
+                return torch.stack([self._field_mean[(self._field_objects.index(o),) + box].reshape(n)
+                                    if o in self._field_objects else bg for o in objects], 1)
             return torch.full((1, len(objects)), self.config.background_mean, device=self.device)  # broadcast
         lab = self._prior_labels[box].reshape(n, 1)
         ids = torch.as_tensor(objects, device=self.device)[None, :]
@@ -248,6 +261,8 @@ class Session:
         self.posterior = ExactPosterior(self.kernel, self.config.noise, self.device,
                                         per_point=self.config.noise_per_point_for(self.image.ndim))
         self._objects_fitted = list(self.objects)
+        self._field_post = GMRFPosterior(self.field, self.config.noise) if self.field is not None else None
+        self._field_mean, self._field_objects, self._field_var = None, [], None
         self._evaluate_all()
 
     @staticmethod
@@ -310,6 +325,9 @@ class Session:
         train = self._training_set(clicks)
         points = self._points_for(train)
         voxels = np.array([p.voxel for p in points], dtype=np.int64).reshape(len(points), -1)
+        if self.field is not None:
+            self._apply_field(clicks, train, points, voxels, objects)
+            return
         old = self._points
         if not old and self.posterior.n == 0 and objects != self._objects_fitted:
             # the first click of a session adds its object: the maps become the prior of the new object
@@ -349,6 +367,43 @@ class Session:
                            self.image.shape)
         self._evaluate_boxes(boxes)
         self.last_region = boxes
+
+    def _apply_field(self, clicks: list[Click], train: list[Click], points: list[TrainingPoint], voxels: np.ndarray,
+                     objects: list[int]) -> None:
+        """The GMRF conditioned on the clicks (:mod:`volseg.gp.gmrf`); the latent is its posterior mean
+        (``gmrf``), or the GP's whose prior mean that is (``gp+gmrf``: the GP corrects within supervoxels).
+        Either way the whole map moves, so it is re-evaluated whole."""
+        fit_objects = objects or [0]
+        labels = self.field.graph.labels
+        targets = self._targets(points, fit_objects)
+        nodes = labels[tuple(voxels.T)] if len(points) else np.zeros(0, np.int64)
+        post = self._field_post.fit(nodes, targets.numpy(), self.config.background_mean)
+        mean = torch.from_numpy(np.ascontiguousarray(post.mean().T.astype(np.float32))[:, labels]).to(self.device)
+        self.clicks, self._train_clicks, self._points = list(clicks), train, points
+        self.objects, self._objects_fitted = objects, list(objects)
+        self._field_var = None
+        if self.latent == "gmrf":
+            t0 = time.perf_counter()
+            for c in train:  # a click shares its supervoxel's value: where clicks disagree there, each keeps its own
+                v = c.voxel()
+                if c.positive:
+                    k = fit_objects.index(c.object)
+                    mean[(k,) + v] = max(float(mean[(k,) + v]), LABEL_MARGIN)
+                    for j in range(len(fit_objects)):
+                        if j != k:
+                            mean[(j,) + v] = min(float(mean[(j,) + v]), float(mean[(k,) + v]) - LABEL_MARGIN)
+                else:
+                    mean[(slice(None),) + v] = mean[(slice(None),) + v].clamp(max=-LABEL_MARGIN)
+            self._mean = mean
+            self.last_region = tuple(slice(0, n) for n in self.image.shape)
+            self.last_update = {"locations": int(np.prod(self.image.shape)), "seconds": time.perf_counter() - t0}
+            self._masks.invalidate(None)
+            return
+        self._field_mean, self._field_objects = mean, list(fit_objects)
+        Z = self.inputs.at(voxels) if len(points) else torch.zeros(0, self.inputs.dim)
+        self.posterior.fit(Z, targets, self._prior_mean_at(voxels, fit_objects).double(),
+                           torch.tensor([p.extra for p in points], dtype=torch.float64))
+        self._evaluate_all()
 
     # -- map evaluation --------------------------------------------------------------------------
     def _max_bytes(self) -> int:
@@ -407,6 +462,11 @@ class Session:
 
     def _variance(self) -> torch.Tensor:
         """The posterior variance map, brought up to date over the regions clicks have changed."""
+        if self.latent == "gmrf":
+            if self._field_var is None:
+                var = self._field_post.variance().astype(np.float32)[self.field.graph.labels]
+                self._field_var = torch.from_numpy(var).to(self.device)
+            return self._field_var
         evaluate_boxes(self.posterior, self.inputs, None, self._stale_var, None, self._var, max_bytes=self._max_bytes())
         self._stale_var = []
         return self._var
@@ -463,6 +523,8 @@ class Session:
                 box: Box | None = None) -> np.ndarray:
         """Pathwise posterior samples of the latent f for ``object``: (n, *box shape), float32."""
         img = self._require_image()
+        if self.latent == "gmrf":
+            raise VolsegError("posterior samples are drawn from the GP; this session's latent is the GMRF's")
         if not self.posterior.n:
             raise ClickError("posterior samples need at least one click")
         box = box or tuple(slice(0, s) for s in img.shape)

@@ -5,6 +5,7 @@
 * :mod:`.posterior` -- the session's exact posterior, bordered click by click; :mod:`.inputs` builds its inputs;
 * :mod:`.evaluate` / :mod:`.fused` -- the posterior over boxes of locations in bounded chunks (C fast path);
 * :mod:`.reach` -- where one click can move the maps; :mod:`.sampling` -- pathwise posterior samples;
+* :mod:`.gmrf` -- a GMRF on supervoxels (a GP with sparse precision), the latent of ``GPConfig.latent`` gmrf;
 * :mod:`.likelihood` -- the probit link; :mod:`.differentiable` -- the same model with autograd, for training.
 
 The video GP (:mod:`volseg.video.gp`) is a numpy posterior on the same kernels and linear algebra.

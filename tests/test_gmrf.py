@@ -1,0 +1,125 @@
+"""The GMRF on supervoxels (volseg.gp.gmrf), alone and as the Session's latent, on generated volumes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from volseg import Session
+from volseg.config import GPConfig
+from volseg.errors import InputError
+from volseg.gp.gmrf import GMRF, GMRFPosterior, SupervoxelGraph
+from volseg.metrics import dice
+
+SHAPE, SPACING = (40, 36, 24), (1.0, 1.0, 1.5)
+
+
+def _ellipsoid(shape=SHAPE, spacing=SPACING, radii=(12.0, 9.0, 10.0), centre=None):
+    g = np.indices(shape).astype(np.float64) * np.asarray(spacing)[:, None, None, None]
+    c = (np.asarray(shape) - 1) / 2 * np.asarray(spacing) if centre is None else np.asarray(centre, np.float64)
+    return sum(((x - cc) / r) ** 2 for x, cc, r in zip(g, c, radii)) <= 1.0
+
+
+def _volume(obj, seed=0, contrast=250.0, sigma=30.0):
+    return (40.0 + contrast * obj + np.random.default_rng(seed).normal(0.0, sigma, obj.shape)).astype(np.float32)
+
+
+def _posterior(vol, spacing=SPACING, n_nodes=1500):
+    graph = SupervoxelGraph(vol[..., None], spacing, n_nodes=n_nodes,
+                            range_mm=0.5 * float(np.linalg.norm(np.asarray(vol.shape) * spacing)), contrast=4.0)
+    return graph, GMRFPosterior(GMRF(graph), noise=0.1)
+
+
+def _centre(shape=SHAPE):
+    return tuple(int(s) // 2 for s in shape)
+
+
+def test_a_click_fills_a_bright_ellipsoid():
+    obj = _ellipsoid()
+    graph, post = _posterior(_volume(obj))
+    post.fit(np.array([graph.labels[_centre()]]), np.array([[1.0]]), -0.5)
+    latent = post.mean()[:, 0][graph.labels]
+    assert dice(obj, latent > 0) > 0.9
+    assert np.median(latent[obj]) > 0.3 and np.median(latent[~obj]) < -0.3
+
+
+def test_flat_padding_does_not_cut_every_edge():
+    """A skull-stripped MR is exactly 0 outside the head: its steps of 0 are not the typical step."""
+    obj = _ellipsoid(radii=(8.0, 6.0, 7.0))
+    head = _ellipsoid(radii=(14.0, 11.0, 12.0))
+    vol = np.where(head, _volume(obj), 0.0).astype(np.float32)
+    graph, post = _posterior(vol)
+    post.fit(np.array([graph.labels[_centre()]]), np.array([[1.0]]), -0.5)
+    assert dice(obj, post.mean()[:, 0][graph.labels] > 0) > 0.9
+
+
+def test_variance_is_positive_and_smallest_at_the_clicks():
+    obj = _ellipsoid()
+    graph, post = _posterior(_volume(obj))
+    prior = post.variance()
+    click = graph.labels[_centre()]
+    post.fit(np.array([click]), np.array([[1.0]]), -0.5)
+    var = post.variance()
+    assert (var > 0).all() and (prior > 0).all()
+    assert var[click] < 0.2 * np.median(prior)
+    assert var[click] < np.median(var[graph.labels[~obj]])
+
+
+def test_conflicting_clicks_on_one_node_lower_the_noise_until_both_keep_their_labels():
+    obj = _ellipsoid()
+    graph, post = _posterior(_volume(obj))
+    a, b = graph.labels[_centre()], graph.labels[(_centre()[0] + 3,) + _centre()[1:]]
+    post.fit(np.array([a, b]), np.array([[1.0], [-1.0]]), -0.5)
+    mean = post.mean()[:, 0]
+    if a != b:
+        assert mean[a] > 0 > mean[b]
+    assert (post.point_noise <= 0.1).all()
+
+
+def test_a_second_negative_click_cuts_a_leak():
+    """Two same-intensity blobs joined by a bright bridge: the positive click floods both; a negative
+    click in the second takes it out again."""
+    shape, spacing = (48, 30, 24), (1.0, 1.0, 1.0)
+    left = _ellipsoid(shape, spacing, (8.0, 8.0, 8.0), (12.0, 15.0, 12.0))
+    right = _ellipsoid(shape, spacing, (8.0, 8.0, 8.0), (36.0, 15.0, 12.0))
+    bridge = np.zeros(shape, bool)
+    bridge[12:36, 11:19, 8:16] = True
+    graph, post = _posterior(_volume(left | right | bridge, seed=1), spacing)
+    pos, neg = graph.labels[12, 15, 12], graph.labels[36, 15, 12]
+    post.fit(np.array([pos]), np.array([[1.0]]), -0.5)
+    flooded = post.mean()[:, 0][graph.labels] > 0
+    post.fit(np.array([pos, neg]), np.array([[1.0], [-1.0]]), -0.5)
+    cut = post.mean()[:, 0][graph.labels] > 0
+    assert flooded[right].mean() > 0.5
+    assert cut[right].mean() < 0.1 and cut[left].mean() > 0.9
+
+
+def test_works_on_a_2d_image():
+    obj = np.zeros((60, 60), bool)
+    obj[15:45, 20:40] = True
+    img = _volume(obj)
+    graph = SupervoxelGraph(img, (1.0, 1.0), n_nodes=300, range_mm=40.0, contrast=4.0, channel_axis=None)
+    post = GMRFPosterior(GMRF(graph), noise=0.1).fit(np.array([graph.labels[30, 30]]), np.array([[1.0]]), -0.5)
+    assert dice(obj, post.mean()[:, 0][graph.labels] > 0) > 0.9
+
+
+@pytest.mark.parametrize("latent", ["gmrf", "gp+gmrf"])
+def test_session_with_a_gmrf_latent_keeps_clicks_and_undoes(latent):
+    obj = _ellipsoid()
+    s = Session(config={"latent": latent, "gmrf_nodes": 1500}).set_image(_volume(obj))
+    s.add_click(_centre(), positive=True)
+    s.add_click((0, 0, 0), positive=False)
+    s.add_click((_centre()[0] + 2,) + _centre()[1:], positive=False)  # a conflicting click inside the object
+    mask = s.mask()
+    assert mask[_centre()] == 1 and mask[0, 0, 0] == 0 and mask[(_centre()[0] + 2,) + _centre()[1:]] == 0
+    s.undo()
+    assert dice(obj, s.mask() == 1) > 0.85
+    unc = s.uncertainty()
+    assert unc.shape == SHAPE and (unc > 0).all()
+    assert 0.0 <= s.probability().min() and s.probability().max() <= 1.0
+
+
+def test_the_latent_setting_is_checked_and_resolved_by_dimension():
+    with pytest.raises(InputError, match="latent"):
+        GPConfig(latent="random-walker")
+    assert GPConfig().latent_for(2) == "gp"
+    assert GPConfig(latent="gmrf").latent_for(2) == "gmrf"
