@@ -343,20 +343,18 @@ class Session:
             prior = self._prior_mean_at(voxels, fit_objects).double()
             for j in range(len(old), len(points)):
                 alpha_before = self.posterior.alpha.clone()
-                self.posterior.append(self.inputs.at(voxels[j:j + 1]), targets[j:j + 1], prior[j:j + 1],
-                                      points[j].extra)
-                balls.append(self._reach(voxels[:j], voxels[j], points[j].extra, alpha_before, j))
+                z = self.inputs.at(voxels[j:j + 1])
+                self.posterior.append(z, targets[j:j + 1], prior[j:j + 1], points[j].extra)
+                balls.append(self._reach(voxels[:j], voxels[j], z, points[j].extra, alpha_before, j))
         elif shrank:
             for j in range(len(old) - 1, len(points) - 1, -1):
                 alpha_before = self.posterior.alpha.clone()
+                z = self.posterior.Z[j:j + 1]  # the removed point's input, as it was appended
                 self.posterior.truncate(j)
-                balls.append(self._reach(voxels[:j], np.array(old[j].voxel), old[j].extra, alpha_before, j))
+                balls.append(self._reach(voxels[:j], np.array(old[j].voxel), z, old[j].extra, alpha_before, j))
         else:
-            Z = self.inputs.at(voxels) if len(points) else torch.zeros(0, self.inputs.dim)
-            self.posterior.fit(Z, self._targets(points, fit_objects), self._prior_mean_at(voxels, fit_objects).double(),
-                               torch.tensor([p.extra for p in points], dtype=torch.float64))
-        self.clicks, self._train_clicks, self._points = list(clicks), train, points
-        self.objects, self._objects_fitted = objects, list(objects)
+            self._refit(points, voxels, fit_objects, self._targets(points, fit_objects))
+        self._commit(clicks, train, points, objects)
         # a changed noise (the fit lowers it so conflicting clicks keep their labels) moves every weight
         kept = min(len(noise_before), self.posterior.n)
         if not balls or any(b is None for b in balls) or \
@@ -379,8 +377,7 @@ class Session:
         nodes = labels[tuple(voxels.T)] if len(points) else np.zeros(0, np.int64)
         post = self._field_post.fit(nodes, targets.numpy(), self.config.background_mean)
         mean = torch.from_numpy(np.ascontiguousarray(post.mean().T.astype(np.float32))[:, labels]).to(self.device)
-        self.clicks, self._train_clicks, self._points = list(clicks), train, points
-        self.objects, self._objects_fitted = objects, list(objects)
+        self._commit(clicks, train, points, objects)
         self._field_var = None
         if self.latent == "gmrf":
             t0 = time.perf_counter()
@@ -400,10 +397,21 @@ class Session:
             self._masks.invalidate(None)
             return
         self._field_mean, self._field_objects = mean, list(fit_objects)
+        self._refit(points, voxels, fit_objects, targets)
+        self._evaluate_all()
+
+    def _refit(self, points: list[TrainingPoint], voxels: np.ndarray, fit_objects: list[int],
+               targets: torch.Tensor) -> None:
+        """Solve the GP from scratch on ``points`` (at ``voxels``), each with its own extra noise."""
         Z = self.inputs.at(voxels) if len(points) else torch.zeros(0, self.inputs.dim)
         self.posterior.fit(Z, targets, self._prior_mean_at(voxels, fit_objects).double(),
                            torch.tensor([p.extra for p in points], dtype=torch.float64))
-        self._evaluate_all()
+
+    def _commit(self, clicks: list[Click], train: list[Click], points: list[TrainingPoint],
+                objects: list[int]) -> None:
+        """Record the click list the posterior now holds."""
+        self.clicks, self._train_clicks, self._points = list(clicks), train, points
+        self.objects, self._objects_fitted = objects, list(objects)
 
     # -- map evaluation --------------------------------------------------------------------------
     def _max_bytes(self) -> int:
@@ -425,10 +433,12 @@ class Session:
             return
         self._evaluate_boxes([box])
 
-    def _reach(self, before: np.ndarray, point: np.ndarray, extra: float, alpha_before: torch.Tensor, common: int):
-        """Where adding (or removing) one training point moved the mean or the variance by more than the
-        tolerance: a ball around each point whose terms changed (:mod:`volseg.gp.reach`), as (centres,
-        half-widths) in voxels; None where the weights of the first ``common`` points were refitted."""
+    def _reach(self, before: np.ndarray, point: np.ndarray, z: torch.Tensor, extra: float, alpha_before: torch.Tensor,
+               common: int):
+        """Where adding (or removing) one training point (at voxel ``point``, GP input ``z``) moved the mean
+        or the variance by more than the tolerance: a ball around each point whose terms changed
+        (:mod:`volseg.gp.reach`), as (centres, half-widths) in voxels; None where the weights of the first
+        ``common`` points were refitted."""
         post = self.posterior
         if alpha_before.shape[0] < common or post.alpha.shape[0] < common:
             return None
@@ -437,7 +447,7 @@ class Session:
             moved = (post.alpha[:common] - alpha_before[:common]).abs().amax(1)
         else:
             moved = torch.zeros(0, dtype=torch.float64)
-        w, d2 = post.schur_complement(self.inputs.at(point[None]), extra, common)
+        w, d2 = post.schur_complement(z, extra, common)
         reach = torch.cat([w.abs(), torch.ones(1, dtype=torch.float64)]).numpy() / max(d2, 1e-12) ** 0.5
         alphas = torch.cat([moved, point_alpha[None]]).numpy()
         radii = influence_radii(self.kernel, alphas, reach, self.config.tolerance)

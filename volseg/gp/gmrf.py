@@ -59,9 +59,11 @@ class SupervoxelGraph:
             raise ValueError(f"image has {len(spatial)} spatial axes, spacing {len(spacing)}")
         if n_nodes < 2 or range_mm <= 0 or contrast <= 0:
             raise ValueError("a GMRF needs at least 2 nodes, a positive range and a positive contrast")
-        a = (a - a.reshape(-1, a.shape[-1]).mean(0)) / (a.reshape(-1, a.shape[-1]).std(0) + 1e-12)
+        # the whole image's statistics standardise the strided copy SLIC runs on (only that copy is kept)
+        flat = a.reshape(-1, a.shape[-1])
+        mean, std = flat.mean(0), flat.std(0) + 1e-12
         step = max(1, int(np.ceil((np.prod(spatial) / SLIC_VOXELS) ** (1.0 / len(spatial)))))
-        coarse = a[tuple(slice(None, None, step) for _ in spatial)]
+        coarse = (a[tuple(slice(None, None, step) for _ in spatial)] - mean) / std
         lab = slic(coarse, n_segments=int(n_nodes), compactness=SLIC_COMPACTNESS, spacing=spacing,
                    channel_axis=-1, start_label=0, max_num_iter=SLIC_ITERATIONS, enforce_connectivity=True,
                    sigma=SLIC_SIGMA)
