@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import InputError
-from ..features import PACKAGED_MODELS
+from ..features import PACKAGED_MODELS, feature_names
 
 
 @dataclass(frozen=True)
@@ -92,19 +92,12 @@ class VideoConfig:
         return asdict(self)
 
 
-def feature_parts(spec: str) -> list[str]:
-    """The extractor names of a ``features`` setting: ``"learned2d+filterbank"`` -> ``["learned2d", "filterbank"]``
-    (a path to a checkpoint whose name holds a '+' is one part)."""
-    spec = str(spec).strip()
-    return [spec] if Path(spec).is_file() else [part.strip() for part in spec.split("+")]
-
-
 def feature_problems(spec) -> list[str]:
     """What is wrong with a ``features`` setting, checked by name only (a checkpoint is read when the video
     segmenter starts): every part is filterbank, a packaged model or an existing checkpoint file, once."""
     if not isinstance(spec, str) or not spec.strip():
         return [f"features must be a name such as filterbank or learned2d+filterbank, not {spec!r}"]
-    parts = feature_parts(spec)
+    parts = feature_names(spec)
     unknown = [p for p in parts if p != "filterbank" and p not in PACKAGED_MODELS and not Path(p).is_file()]
     if unknown:
         known = ", ".join(["filterbank", *sorted(PACKAGED_MODELS)])

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..features import FeatureExtractor, FilterBank, get_extractor
+from ..features import FeatureExtractor, FilterBank, feature_names, get_extractor
 from ..features.scale_space import exact_derivatives_2d
 from ..features.stream import standardisation
 from ..image import Image
-from .config import feature_parts
 
 
 @dataclass(frozen=True)
@@ -73,7 +72,7 @@ def frame_extractors(spec: str, device: str = "cpu") -> tuple[bool, list[Feature
     """(whether the filter bank is one of the parts, the other parts loaded) of a ``features`` setting
     such as ``learned2d+filterbank``.  The filter bank is the video's own (working grid, its scales from
     VideoConfig), not the 2D default that :func:`volseg.features.get_extractor` would make."""
-    parts = feature_parts(spec)
+    parts = feature_names(spec)
     return "filterbank" in parts, [get_extractor(p, device) for p in parts if p != "filterbank"]
 
 
@@ -146,6 +145,10 @@ class FrameFeatures:
         small = self.grid.shrink(frame)
         grey = cv2.cvtColor(small, cv2.COLOR_RGB2GRAY)
         return (self._with_embeddings(frame, small) if self.learned else small), grey
+
+    def grey(self, frame: np.ndarray) -> np.ndarray:
+        """The grey working frame (h, w) uint8 of ``frame``, for the flow (no features computed)."""
+        return cv2.cvtColor(self.grid.shrink(frame), cv2.COLOR_RGB2GRAY)
 
     def _with_embeddings(self, frame: np.ndarray, small: np.ndarray) -> np.ndarray:
         """The working frame ``small`` with the learned extractors' embeddings of ``frame`` (computed on the

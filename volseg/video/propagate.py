@@ -320,7 +320,8 @@ class VideoSegmenter:
         area = np.mean([self._onehot(self.annotations[a].labels).reshape(K, -1).sum(1) for a in bounds], 0)
         gp = MemoryPosterior(cfg.global_weight)
         prev_p = self.probability(start)
-        prev_g = self._working_frame(start)[2]
+        # the start frame's features are in the memory already: the flow needs only its grey
+        prev_g = self.features.grey(self.source[start])
         h, w = self.grid.h, self.grid.w
         row_coords, col_coords = np.arange(h) / self.ls, np.arange(w) / self.ls
         for t in range(start + step, stop, step):
