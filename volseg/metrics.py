@@ -65,7 +65,7 @@ DEFAULT_TOLERANCE_MM = 2.0
 BOUND_TH = 0.008
 
 
-def _pair(gt: np.ndarray, pred: np.ndarray, ignore: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def boolean_pair(gt: np.ndarray, pred: np.ndarray, ignore: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Both masks as booleans of one shape, ``ignore`` pixels cleared in both."""
     g, p = np.asarray(gt, bool), np.asarray(pred, bool)
     if g.shape != p.shape:
@@ -89,14 +89,14 @@ def axis_spacing(spacing: Sequence[float] | None, ndim: int) -> tuple[float, ...
 # -- overlap ---------------------------------------------------------------------------------------
 def iou(gt: np.ndarray, pred: np.ndarray, ignore: np.ndarray | None = None) -> float:
     """Intersection over union (Jaccard, DAVIS's J), ``ignore`` pixels left out; 1.0 when both are empty."""
-    g, p = _pair(gt, pred, ignore)
+    g, p = boolean_pair(gt, pred, ignore)
     union = np.count_nonzero(g | p)
     return 1.0 if union == 0 else np.count_nonzero(g & p) / union
 
 
 def dice(gt: np.ndarray, pred: np.ndarray, ignore: np.ndarray | None = None) -> float:
     """2|A∩B| / (|A|+|B|), ``ignore`` pixels left out; 1.0 when both are empty."""
-    g, p = _pair(gt, pred, ignore)
+    g, p = boolean_pair(gt, pred, ignore)
     total = int(g.sum()) + int(p.sum())
     if total == 0:
         return 1.0
@@ -137,7 +137,7 @@ def _dilate(mask: np.ndarray, ball: np.ndarray) -> np.ndarray:
 def boundary_f(gt: np.ndarray, pred: np.ndarray, ignore: np.ndarray | None = None,
                bound_th: float = BOUND_TH) -> float:
     """Boundary F-measure (DAVIS's F) of two binary masks, ``ignore`` pixels left out."""
-    g, p = _pair(gt, pred, ignore)
+    g, p = boolean_pair(gt, pred, ignore)
     bp, bg = boundary_map(p), boundary_map(g)
     n_p, n_g = int(bp.sum()), int(bg.sum())
     if n_p == 0 and n_g == 0:
@@ -169,7 +169,7 @@ def surface_distances(gt: np.ndarray, pred: np.ndarray,
 
     Both masks must be non-empty.
     """
-    g, p = _pair(gt, pred)
+    g, p = boolean_pair(gt, pred)
     sp = axis_spacing(spacing, g.ndim)
     # Every surface voxel lies in the union's bounding box, so distances computed inside it are exact.
     box = _bbox(g | p)
@@ -183,7 +183,7 @@ def surface_distances(gt: np.ndarray, pred: np.ndarray,
 def nsd(gt: np.ndarray, pred: np.ndarray, spacing: Sequence[float] | None = None,
         tolerance: float = DEFAULT_TOLERANCE_MM) -> float:
     """Normalised surface Dice at ``tolerance`` mm."""
-    g, p = _pair(gt, pred)
+    g, p = boolean_pair(gt, pred)
     if tolerance < 0 or not np.isfinite(tolerance):
         raise ValueError(f"tolerance must be a finite number >= 0 mm, got {tolerance}")
     has_g, has_p = bool(g.any()), bool(p.any())

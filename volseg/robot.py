@@ -38,16 +38,13 @@ import numpy as np
 from scipy import ndimage
 
 from .clicks import Click
-from .metrics import axis_spacing
+from .metrics import axis_spacing, boolean_pair
 
 
 def error_masks(obj: np.ndarray, pred: np.ndarray, ignore: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """False-negative (missed) and false-positive masks of a binary prediction, ``ignore`` pixels removed."""
-    obj, pred = np.asarray(obj, bool), np.asarray(pred, bool)
-    if obj.shape != pred.shape:
-        raise ValueError(f"prediction of shape {pred.shape} does not match the ground truth's {obj.shape}")
-    valid = np.ones(obj.shape, bool) if ignore is None else ~np.asarray(ignore, bool)
-    return obj & ~pred & valid, ~obj & pred & valid
+    obj, pred = boolean_pair(obj, pred, ignore)
+    return obj & ~pred, ~obj & pred
 
 
 def border_distance(mask: np.ndarray, spacing: Sequence[float] | None = None) -> np.ndarray:
