@@ -92,6 +92,28 @@ def test_smoke_train_checkpoint_resume_log(tmp_path):
     assert ex.features.__self__ is ex and ex.gp_config["noise"] == pytest.approx(1e-3)
 
 
+def test_init_trains_longer_from_a_finished_checkpoint(tmp_path):
+    """--init: the new run starts from the finished weights and GP settings, with a fresh step count."""
+    first = train(SMOKE, tmp_path / "a", quiet=True)
+    before = read_checkpoint(first)
+    second = train(SMOKE, tmp_path / "b", init=first, max_steps=2, quiet=True)
+    after = read_checkpoint(second)
+    assert after["metrics"]["steps"] == 2
+    assert after["metrics"]["initialised_from"]["steps"] == 4
+    assert after["manifest_sha256"] == before["manifest_sha256"]
+    # two steps move the weights a little from where they started, not from a fresh initialisation
+    fresh = read_checkpoint(train(SMOKE, tmp_path / "c", max_steps=2, quiet=True))
+    key = next(iter(before["state_dict"]))
+    moved = (after["state_dict"][key] - before["state_dict"][key]).abs().max()
+    assert moved < (fresh["state_dict"][key] - before["state_dict"][key]).abs().max()
+    with pytest.raises(InputError, match="not both"):
+        train(SMOKE, tmp_path / "d", init=first, resume=tmp_path / "a" / "last.ckpt", quiet=True)
+    other = {**load_config(SMOKE)[0]}
+    other["model"] = {**other["model"], "embed_dim": int(other["model"].get("embed_dim", 16)) + 1}
+    with pytest.raises(InputError, match="network differs"):
+        train(other, tmp_path / "e", init=first, quiet=True)
+
+
 def test_smoke_train_3d(tmp_path):
     cfg = {"name": "smoke3d", "model": {"name": "UNet", "spatial_dims": 3, "in_channels": 1, "embed_dim": 3,
                                         "channels": [4, 8], "strides": [2], "num_res_units": 0,

@@ -13,6 +13,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="training YAML, e.g. configs/train_2d.yaml")
     p.add_argument("--out", help="output folder (default: the config's out, else runs/<name>)")
     p.add_argument("--resume", help="continue from a last.ckpt (same config and data)")
+    p.add_argument("--init", help="start from a finished model.ckpt's weights and GP settings, with a fresh "
+                                  "optimiser and learning-rate schedule (train longer; same model and data)")
     p.add_argument("--steps", type=int, help="total optimisation steps (overrides optim.steps)")
     p.add_argument("--max-minutes", type=float, help="stop after this much wall time and save")
     p.add_argument("--exclude-like", action="append", default=[], metavar="DIR",
@@ -25,7 +27,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def handler(args: argparse.Namespace) -> int:
     path = train(args.config, args.out, resume=args.resume, max_steps=args.steps, max_minutes=args.max_minutes,
-                 quiet=args.quiet, exclude_like=args.exclude_like)
+                 quiet=args.quiet, exclude_like=args.exclude_like,
+                 init=args.init)
     print(f"wrote {path}")
     return 0
 

@@ -87,6 +87,27 @@ class Trainee(torch.nn.Module):
         return self.backbone(x)
 
 
+def _initialise(model: Trainee, ckpt: dict, path: str | Path, manifest: str) -> dict:
+    """Load a finished checkpoint into ``model`` (same architecture, same data); returns the metrics to
+    carry, so the new checkpoint records what it grew from."""
+    if ckpt.get("manifest_sha256") and ckpt["manifest_sha256"] != manifest:
+        raise InputError(f"cannot start from {path}: it was trained on different data (manifest hash differs)")
+    loaded = backbone_from_checkpoint(ckpt, path)
+    try:
+        model.backbone.load_state_dict(loaded.state_dict())
+    except RuntimeError as e:
+        first = str(e).splitlines()[0]
+        raise InputError(f"cannot start from {path}: its network differs from this config's model ({first})") from None
+    g = ckpt["gp_config"]
+    with torch.no_grad():
+        for name in ("feature_lengthscale", "spatial_fraction", "outputscale"):
+            getattr(model.hyper, f"log_{name}").fill_(math.log(float(g[name])))
+    before = ckpt.get("metrics", {})
+    return {"initialised_from": {"path": str(path), "steps": before.get("steps"),
+                                 "wall_seconds": before.get("wall_seconds"),
+                                 "images_seen": before.get("images_seen")}}
+
+
 def _dist() -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
@@ -165,12 +186,18 @@ def _hardware(device) -> str:
 
 def train(config: dict | str | Path, out: str | Path | None = None, *, resume: str | Path | None = None,
           max_steps: int | None = None, max_minutes: float | None = None, quiet: bool = False,
-          exclude_like: list[str | Path] = ()) -> Path:
+          exclude_like: list[str | Path] = (), init: str | Path | None = None) -> Path:
     """Train (or continue training) a backbone; returns the path of ``model.ckpt``.
+
+    ``resume`` continues an interrupted run (its step, optimiser state and schedule); ``init`` starts a new
+    run from a finished checkpoint's weights and GP settings with a fresh optimiser and schedule, i.e.
+    more epochs with a warm restart. The two are exclusive.
 
     ``exclude_like``: folders of evaluation images; training refuses to start if any training image
     copies one of them (see volseg.train.decontaminate).
     """
+    if resume and init:
+        raise InputError("give --resume or --init, not both")
     cfg, base = load_config(config)
     torch.set_num_threads(int(cfg["threads"]))
     rank, world = _dist()
@@ -208,6 +235,8 @@ def train(config: dict | str | Path, out: str | Path | None = None, *, resume: s
             optim.load_state_dict(ckpt["optimizer"])
         start, elapsed_before = int(ckpt.get("step", 0)), float(ckpt.get("wall_seconds", 0.0))
         metrics = ckpt.get("metrics", {})
+    if init:
+        metrics = _initialise(model, read_checkpoint(init), init, data.manifest)
     ddp = model
     if world > 1:
         device_ids = [device.index] if device.type == "cuda" else None
