@@ -33,8 +33,9 @@ SIZES = [(128, 128, 128), (256, 256, 256), (512, 512, 300)]
 DEV = Path(os.environ.get("VOLSEG_DEV_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dev"))
 
 
-def synthetic(shape, spacing=(0.8, 0.8, 1.0), seed=0):
-    """A CT-like volume: body ellipse, organs of different density, noise (HU-like)."""
+def synthetic(shape, spacing=(0.8, 0.8, 1.0), seed=0, integers=True):
+    """A CT-like volume: body ellipse, organs of different density, noise; whole HU values as a scanner
+    stores them (int16) unless ``integers`` is false."""
     rng = np.random.default_rng(seed)
     axes = [np.arange(n, dtype=np.float32) / n - 0.5 for n in shape]
     x, y, z = np.meshgrid(*axes, indexing="ij", sparse=True)
@@ -44,6 +45,8 @@ def synthetic(shape, spacing=(0.8, 0.8, 1.0), seed=0):
     for (cx, cy, cz), (rx, ry, rz), hu in organs:
         vol[((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 + ((z - cz) / rz) ** 2 < 1] = hu  # broadcasts to 3D
     vol += rng.standard_normal(shape, dtype=np.float32) * 15.0
+    if integers:
+        np.rint(vol, out=vol)
     truth = ((x + 0.12) / 0.15) ** 2 + ((y - 0.05) / 0.12) ** 2 + (z / 0.25) ** 2 < 1
     return vol, np.broadcast_to(truth, shape), spacing
 
@@ -76,7 +79,8 @@ def robot_click(truth, mask, rng):
     return np.unravel_index(idx[rng.integers(idx.size)], truth.shape), positive
 
 
-def run_one(shape, device, spatial_lengthscale, clicks, name=None, budget="5GB", features_ready=False):
+def run_one(shape, device, spatial_lengthscale, clicks, name=None, budget="5GB", features_ready=False,
+            integers=True):
     from volseg import Image, Session
 
     if name == "brats":
@@ -85,7 +89,7 @@ def run_one(shape, device, spatial_lengthscale, clicks, name=None, budget="5GB",
         img = read_image(DEV / "3d/brats/flair.nii.gz")
         truth = read_mask(DEV / "3d/brats/edema.nii.gz", like=img) > 0
     else:
-        vol, truth, spacing = synthetic(shape)
+        vol, truth, spacing = synthetic(shape, integers=integers)
         img = Image.from_array(vol, spacing=spacing)
         del vol
     s = Session(device=device, spatial_lengthscale=spatial_lengthscale, memory_budget=budget)
@@ -147,10 +151,12 @@ def main() -> None:
     p.add_argument("--features-ready", action="store_true",
                    help="compute every feature tile before the first click (default: tiles are computed where "
                         "clicks reach, and a click's time includes its new tiles)")
+    p.add_argument("--float-intensities", action="store_true",
+                   help="generated volumes keep fractional intensities (default: whole HU, as a CT is stored)")
     a = p.parse_args()
     if a.size or a.real:
         row = run_one(tuple(a.size or ()), a.device, a.spatial_lengthscale, a.clicks, a.real, a.memory_budget,
-                      a.features_ready)
+                      a.features_ready, not a.float_intensities)
         print(json.dumps(row), flush=True)
         return
     jobs = [["--size", *map(str, s)] for s in SIZES]
@@ -160,7 +166,8 @@ def main() -> None:
     for job in jobs:
         out = subprocess.run([sys.executable, __file__, *job, "--device", a.device, "--clicks", str(a.clicks),
                               "--spatial-lengthscale", str(a.spatial_lengthscale),
-                              "--memory-budget", a.memory_budget] + ["--features-ready"] * a.features_ready,
+                              "--memory-budget", a.memory_budget] + ["--features-ready"] * a.features_ready
+                             + ["--float-intensities"] * a.float_intensities,
                              capture_output=True, text=True)
         if out.returncode:
             print(out.stderr[-2000:], file=sys.stderr)

@@ -6,6 +6,7 @@ from scipy import ndimage as ndi
 from volseg import Image
 from volseg.errors import InputError, MemoryBudgetError
 from volseg.features import FeatureExtractor, FilterBank, StackedFeatures, compute_features, get_extractor
+from volseg.features.filterbank import LOOKUP_MIN_SIZE, _increasing, _interp
 from volseg.features.scale_space import exact_derivatives_2d
 from volseg.features.stream import storage_dtype
 
@@ -100,3 +101,16 @@ def test_exact_derivative_backend_matches_scipy():
             np.testing.assert_allclose(g, want, atol=1e-5)
     with pytest.raises(ValueError, match="2D"):
         exact_derivatives_2d(np.zeros((4, 4, 4), np.float32), (1.0, 1.0, 1.0), [(0, 0, 0)])
+
+
+def test_equalisation_lookup_table_equals_np_interp():
+    """A large integer-valued volume (as a scanner stores a CT) maps its intensities through a lookup
+    table; the values are np.interp's, bit for bit, and non-integer volumes keep np.interp."""
+    rng = np.random.default_rng(0)
+    hu = np.round(rng.normal(0.0, 400.0, LOOKUP_MIN_SIZE + 7)).clip(-1024, 3071).astype(np.float32)
+    knots = _increasing(np.percentile(hu[::5], np.linspace(0, 100, 257)).astype(np.float32))
+    levels = np.linspace(0.0, 1.0, knots.shape[0])
+    for x in (hu, hu + np.float32(0.25), hu[:1000]):
+        expect = np.interp(x, knots, levels).astype(np.float32)
+        got = _interp(x, knots, levels)
+        assert got.dtype == np.float32 and np.array_equal(got, expect)

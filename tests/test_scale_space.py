@@ -68,3 +68,14 @@ def test_symmetric_eigenvalues_match_eigvalsh(d):
     got = np.asarray(symmetric_eigenvalues(upper, d)).T
     want = np.linalg.eigvalsh(m)[:, ::-1]
     np.testing.assert_allclose(got, want, atol=2e-4 * np.abs(want).max())
+
+
+def test_level_from_half_level_equals_the_direct_reduction():
+    """Tiles reduce a pyramid level from the one at half its factors (volseg.features.tiles): the
+    binomial steps act on one axis at a time, so that equals reducing the image directly."""
+    x = np.random.default_rng(3).standard_normal((41, 36, 30)).astype(np.float32)
+    direct, variance = pyramid_level(x, (4, 4, 2))
+    half, v_half = pyramid_level(x, (2, 2, 1))
+    chained, v_more = pyramid_level(half, (2, 2, 2))
+    np.testing.assert_allclose(chained, direct, atol=1e-6)
+    assert [v + m * h * h for v, m, h in zip(v_half, v_more, (2, 2, 1))] == variance
