@@ -4,7 +4,15 @@ import pytest
 from scipy import ndimage as ndi
 
 from volseg.features.filterbank import symmetric_eigenvalues
-from volseg.features.scale_space import gaussian_derivatives, pyramid_factors, pyramid_level
+from volseg.features.scale_space import (
+    BINOMIAL,
+    DIFFERENCES,
+    correlate1d,
+    gaussian_derivatives,
+    gaussian_kernels_1d,
+    pyramid_factors,
+    pyramid_level,
+)
 
 
 def smooth_field(shape, seed=0):
@@ -79,3 +87,16 @@ def test_level_from_half_level_equals_the_direct_reduction():
     chained, v_more = pyramid_level(half, (2, 2, 2))
     np.testing.assert_allclose(chained, direct, atol=1e-6)
     assert [v + m * h * h for v, m, h in zip(v_half, v_more, (2, 2, 1))] == variance
+
+
+@pytest.mark.parametrize("shape", [(7,), (40,), (3, 9), (33, 20), (5, 6, 7), (30, 25, 20), (2, 40, 3)])
+def test_opencv_correlate1d_equals_scipy(shape):
+    """The bank filters through OpenCV (float32, vectorised); it must give scipy's values, borders included."""
+    x = np.random.default_rng(len(shape)).standard_normal(shape).astype(np.float32) * 100
+    for kernel in [DIFFERENCES[1], DIFFERENCES[2], BINOMIAL, gaussian_kernels_1d(1.3)[0], gaussian_kernels_1d(2.5)[0]]:
+        for mode in ["reflect", "nearest", "mirror"]:
+            for axis in range(len(shape)):
+                expect = ndi.correlate1d(x, kernel, axis=axis, mode=mode)
+                got = correlate1d(x, kernel, axis, mode)
+                assert got.dtype == np.float32 and got.shape == x.shape
+                np.testing.assert_allclose(got, expect, rtol=0, atol=1e-5 * np.abs(expect).max())

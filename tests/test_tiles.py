@@ -34,7 +34,9 @@ def test_tiles_equal_whole_volume_features(spacing):
         tiles.ensure([box])
         assert tiles.done.sum() > before and not tiles.done.all()
         expect = (whole[box] - tiles._mean) * tiles._scale
-        np.testing.assert_allclose(tiles.array[box].astype(np.float32), expect, rtol=1e-5, atol=1e-4)
+        # the filters accumulate in float32 (OpenCV), in an order that depends on where a voxel sits in
+        # the array, so a tile and the whole volume round differently (Hessian eigenvalues amplify it)
+        np.testing.assert_allclose(tiles.array[box].astype(np.float32), expect, rtol=1e-5, atol=3e-4)
     computed = tiles.done.sum()
     tiles.ensure([(slice(3, 20), slice(40, 60), slice(5, 25))])  # a tile is computed once
     assert tiles.done.sum() == computed

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 
+# scipy.ndimage's border modes and OpenCV's names for them
+BORDERS = {"reflect": cv2.BORDER_REFLECT, "nearest": cv2.BORDER_REPLICATE, "mirror": cv2.BORDER_REFLECT_101}
 MAX_FACTOR = 8         # coarsest pyramid level; slabs start at multiples of it
 MIN_COARSE_SIGMA = 1.5  # voxels left to filter on the coarse grid (keeps interpolation error small)
 DIFFERENCES = {1: np.array([-0.5, 0.0, 0.5], dtype=np.float32), 2: np.array([1.0, -2.0, 1.0], dtype=np.float32)}
@@ -82,15 +84,38 @@ def coarse_derivatives(x: np.ndarray, sigma: Sequence[float], orders: Sequence[S
     f = pyramid_factors(sigma)
     grid, variance = level if level is not None else pyramid_level(x, f)
     rest = [math.sqrt(max(s * s - v, 0.0)) / k for s, v, k in zip(sigma, variance, f)]
-    smooth = ndi.gaussian_filter(grid, rest) if any(r > 0 for r in rest) else grid
+    smooth = grid
+    for axis, r in enumerate(rest):  # scipy's gaussian_filter: a sampled kernel to 4 sigma, "reflect" border
+        if r > 0:
+            smooth = correlate1d(smooth, gaussian_kernels_1d(r)[0], axis, "reflect")
     out = []
     for order in orders:
         d = smooth
         for axis, n in enumerate(order):
             if n:  # central differences; per voxel of x, hence the division by the grid's step
-                d = ndi.correlate1d(d, DIFFERENCES[n], axis=axis, mode="nearest") / float(f[axis]) ** n
+                d = correlate1d(d, DIFFERENCES[n], axis, "nearest") / np.float32(float(f[axis]) ** n)
         out.append(d)
     return out, f
+
+
+def correlate1d(x: np.ndarray, kernel: np.ndarray, axis: int, mode: str) -> np.ndarray:
+    """``scipy.ndimage.correlate1d(x, kernel, axis, mode=mode)`` for float32 arrays of 1 to 3 axes,
+    through OpenCV's separable filter: several times faster on a volume (vectorised, float32), equal
+    up to float rounding (tested).  Other arrays, and axes shorter than the kernel, go to scipy."""
+    kernel = np.asarray(kernel, dtype=np.float32)
+    if x.dtype != np.float32 or not 1 <= x.ndim <= 3 or x.shape[axis] <= kernel.size // 2:
+        return ndi.correlate1d(x, kernel, axis=axis, mode=mode)
+    x, one, border = np.ascontiguousarray(x), np.ones(1, np.float32), BORDERS[mode]
+    if axis == x.ndim - 1:  # along the rows of a (rest, n) view
+        flat = x.reshape(-1, x.shape[-1])
+        return cv2.sepFilter2D(flat, cv2.CV_32F, kernel, one, borderType=border).reshape(x.shape)
+    if axis == 0:  # along the columns of an (n, rest) view
+        flat = x.reshape(x.shape[0], -1)
+        return cv2.sepFilter2D(flat, cv2.CV_32F, one, kernel, borderType=border).reshape(x.shape)
+    out = np.empty_like(x)  # the middle axis of a volume: along the columns of each slice
+    for i in range(x.shape[0]):
+        cv2.sepFilter2D(x[i], cv2.CV_32F, one, kernel, dst=out[i], borderType=border)
+    return out
 
 
 def pyramid_level(x: np.ndarray, factors: Sequence[int]) -> tuple[np.ndarray, list[float]]:
@@ -104,7 +129,7 @@ def pyramid_level(x: np.ndarray, factors: Sequence[int]) -> tuple[np.ndarray, li
                 pad = [(0, 0)] * x.ndim
                 pad[axis] = (0, 1)
                 x = np.pad(x, pad, mode="symmetric")
-            x = ndi.correlate1d(x, BINOMIAL, axis=axis, mode="mirror")
+            x = correlate1d(x, BINOMIAL, axis, "mirror")
             x = x[(slice(None),) * axis + (slice(None, None, 2),)]
             variance[axis] += step * step
             step *= 2
