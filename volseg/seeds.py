@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
+from .robot import border_distance
+
 
 def homogeneous_points(features: torch.Tensor, voxel: Sequence[int], spacing: Sequence[float], *,
                        radius: float, n_points: int, similarity: float, min_distance: float,
@@ -57,7 +59,7 @@ def homogeneous_points(features: torch.Tensor, voxel: Sequence[int], spacing: Se
     region = parts == parts[local]
     # away from the region's edges, where a weak boundary lets it leak in thin tongues; as far in as the
     # region allows where it is thin itself
-    depth = ndi.distance_transform_edt(np.pad(region, 1), sampling=sp)[(slice(1, -1),) * region.ndim]
+    depth = border_distance(region, sp)
     cand = np.argwhere(depth >= min(1.5 * sp.max(), 0.5 * depth.max()))
     mm = cand * sp
     # farthest-point sampling from the click: each new point the farthest from all chosen so far
