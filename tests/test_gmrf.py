@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from volseg import Session
 from volseg.config import GPConfig
@@ -102,20 +103,69 @@ def test_works_on_a_2d_image():
     assert dice(obj, post.mean()[:, 0][graph.labels] > 0) > 0.9
 
 
-@pytest.mark.parametrize("latent", ["gmrf", "gp+gmrf"])
-def test_session_with_a_gmrf_latent_keeps_clicks_and_undoes(latent):
+@pytest.mark.parametrize("latent, share, fills", [("gmrf", 1.0, 0.85), ("gp+gmrf", 1.0, 0.85), ("sum", 2.0, 0.8)])
+def test_session_with_a_gmrf_latent_keeps_clicks_and_undoes(latent, share, fills):
     obj = _ellipsoid()
-    s = Session(config={"latent": latent, "gmrf_nodes": 1500}).set_image(_volume(obj))
+    s = Session(config={"latent": latent, "gmrf_nodes": 1500, "gmrf_share": share}).set_image(_volume(obj))
     s.add_click(_centre(), positive=True)
     s.add_click((0, 0, 0), positive=False)
     s.add_click((_centre()[0] + 2,) + _centre()[1:], positive=False)  # a conflicting click inside the object
     mask = s.mask()
     assert mask[_centre()] == 1 and mask[0, 0, 0] == 0 and mask[(_centre()[0] + 2,) + _centre()[1:]] == 0
     s.undo()
-    assert dice(obj, s.mask() == 1) > 0.85
+    assert dice(obj, s.mask() == 1) > fills
     unc = s.uncertainty()
     assert unc.shape == SHAPE and (unc > 0).all()
     assert 0.0 <= s.probability().min() and s.probability().max() <= 1.0
+
+
+def test_correlation_evens_out_the_prior_variance():
+    graph, post = _posterior(_volume(_ellipsoid()))
+    prior, node = post.prior, int(graph.labels[_centre()])
+    rho = prior.correlation(node)
+    assert rho[node] == pytest.approx(1.0, rel=0.3)  # the prior variance is an estimate from samples
+    other = int(graph.labels[2, 3, 4])
+    assert prior.correlation(other)[node] == pytest.approx(rho[other], rel=1e-8)  # symmetric
+    assert np.abs(rho).max() < 1.5
+    # the column's variance is far from uniform; the correlation's is not
+    var = np.array([prior.column(v)[v] for v in range(0, prior.n, 50)])
+    cor = np.array([prior.correlation(v)[v] for v in range(0, prior.n, 50)])
+    assert var.max() / var.min() > 3 * cor.max() / cor.min()
+
+
+def test_sum_latent_is_the_gp_on_the_summed_kernel():
+    """The mask's latent under ``sum`` is m0 + (k_gp(x, X) + share rho(x, X)) A^-1 (y - m0), with A the
+    summed Gram matrix plus the noise, at clicks and away from them."""
+    obj = _ellipsoid()
+    s = Session(config={"latent": "sum", "gmrf_nodes": 1500, "gmrf_share": 0.7}).set_image(_volume(obj))
+    clicks = [(_centre(), True), ((2, 3, 4), False), ((_centre()[0] + 9,) + _centre()[1:], True)]
+    for c, positive in clicks:
+        s.add_click(c, positive=positive)
+    X = np.array([c for c, _ in clicks])
+    y = torch.tensor([[1.0 if p else -1.0] for _, p in clicks], dtype=torch.float64)
+    labels = s.field.graph.labels
+    nodes = labels[tuple(X.T)]
+    rho = np.stack([s.field.correlation(int(v)) for v in nodes], 1) * 0.7
+    Z = s.inputs.at(X).double()
+    A = s.kernel(Z, Z) + torch.from_numpy(0.5 * (rho[nodes] + rho[nodes].T)) + torch.diag(s.posterior.point_noise())
+    alpha = torch.linalg.solve(A, y + 0.5)
+    probe = np.array([c for c, _ in clicks] + [(5, 30, 20), (20, 10, 12), (30, 18, 6)])
+    expect = -0.5 + (s.kernel(s.inputs.at(probe).double(), Z) + torch.from_numpy(rho[labels[tuple(probe.T)]])) @ alpha
+    got = s._mean[(0,) + tuple(torch.as_tensor(probe.T))]
+    np.testing.assert_allclose(got.numpy(), expect[:, 0].numpy(), atol=2e-4)
+    mask = s.mask()
+    assert all(mask[c] == int(p) for c, p in clicks)
+
+
+def test_sum_latent_carries_a_click_further_than_the_gp():
+    obj = _ellipsoid()
+    filled = {}
+    for latent in ("gp", "sum"):
+        s = Session(config={"latent": latent, "gmrf_nodes": 1500}).set_image(_volume(obj))
+        s.add_click(_centre(), positive=True)
+        s.add_click((0, 0, 0), positive=False)
+        filled[latent] = dice(obj, s.mask() == 1)
+    assert filled["sum"] > filled["gp"] + 0.15
 
 
 def test_the_latent_setting_is_checked_and_resolved_by_dimension():

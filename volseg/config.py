@@ -24,8 +24,10 @@ BY_DIMENSION = {
 }
 
 # what carries a click's label over the image (GPConfig.latent): the GP alone, a Gaussian Markov random
-# field on supervoxels alone (volseg.gp.gmrf), or the GMRF's posterior mean as the GP's prior mean
-LATENTS = ("gp", "gmrf", "gp+gmrf")
+# field on supervoxels alone (volseg.gp.gmrf), the GMRF's posterior mean as the GP's prior mean, or the
+# two as one latent, their sum (its kernel the sum of theirs): the GMRF carries a label across its
+# supervoxels, the GP corrects inside them
+LATENTS = ("gp", "gmrf", "gp+gmrf", "sum")
 
 
 def by_dimension(name: str, ndim: int):
@@ -64,11 +66,12 @@ class GPConfig:
     seed_similarity: float = 0.6          # ... whose feature kernel to the click is at least this
     seed_spacing: float = 0.5             # ... spaced at least this many spatial lengthscales apart
     seed_noise: float = 0.5               # ... as weak labels with this much extra noise (clicks override them)
-    latent: str | None = None             # gp | gmrf | gp+gmrf (LATENTS); None: BY_DIMENSION
+    latent: str | None = None             # gp | gmrf | gp+gmrf | sum (LATENTS); None: BY_DIMENSION
     gmrf_nodes: int = 15000               # gmrf: about this many supervoxels (the sparse factor grows with them)
     gmrf_range: float = 0.5               # ... prior range, as a fraction of the image diagonal, where no edge stops it
     gmrf_contrast: float = 0.1            # ... an edge between supervoxels whose intensity step is this many times the
                                           # typical one (squared) conducts e^-1 of a step inside tissue
+    gmrf_share: float = 0.5               # sum: the GMRF's prior variance, as a multiple of the outputscale
     tolerance: float = 1e-5               # a click may leave mean and variance this far off outside its reach
     on_demand_features_above: int = 30_000_000  # volumes over this many voxels compute features where clicks
                                           # reach, standardised from a sample; smaller ones all at once, exactly
@@ -142,7 +145,8 @@ class GPConfig:
 # written once per kind of range and spread over the settings that share it
 _RANGES = {
     ("number", 0.0, False, None, False): ("short_ratio", "outputscale", "noise", "feature_lengthscale", "seed_radius",
-                                          "seed_spacing", "tolerance", "gmrf_range", "gmrf_contrast"),
+                                          "seed_spacing", "tolerance", "gmrf_range", "gmrf_contrast",
+                                          "gmrf_share"),
     ("number", 0.0, False, None, True): ("spatial_lengthscale", "spatial_fraction"),
     ("number", 0.0, True, None, False): ("prior_strength", "edge_band", "edge_reach", "appearance_weight",
                                          "seed_noise"),

@@ -217,7 +217,7 @@ class Session:
         if self._prior_labels is None:
             if self._learned_mean is not None:
                 return self._learned_mean[box].reshape(n, 1).expand(n, len(objects)).clone()
-            if self._field_mean is not None:  # gp+gmrf: the GMRF's posterior mean
+            if self._field_mean is not None:  # gp+gmrf: the GMRF's posterior mean; sum: its share of the mean
                 bg = torch.full((n,), self.config.background_mean, device=self.device)
                 return torch.stack([self._field_mean[(self._field_objects.index(o),) + box].reshape(n)
                                     if o in self._field_objects else bg for o in objects], 1)
@@ -375,6 +375,9 @@ class Session:
         labels = self.field.graph.labels
         targets = self._targets(points, fit_objects)
         nodes = labels[tuple(voxels.T)] if len(points) else np.zeros(0, np.int64)
+        if self.latent == "sum":
+            self._apply_sum(clicks, train, points, voxels, objects, nodes, targets)
+            return
         post = self._field_post.fit(nodes, targets.numpy(), self.config.background_mean)
         mean = torch.from_numpy(np.ascontiguousarray(post.mean().T.astype(np.float32))[:, labels]).to(self.device)
         self._commit(clicks, train, points, objects)
@@ -400,12 +403,34 @@ class Session:
         self._refit(points, voxels, fit_objects, targets)
         self._evaluate_all()
 
+    def _apply_sum(self, clicks: list[Click], train: list[Click], points: list[TrainingPoint], voxels: np.ndarray,
+                   objects: list[int], nodes: np.ndarray, targets: torch.Tensor) -> None:
+        """The latent is the sum of the GP and the GMRF, one GP on the sum of their kernels: the GP's
+        solve holds both Gram matrices, and the GMRF's share of the mean, ``k_gmrf(x, X) alpha``, is
+        added to the background as the prior mean the GP's own share is evaluated on.  The variance
+        evaluated is the GP share's (its prior variance less what the clicks explain of it)."""
+        fit_objects = objects or [0]
+        share = self.config.gmrf_share * self.config.outputscale  # the correlation's prior variance is 1
+        columns = np.stack([self.field.correlation(int(v)) for v in nodes], 1) * share if len(nodes) \
+            else np.zeros((self.field.n, 0))
+        gram = torch.from_numpy(0.5 * (columns[nodes] + columns[nodes].T))
+        self._field_mean = None  # the clicks' targets are taken against the background mean
+        self._refit(points, voxels, fit_objects, targets, gram)
+        self._commit(clicks, train, points, objects)
+        field = self.config.background_mean + columns @ self.posterior.alpha.numpy() if len(nodes) \
+            else np.full((self.field.n, len(fit_objects)), self.config.background_mean)
+        labels = self.field.graph.labels
+        self._field_mean = torch.from_numpy(np.ascontiguousarray(field.T.astype(np.float32))[:, labels]).to(self.device)
+        self._field_objects = list(fit_objects)
+        self._evaluate_all()
+
     def _refit(self, points: list[TrainingPoint], voxels: np.ndarray, fit_objects: list[int],
-               targets: torch.Tensor) -> None:
-        """Solve the GP from scratch on ``points`` (at ``voxels``), each with its own extra noise."""
+               targets: torch.Tensor, gram: torch.Tensor | None = None) -> None:
+        """Solve the GP from scratch on ``points`` (at ``voxels``), each with its own extra noise; ``gram``:
+        a second latent's covariance at them, summed with the GP's (:meth:`ExactPosterior.fit`)."""
         Z = self.inputs.at(voxels) if len(points) else torch.zeros(0, self.inputs.dim)
         self.posterior.fit(Z, targets, self._prior_mean_at(voxels, fit_objects).double(),
-                           torch.tensor([p.extra for p in points], dtype=torch.float64))
+                           torch.tensor([p.extra for p in points], dtype=torch.float64), gram)
 
     def _commit(self, clicks: list[Click], train: list[Click], points: list[TrainingPoint],
                 objects: list[int]) -> None:

@@ -23,6 +23,10 @@ estimated from pathwise samples (``SAMPLES`` of them): exact prior samples ``K^-
 conditioned on noisy observations at the clicks.  It is an estimate (relative error about
 ``sqrt(2 / SAMPLES)`` per node), positive, and near the noise at the clicks.
 
+Summed with the stationary GP (the Session's ``latent: sum``) the kernel is the correlation
+``k(a, b) / sqrt(k(a, a) k(b, b))``: the prior variance of the SPDE field varies by orders of magnitude
+from node to node, and a node whose variance dwarfs the GP's would take every click for itself.
+
 Works for any number of spatial axes; the image's channels are the intensities compared.
 """
 from __future__ import annotations
@@ -35,6 +39,7 @@ from skimage.segmentation import slic
 from .linalg import MIN_NOISE, cholesky_solve, solve_keeping_labels
 
 SAMPLES = 32            # pathwise samples for the variance estimate
+PRIOR_SAMPLES = 256     # prior samples for each node's prior variance (relative error about sqrt(2 / this))
 SLIC_VOXELS = 4_000_000  # SLIC runs on a strided copy of larger images (its labels are then repeated back)
 SLIC_ITERATIONS = 5
 SLIC_COMPACTNESS = 0.1  # on standardised intensities: supervoxels follow the image more than a grid
@@ -115,6 +120,8 @@ class GMRF:
         samples = self._lu.solve(graph.white_noise(np.random.default_rng(seed), SAMPLES))
         self.scale = outputscale / float(np.median((samples * samples).mean(1)))  # of the covariance
         self.samples = (samples * np.sqrt(self.scale)).astype(np.float32)
+        self._seed = seed
+        self._prior_variance: np.ndarray | None = None
         self._columns: dict[int, np.ndarray] = {}
 
     @property
@@ -128,6 +135,25 @@ class GMRF:
             e[node] = 1.0
             self._columns[node] = self._lu.solve(self._lu.solve(e) * self.graph.volume) * self.scale
         return self._columns[node]
+
+    @property
+    def prior_variance(self) -> np.ndarray:
+        """Each node's prior variance, (nodes,), estimated from PRIOR_SAMPLES exact samples (made on first
+        use): it varies by orders of magnitude (a supervoxel walled in by edges keeps its variance to
+        itself), and every correlation is divided by it, so it takes more samples than the posterior's
+        variance estimate."""
+        if self._prior_variance is None:
+            rng = np.random.default_rng(self._seed + 1)
+            samples = self._lu.solve(self.graph.white_noise(rng, PRIOR_SAMPLES))
+            self._prior_variance = (samples * samples).mean(1) * self.scale
+        return self._prior_variance
+
+    def correlation(self, node: int) -> np.ndarray:
+        """The kernel between node and every node over their prior standard deviations, (nodes,): a
+        kernel whose prior variance is 1 everywhere, so that summed with a stationary one each node
+        has the same share of it."""
+        sd = np.sqrt(self.prior_variance)
+        return self.column(node) / (sd[node] * sd)
 
 
 class GMRFPosterior:

@@ -47,9 +47,12 @@ class ExactPosterior:
 
     # -- solve ---------------------------------------------------------------------------------
     def fit(self, Z: torch.Tensor, Y: torch.Tensor, M0: torch.Tensor,
-            extra: torch.Tensor | None = None) -> "ExactPosterior":
+            extra: torch.Tensor | None = None, gram: torch.Tensor | None = None) -> "ExactPosterior":
         """Solve from scratch: Z (N, Dz) inputs, Y (N, K) +-1 labels, M0 (N, K) prior means, ``extra`` (N,)
-        each point's noise on top of s2 (default 0: all clicks)."""
+        each point's noise on top of s2 (default 0: all clicks).  ``gram`` (N, N): the covariance of a second
+        latent summed with this one at the points (a sum kernel, whose other part the caller evaluates:
+        the mean is then ``m0 + k(x, X) alpha`` plus that part's ``k2(x, X) alpha``); such a fit is
+        refitted whole on every change, as :meth:`append` knows only this kernel."""
         self.Z = Z.detach().to("cpu", torch.float64)
         self.R = Y.detach().to("cpu", torch.float64) - M0.detach().to("cpu", torch.float64)
         self.extra = torch.zeros(self.n, dtype=torch.float64) if extra is None else \
@@ -57,6 +60,8 @@ class ExactPosterior:
         self.noise = self.requested_noise
         self.scale = torch.ones(self.n, dtype=torch.float64)
         K = self.kernel(self.Z, self.Z)
+        if gram is not None:
+            K = K + torch.as_tensor(gram, dtype=torch.float64)
         self.L, self.alpha, _ = solve_keeping_labels(K, self.R, self.point_noise(), self.extra == 0, self._lower_noise)
         self._refresh()
         return self
