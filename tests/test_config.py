@@ -60,3 +60,11 @@ def test_explicit_settings_win_over_the_table():
     cfg = GPConfig(spatial_fraction=0.2, edge_strength=3.0, noise_per_point=False, kernel="matern32")
     assert (cfg.spatial_fraction_for(3), cfg.edge_strength_for(2), cfg.noise_per_point_for(3)) == (0.2, 3.0, False)
     assert cfg.kernel_for(2) == "matern32"
+
+
+def test_volume_fill_config_selects_the_sum_latent():
+    """configs/volume_fill.yaml is the documented way to the GMRF + GP sum for volumes."""
+    cfg = GPConfig.from_yaml(DEFAULT_YAML.parent / "volume_fill.yaml")
+    assert cfg.latent_for(3) == "sum" and cfg.short_share == 0.8 and cfg.gmrf_share == 0.5
+    assert {k: v for k, v in vars(cfg).items() if k not in ("latent", "short_share")} == \
+        {k: v for k, v in vars(GPConfig()).items() if k not in ("latent", "short_share")}
