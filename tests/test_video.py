@@ -134,10 +134,12 @@ def test_memory_bank_never_exceeds_budget():
 def test_informative_sampling_balances_labels_and_prefers_boundaries():
     p = np.zeros((1, 60, 60), np.float32)
     p[0, 20:30, 20:30] = 1.0  # a small object: 100 of 3,600 cells
-    idx = sample_informative(p, 200, np.random.default_rng(0))
+    idx = sample_informative(p, 200, np.random.default_rng(0), min_share=0.15)
     assert len(set(idx.tolist())) == idx.size == 200
     inside = p.ravel()[idx] > 0.5
     assert inside.sum() >= 25  # about its 15% quota, not its 3% area share
+    more = sample_informative(p, 200, np.random.default_rng(0), min_share=0.3)
+    assert (p.ravel()[more] > 0.5).sum() >= 45  # 0.3 / (0.3 + the background's 0.86) of 200
     r, c = np.divmod(idx[~inside], 60)
     near = (np.abs(r - 24.5) < 12) & (np.abs(c - 24.5) < 12)
     assert near.mean() > 0.3  # background points crowd around the object's edge (13% of the area)
@@ -426,3 +428,40 @@ def test_a_small_object_gets_a_finer_working_grid():
         exact.set_mask(0, small[0])
         for t in range(1, 10):
             assert iou(exact.labels(t) == 1, coarse_to_fine[t] == 1) > 0.97
+
+
+def test_region_of_interest_level_decides_between_frame_and_warped_mask():
+    from volseg.video.step import region_of_interest
+
+    prior = np.full((1, 40, 60), 0.3, np.float32)   # the posterior's floor away from every memory point
+    prior[0, 10:15, 20:25] = 0.9                   # the object
+    lost = np.zeros(1, bool)
+    assert region_of_interest(prior, lost, 2, 1.0).all()  # the default level: the floor counts as support
+    roi = region_of_interest(prior, lost, 2, 1.0, level=0.5)
+    assert roi[8:17, 20:25].all() and roi[10:15, 18:27].all() and roi.sum() < 0.1 * roi.size
+    assert not roi[:5].any() and not roi[:, 40:].any()
+    assert region_of_interest(prior, np.ones(1, bool), 2, 1.0, level=0.5).all()  # lost: search everywhere
+
+
+def test_a_region_at_the_warped_mask_still_follows_the_objects(shapes):
+    frames, labels = shapes
+    with VideoSegmenter(ArrayFrames(frames), VideoConfig(roi_level=0.5)) as seg:
+        seg.set_mask(0, labels[0])
+        for k in (1, 2):
+            assert min(ious(seg, labels, k)) > 0.8
+        # nothing is evaluated far from the objects: those cells stay exactly 0
+        assert (seg.probability(10) == 0).mean() > 0.2
+    with pytest.raises(InputError):
+        VideoConfig(roi_level=1.0)
+
+
+def test_label_share_sets_the_objects_share_of_the_annotated_memory():
+    frames, labels = moving_shapes(4, 64, 96, seed=0)
+    small = np.where(labels[0] == 1, 1, 0).astype(np.uint8)  # one object, a few percent of the frame
+    share = {}
+    for label_share in (0.0, 0.3):
+        with VideoSegmenter(ArrayFrames(frames), VideoConfig(label_share=label_share)) as seg:
+            seg.set_mask(0, small, propagate=False)
+            _, samples = seg._annotated_points(0, 200, np.random.default_rng(0))
+            share[label_share] = float((samples.y > 0).mean())
+    assert share[0.3] >= 0.25 and share[0.0] < 0.2, share

@@ -17,6 +17,10 @@ class VideoConfig:
     budget: int = 800                  # memory bank points (global + local)
     global_fraction: float = 0.5       # share of the budget for the annotated frames
     window: int = 2                    # local memory: the last `window` propagated frames
+    label_share: float = 0.3           # each label's (background's, every object's) least share of the points a
+                                       # frame gives the memory (before normalising); by area alone an object
+                                       # gets few, and appearance it shares with the background is voted
+                                       # background, frame after frame: the mask shrinks
     feature_lengthscale: float = 0.35  # times sqrt(number of features)
     spatial_lengthscale: float = 6.0   # working-grid pixels: the spatial kernel's window (if global_weight < 1)
     global_weight: float = 1.0         # weight of appearance-only matching in the kernel (1: no spatial term)
@@ -34,6 +38,10 @@ class VideoConfig:
     hessian_scales: tuple = (2.0,)
     roi_margin: int = 10               # pixels of the `scale` grid around the prior's support where the GP
                                        # is evaluated; -1: everywhere
+    roi_level: float = 0.05            # the prior's support: where the warped probability exceeds this. The
+                                       # posterior far from every memory point is Phi(m0), never near 0, so below
+                                       # 0.5 the support soon covers the frame (appearance may find the object
+                                       # anywhere); 0.5: the warped mask only (faster, a region that follows it)
     object_cells: int = 2500           # >0: the grid is finer (down to full resolution) so the smallest annotated
                                        # object covers about this many cells; 0: always `scale`
     flow_check: bool = False           # forward-backward flow consistency: the prior mean fades where the flow fails
@@ -58,6 +66,7 @@ class VideoConfig:
             (self.scale >= 1, "scale must be 1 or more"), (self.budget >= 8, "budget must be 8 points or more"),
             (0 < self.global_fraction < 1, "global_fraction must be between 0 and 1"),
             (self.window >= 1, "window must be 1 or more"),
+            (0 <= self.label_share <= 1, "label_share must be in [0, 1]"),
             (0 <= self.global_weight <= 1, "global_weight must be in [0, 1]"),
             (self.feature_lengthscale > 0 and self.spatial_lengthscale > 0, "lengthscales must be positive"),
             (min(self.noise_click, self.noise_annotated, self.noise_propagated) > 0 and self.noise_growth >= 0,
@@ -65,6 +74,7 @@ class VideoConfig:
             (self.object_cells >= 0, "object_cells must be 0 or more"),
             (self.learned_long_side >= 0, "learned_long_side must be 0 or more"),
             (0 <= self.lost_fraction < 1, "lost_fraction must be in [0, 1)"),
+            (0 < self.roi_level < 1, "roi_level must be in (0, 1)"),
             (self.flow in ("ultrafast", "fast", "medium", "none"), "flow must be ultrafast, fast, medium or none"),
             (self.prior_mode in ("linear", "probit"), "prior_mode must be linear or probit"),
             (self.targets in ("label", "residual"), "targets must be label or residual"),

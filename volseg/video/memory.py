@@ -145,14 +145,15 @@ class MemoryBank:
         return sum(getattr(p, f).nbytes for p in [self._global, *self._local] for f in Points.FIELDS)
 
 
-def sample_informative(prob: np.ndarray, n: int, rng: np.random.Generator, *, band: float = 3.0,
-                       min_share: float = 0.15, floor: float = 0.05,
+def sample_informative(prob: np.ndarray, n: int, rng: np.random.Generator, *, min_share: float, band: float = 3.0,
+                       floor: float = 0.05,
                        candidates: np.ndarray | None = None) -> np.ndarray:
     """Flat indices of ``n`` locations of a (K, h, w) object-probability map, chosen by informativeness.
 
     Labels are the argmax over [background, objects].  Each label present gets a quota proportional
-    to the square root of its area but at least ``min_share`` of ``n`` (small objects stay
-    represented); inside a quota, locations are drawn without replacement with weight
+    to the square root of its area but at least ``min_share`` (before the shares are normalised to
+    sum to 1) of ``n``: small objects stay represented (the video's ``label_share`` setting).  Inside
+    a quota, locations are drawn without replacement with weight
     ``floor + uncertainty + near-boundary``, where uncertainty is 1 - the margin between the two most
     likely labels and near-boundary is exp(-d / band) of the distance d to another label.
     ``candidates`` (flat bool mask) restricts where points may come from.

@@ -12,8 +12,11 @@ with the frame's clicks, starting from the frame's current mask as a prior.
 **Propagation** runs from every annotated frame forward and backward until the next annotated
 frame (or the video's end); a frame between two annotated frames gets both passes, blended by
 distance in time.  The working grid is ``scale`` times smaller per axis, or finer (chosen at the first
-annotation) so that the smallest object covers about ``object_cells`` cells; each step works only in a
-region that follows the object (its warped mask grown by ``roi_margin``).  One step of a pass:
+annotation) so that the smallest object covers about ``object_cells`` cells; each step works in a region
+around the object: where its warped probability exceeds ``roi_level``, grown by ``roi_margin``.  At the
+default level that region soon spans the frame (the posterior far from the memory is Phi(m0), about 0.3,
+not 0), so appearance matching can find the object anywhere; ``roi_level`` 0.5 keeps it to the warped
+mask and its margin.  One step of a pass:
 
 1. prior: the previous frame's probability, pulled into this frame along DIS optical flow and
    blurred; its latent ``m0 = prior_strength * (2 p - 1)`` is the GP's prior mean (the spatial
@@ -283,7 +286,7 @@ class VideoSegmenter:
         else:
             clicks = Points.empty(D, K)
         p = self._onehot(ann.labels)
-        idx = sample_informative(p, n_samples, rng)
+        idx = sample_informative(p, n_samples, rng, min_share=self.config.label_share)
         y = np.where(p.reshape(K, -1)[:, idx].T > 0.5, 1.0, -1.0).astype(np.float32)
         samples = Points(flat[idx], self._positions[idx], y, np.zeros_like(y),
                          np.full(idx.size, self.config.noise_annotated, np.float32),
@@ -344,7 +347,7 @@ class VideoSegmenter:
             if confidence is not None:  # where the flow fails, appearance (the GP) decides, not the warped prior
                 m0 *= confidence.reshape(-1, 1)
             m0[:, lost] = 0.0
-            roi = region_of_interest(prior, lost, cfg.roi_margin, self.unit)
+            roi = region_of_interest(prior, lost, cfg.roi_margin, self.unit, cfg.roi_level)
             idx = np.flatnonzero(roi)
             rows, cols = idx // w, idx % w
             r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
@@ -364,7 +367,7 @@ class VideoSegmenter:
             self.stats["frames_propagated"] += 1
             self.stats["gp_points_max"] = max(self.stats["gp_points_max"], len(train))
             if not lost.any():
-                pick = sample_informative(p, bank.per_frame, rng, candidates=roi)
+                pick = sample_informative(p, bank.per_frame, rng, min_share=cfg.label_share, candidates=roi)
                 y = np.where(p.reshape(K, -1)[:, pick].T > 0.5, 1.0, -1.0).astype(np.float32)
                 noise = min(cfg.noise_propagated + cfg.noise_growth * abs(t - start), cfg.noise_max)
                 pr, pc = pick // w - r0, pick % w - c0

@@ -20,12 +20,13 @@ def prior_mean(prior: np.ndarray, config: VideoConfig) -> np.ndarray:
     return (config.prior_strength * (2.0 * p - 1.0)).astype(np.float32)
 
 
-def region_of_interest(prior: np.ndarray, lost: np.ndarray, margin: float, unit: float) -> np.ndarray:
-    """Where the objects can be in this frame: the prior's support grown by ``margin`` (cells of the
-    ``scale`` grid, ``unit`` working cells each); the whole grid if the margin is negative, nothing is left
-    of the prior, or an object is lost."""
+def region_of_interest(prior: np.ndarray, lost: np.ndarray, margin: float, unit: float,
+                       level: float = 0.05) -> np.ndarray:
+    """Where the objects can be in this frame: the prior's support (probability above ``level``) grown by
+    ``margin`` (cells of the ``scale`` grid, ``unit`` working cells each); the whole grid if the margin is
+    negative, nothing is left of the prior, or an object is lost."""
     m = int(round(margin * unit))
-    support = (prior > 0.05).any(0)
+    support = (prior > level).any(0)
     if margin < 0 or not support.any() or lost.any():
         return np.ones(support.shape, bool)
     k = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * m + 1, 2 * m + 1))
