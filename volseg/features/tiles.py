@@ -58,6 +58,7 @@ class TiledFeatures:
         self.grid = tuple(-(-s // TILE) for s in self.shape)
         self.done = np.zeros(self.grid, dtype=bool)
         self.halo = self._fine_halo()
+        self._moments: list | None = None  # set while every tile is computed at once, for the exact statistics
         self._coarse: dict = {}  # (channel, sigma, orders) -> coarse derivative maps and their factors
         self._levels: dict = {}  # (channel, factors) -> pyramid level of the whole image
         self._whole_channels: np.ndarray | None = None
@@ -135,6 +136,12 @@ class TiledFeatures:
     # -- inside --------------------------------------------------------------------------------------
     def _compute(self, box: Box) -> None:
         f = self.raw(box)
+        if self._moments is not None:  # the raw pass of all at once: sums while the features are at hand
+            flat = f.reshape(-1, self.n_features)
+            self._moments.append((flat.sum(0, dtype=np.float64), np.einsum("ij,ij->j", flat, flat, dtype=np.float64)))
+            for k in range(self.n_features):
+                self._storage[(k,) + tuple(box)] = f[..., k]
+            return
         for k in range(self.n_features):  # feature by feature: contiguous rows of the channel-first storage
             self._storage[(k,) + tuple(box)] = (f[..., k] - self._mean[k]) * self._scale[k]
 
@@ -175,21 +182,20 @@ class TiledFeatures:
 
     def _compute_all_standardised(self, scale: float) -> None:
         """Every tile now, standardised by the whole image's own statistics (as FilterBank.features)."""
-        self._mean = np.zeros(self.n_features, np.float32)
-        self._scale = np.ones(self.n_features, np.float32)
+        self._moments = []  # (sum, sum of squares) per computed region, float64
         self.ensure_all()  # the raw features, stored
-        total, total2, n = np.zeros(self.n_features), np.zeros(self.n_features), int(np.prod(self.shape))
-        for k in range(self.n_features):
-            for plane in self._storage[k]:  # float64 accumulators, a plane of float32 at a time
-                p = plane.astype(np.float32)
-                total[k] += p.sum(dtype=np.float64)
-                total2[k] += np.einsum("ij,ij->", p, p, dtype=np.float64)
+        total, total2 = (np.sum([m[i] for m in self._moments], axis=0) for i in (0, 1))
+        self._moments, n = None, int(np.prod(self.shape))
         mean = total / n
         std = np.sqrt(np.maximum(total2 / n - mean * mean, 0.0))
         self._finish_standardisation(mean, std, scale)
         for k in range(self.n_features):
             for plane in self._storage[k]:
-                plane[...] = (plane.astype(np.float32) - self._mean[k]) * self._scale[k]
+                if plane.dtype == np.float32:  # in place, the same float32 arithmetic
+                    np.subtract(plane, self._mean[k], out=plane)
+                    np.multiply(plane, self._scale[k], out=plane)
+                else:
+                    plane[...] = (plane.astype(np.float32) - self._mean[k]) * self._scale[k]
 
     def _finish_standardisation(self, mean: np.ndarray, std: np.ndarray, scale: float) -> None:
         mean, factor = standardisation(self.bank, self.shape, self.image.channels, mean, std)
