@@ -27,8 +27,7 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 def handler(args: argparse.Namespace) -> int:
     path = train(args.config, args.out, resume=args.resume, max_steps=args.steps, max_minutes=args.max_minutes,
-                 quiet=args.quiet, exclude_like=args.exclude_like,
-                 init=args.init)
+                 quiet=args.quiet, exclude_like=args.exclude_like, init=args.init)
     print(f"wrote {path}")
     return 0
 

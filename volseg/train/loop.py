@@ -87,17 +87,23 @@ class Trainee(torch.nn.Module):
         return self.backbone(x)
 
 
-def _initialise(model: Trainee, ckpt: dict, path: str | Path, manifest: str) -> dict:
-    """Load a finished checkpoint into ``model`` (same architecture, same data); returns the metrics to
-    carry, so the new checkpoint records what it grew from."""
+def _load_weights(model: Trainee, ckpt: dict, path: str | Path, manifest: str, verb: str) -> None:
+    """The backbone of a checkpoint (read_checkpoint) into ``model``: the same data and the same network,
+    or an error naming the file (``verb``: "resume from", "start from")."""
     if ckpt.get("manifest_sha256") and ckpt["manifest_sha256"] != manifest:
-        raise InputError(f"cannot start from {path}: it was trained on different data (manifest hash differs)")
+        raise InputError(f"cannot {verb} {path}: it was trained on different data (manifest hash differs)")
     loaded = backbone_from_checkpoint(ckpt, path)
     try:
         model.backbone.load_state_dict(loaded.state_dict())
     except RuntimeError as e:
         first = str(e).splitlines()[0]
-        raise InputError(f"cannot start from {path}: its network differs from this config's model ({first})") from None
+        raise InputError(f"cannot {verb} {path}: its network differs from this config's model ({first})") from None
+
+
+def _initialise(model: Trainee, ckpt: dict, path: str | Path, manifest: str) -> dict:
+    """Start from a finished checkpoint: its weights and learned GP settings; returns the metrics to
+    carry, so the new checkpoint records what it grew from."""
+    _load_weights(model, ckpt, path, manifest, "start from")
     g = ckpt["gp_config"]
     with torch.no_grad():
         for name in ("feature_lengthscale", "spatial_fraction", "outputscale"):
@@ -225,10 +231,7 @@ def train(config: dict | str | Path, out: str | Path | None = None, *, resume: s
     start, elapsed_before, metrics = 0, 0.0, {}
     if resume:
         ckpt = read_checkpoint(resume)
-        if ckpt.get("manifest_sha256") and ckpt["manifest_sha256"] != data.manifest:
-            raise InputError(f"cannot resume from {resume}: it was trained on different data (manifest hash differs)")
-        loaded = backbone_from_checkpoint(ckpt, resume)
-        model.backbone.load_state_dict(loaded.state_dict())
+        _load_weights(model, ckpt, resume, data.manifest, "resume from")
         if "hyper" in ckpt:
             model.hyper.load_state_dict(ckpt["hyper"])
         if "optimizer" in ckpt:
