@@ -436,7 +436,8 @@ def test_region_of_interest_level_decides_between_frame_and_warped_mask():
     prior = np.full((1, 40, 60), 0.3, np.float32)   # the posterior's floor away from every memory point
     prior[0, 10:15, 20:25] = 0.9                   # the object
     lost = np.zeros(1, bool)
-    assert region_of_interest(prior, lost, 2, 1.0).all()  # the default level: the floor counts as support
+    # the default level: the floor counts as support
+    assert region_of_interest(prior, lost, 2, 1.0, level=VideoConfig().roi_level).all()
     roi = region_of_interest(prior, lost, 2, 1.0, level=0.5)
     assert roi[8:17, 20:25].all() and roi[10:15, 18:27].all() and roi.sum() < 0.1 * roi.size
     assert not roi[:5].any() and not roi[:, 40:].any()

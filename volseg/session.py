@@ -372,14 +372,13 @@ class Session:
         (``gmrf``), or the GP's whose prior mean that is (``gp+gmrf``: the GP corrects within supervoxels).
         Either way the whole map moves, so it is re-evaluated whole."""
         fit_objects = objects or [0]
-        labels = self.field.graph.labels
         targets = self._targets(points, fit_objects)
-        nodes = labels[tuple(voxels.T)] if len(points) else np.zeros(0, np.int64)
+        nodes = self.field.graph.labels[tuple(voxels.T)] if len(points) else np.zeros(0, np.int64)
         if self.latent == "sum":
-            self._apply_sum(clicks, train, points, voxels, objects, nodes, targets)
+            self._apply_sum(clicks, train, points, voxels, objects, fit_objects, nodes, targets)
             return
         post = self._field_post.fit(nodes, targets.numpy(), self.config.background_mean)
-        mean = torch.from_numpy(np.ascontiguousarray(post.mean().T.astype(np.float32))[:, labels]).to(self.device)
+        mean = self._on_voxels(post.mean())
         self._commit(clicks, train, points, objects)
         self._field_var = None
         if self.latent == "gmrf":
@@ -404,25 +403,28 @@ class Session:
         self._evaluate_all()
 
     def _apply_sum(self, clicks: list[Click], train: list[Click], points: list[TrainingPoint], voxels: np.ndarray,
-                   objects: list[int], nodes: np.ndarray, targets: torch.Tensor) -> None:
+                   objects: list[int], fit_objects: list[int], nodes: np.ndarray, targets: torch.Tensor) -> None:
         """The latent is the sum of the GP and the GMRF, one GP on the sum of their kernels: the GP's
         solve holds both Gram matrices, and the GMRF's share of the mean, ``k_gmrf(x, X) alpha``, is
         added to the background as the prior mean the GP's own share is evaluated on.  The variance
         evaluated is the GP share's (its prior variance less what the clicks explain of it)."""
-        fit_objects = objects or [0]
         share = self.config.gmrf_share * self.config.outputscale  # the correlation's prior variance is 1
         columns = np.stack([self.field.correlation(int(v)) for v in nodes], 1) * share if len(nodes) \
             else np.zeros((self.field.n, 0))
-        gram = torch.from_numpy(0.5 * (columns[nodes] + columns[nodes].T))
+        at_clicks = columns[nodes]
+        gram = torch.from_numpy(0.5 * (at_clicks + at_clicks.T))
         self._field_mean = None  # the clicks' targets are taken against the background mean
         self._refit(points, voxels, fit_objects, targets, gram)
         self._commit(clicks, train, points, objects)
         field = self.config.background_mean + columns @ self.posterior.alpha.numpy() if len(nodes) \
             else np.full((self.field.n, len(fit_objects)), self.config.background_mean)
-        labels = self.field.graph.labels
-        self._field_mean = torch.from_numpy(np.ascontiguousarray(field.T.astype(np.float32))[:, labels]).to(self.device)
-        self._field_objects = list(fit_objects)
+        self._field_mean, self._field_objects = self._on_voxels(field), list(fit_objects)
         self._evaluate_all()
+
+    def _on_voxels(self, node_values: np.ndarray) -> torch.Tensor:
+        """(nodes, K) values of the supervoxel field as a (K, *spatial) float32 map on the session's device."""
+        per_object = np.ascontiguousarray(node_values.T.astype(np.float32))
+        return torch.from_numpy(per_object[:, self.field.graph.labels]).to(self.device)
 
     def _refit(self, points: list[TrainingPoint], voxels: np.ndarray, fit_objects: list[int],
                targets: torch.Tensor, gram: torch.Tensor | None = None) -> None:

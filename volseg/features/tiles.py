@@ -160,7 +160,7 @@ class TiledFeatures:
         act on each axis alone, so the result is the same up to float rounding, for an eighth of the work."""
         if (c, factors) not in self._levels:
             half = tuple(max(1, f // 2) for f in factors)
-            if max(half) == 1 and max(factors) <= 2:
+            if max(factors) <= 2:  # one step from the whole image
                 level = pyramid_level(np.asarray(self._whole_channels[..., c], np.float32), factors)
             else:
                 grid, variance = self._level(c, half)

@@ -20,8 +20,7 @@ def prior_mean(prior: np.ndarray, config: VideoConfig) -> np.ndarray:
     return (config.prior_strength * (2.0 * p - 1.0)).astype(np.float32)
 
 
-def region_of_interest(prior: np.ndarray, lost: np.ndarray, margin: float, unit: float,
-                       level: float = 0.05) -> np.ndarray:
+def region_of_interest(prior: np.ndarray, lost: np.ndarray, margin: float, unit: float, level: float) -> np.ndarray:
     """Where the objects can be in this frame: the prior's support (probability above ``level``) grown by
     ``margin`` (cells of the ``scale`` grid, ``unit`` working cells each); the whole grid if the margin is
     negative, nothing is left of the prior, or an object is lost."""
