@@ -37,6 +37,19 @@ def test_cut_is_the_minimum_energy_labelling(connectivity):
     assert energy(got, latent, weights, 0.8) == pytest.approx(energy(best, latent, weights, 0.8), abs=1e-2)
 
 
+def test_ties_go_to_the_smallest_minimum_cut_foreground():
+    # a flat image and a posterior of exact ties: many labellings share the minimum energy; the cut
+    # returns their intersection, the same set whichever max-flow algorithm solved it
+    latent = np.tile([2.0, 0.0, 0.0, -2.0], (3, 1))  # the boundary may sit at any of three columns
+    weights = edge_weights(np.zeros((3, 4, 1)), (1.0, 1.0))
+    got = cut(latent, weights, strength=0.3, band=np.inf, reach=np.inf)
+    labellings = [np.array(bits, bool).reshape(3, 4) for bits in itertools.product([0, 1], repeat=12)]
+    energies = np.array([energy(fg, latent, weights, 0.3) for fg in labellings])
+    minimisers = [fg for fg, e in zip(labellings, energies) if e < energies.min() + 1e-6]
+    assert len(minimisers) == 3
+    np.testing.assert_array_equal(got, np.logical_and.reduce(minimisers))
+
+
 @pytest.mark.parametrize("ndim", [2, 3])
 def test_boundary_moves_onto_the_image_edge(ndim):
     shape = (24,) * (ndim - 1) + (40,)

@@ -22,15 +22,18 @@ from __future__ import annotations
 import itertools
 from typing import Sequence
 
+import maxflow
 import numpy as np
 from scipy import ndimage as ndi
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import breadth_first_order, maximum_flow
 from scipy.special import log_ndtr
 
 from .colour import looks_rgb, rgb_to_lab
 
-CAPACITY_SCALE = 1000.0  # scipy's max-flow needs integer capacities: costs are kept to 1e-3
+CAPACITY_SCALE = 1000.0  # costs are kept to 1e-3 as integers, so that the cut is exact and reproducible
+
+
+def _capacity(cost: np.ndarray) -> np.ndarray:
+    return np.rint(cost * CAPACITY_SCALE).astype(np.int32)
 
 
 def neighbour_offsets(ndim: int, connectivity: int = 1) -> list[tuple[int, ...]]:
@@ -115,37 +118,29 @@ def cut(latent: np.ndarray, weights: list[tuple[tuple[int, ...], np.ndarray]], *
         r = appearance[free].astype(np.float64)
         cost_bg += np.maximum(r, 0)
         cost_fg += np.maximum(-r, 0)
-    rows, cols, caps = [], [], []
+    # Boykov-Kolmogorov max-flow (PyMaxflow) on integer capacities.  The terminals are swapped --
+    # PyMaxflow's source is background -- because it puts nodes left in neither search tree on the
+    # source side: so the foreground is the sink tree, the locations that reach the foreground
+    # terminal in the residual graph.  That is the unique smallest minimum-cut foreground, the same
+    # set whichever max-flow algorithm found the flow.
+    graph = maxflow.GraphInt()
+    graph.add_nodes(n)
     for offset, w in weights:
         lo, hi = pair_slices(offset)
         p, q, wa = node[lo].ravel(), node[hi].ravel(), (strength * w).ravel().astype(np.float64)
         both = (p >= 0) & (q >= 0)
-        rows += [p[both], q[both]]
-        cols += [q[both], p[both]]
-        caps += [wa[both], wa[both]]
+        cap = _capacity(wa[both])
+        graph.add_edges(p[both], q[both], cap, cap)
         # a free location next to a fixed one pays the edge if it takes the other label
         for free_side, fixed_side, fixed_label in ((p, q, fg[hi]), (q, p, fg[lo])):
             m = (free_side >= 0) & (fixed_side < 0)
             fixed_fg = fixed_label.ravel()[m]
             np.add.at(cost_bg, free_side[m][fixed_fg], wa[m][fixed_fg])
             np.add.at(cost_fg, free_side[m][~fixed_fg], wa[m][~fixed_fg])
-    source, sink = n, n + 1
     ids = np.arange(n)
-    rows += [np.full(n, source), ids]
-    cols += [ids, np.full(n, sink)]
-    caps += [cost_bg, cost_fg]
-    cap = np.rint(np.concatenate(caps) * CAPACITY_SCALE).astype(np.int32)
-    keep = cap > 0
-    graph = csr_matrix((cap[keep], (np.concatenate(rows)[keep], np.concatenate(cols)[keep])), shape=(n + 2, n + 2))
-    flow = maximum_flow(graph, source, sink, method="dinic").flow
-    residual = graph - flow
-    residual.data[residual.data < 0] = 0
-    residual.eliminate_zeros()
-    # the source side of the minimum cut: everything still reachable from the source
-    reached = breadth_first_order(residual, source, directed=True, return_predecessors=False)
-    side = np.zeros(n + 2, dtype=bool)
-    side[reached] = True
-    fg[free] = side[:n]
+    graph.add_grid_tedges(ids, _capacity(cost_fg), _capacity(cost_bg))
+    graph.maxflow()
+    fg[free] = graph.get_grid_segments(ids)
     return restore_collapsed(fg, gp_fg, positives)
 
 
