@@ -12,7 +12,7 @@ import torch
 from volseg.errors import InputError
 from volseg.features.backbones import load_backbone, read_checkpoint
 from volseg.robot import border_distance, deepest_point, ritm_click
-from volseg.train.loop import load_config, train
+from volseg.train.loop import learning_rate_factor, load_config, train
 from volseg.train.losses import bce, normalized_focal, segmentation_loss, soft_dice
 from volseg.train.simulate import initial_clicks
 
@@ -87,7 +87,10 @@ def test_smoke_train_checkpoint_resume_log(tmp_path):
     # resume continues the step count and appends to the log
     train(SMOKE, out, resume=out / "last.ckpt", max_steps=6, quiet=True)
     assert read_checkpoint(out / "last.ckpt")["step"] == 6
-    assert [int(r["step"]) for r in csv.DictReader(open(out / "log.csv"))] == [2, 4, 6]
+    rows = list(csv.DictReader(open(out / "log.csv")))
+    assert [int(r["step"]) for r in rows] == [2, 4, 6]
+    # ... on the schedule of its new length, from the config's rates (not the saved optimiser's last ones)
+    assert float(rows[-1]["lr"]) == pytest.approx(0.003 * learning_rate_factor(5, 6, 0))
     ex = load_backbone(path)
     assert ex.features.__self__ is ex and ex.gp_config["noise"] == pytest.approx(1e-3)
 

@@ -190,6 +190,12 @@ def _hardware(device) -> str:
     return f"{platform.processor() or platform.machine()} CPU, {torch.get_num_threads()} torch thread(s)"
 
 
+def learning_rate_factor(step: int, steps: int, warmup: int) -> float:
+    """The schedule at ``step`` (from 0) of ``steps``: linear warm-up, then cosine decay to 5%."""
+    f = min(1.0, (step + 1) / warmup) if warmup else 1.0
+    return f * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step / max(steps, 1), 1.0))))
+
+
 def train(config: dict | str | Path, out: str | Path | None = None, *, resume: str | Path | None = None,
           max_steps: int | None = None, max_minutes: float | None = None, quiet: bool = False,
           exclude_like: list[str | Path] = (), init: str | Path | None = None) -> Path:
@@ -278,7 +284,8 @@ def train(config: dict | str | Path, out: str | Path | None = None, *, resume: s
 
     t0 = time.perf_counter()
     B, warm = int(opt_cfg["batch_size"]), int(opt_cfg.get("warmup", 0))
-    base_lrs = [g["lr"] for g in optim.param_groups]
+    # from the config, not the optimiser: a resumed optimiser holds the last scheduled rates
+    base_lrs = [float(opt_cfg["lr"]), float(opt_cfg["hyper_lr"])]
     run = {"loss": 0.0, "iou_first": 0.0, "iou_last": 0.0, "n": 0}
     step = start
     model.train()
@@ -287,9 +294,7 @@ def train(config: dict | str | Path, out: str | Path | None = None, *, resume: s
         if minutes and elapsed > 60.0 * float(minutes):
             break
         rng = np.random.default_rng([int(cfg["seed"]), rank, step])
-        # linear warm-up, then cosine decay to 5% over the planned steps
-        f = min(1.0, (step + 1) / warm) if warm else 1.0
-        f *= 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step / max(steps, 1), 1.0)))
+        f = learning_rate_factor(step, steps, warm)
         for g, lr in zip(optim.param_groups, base_lrs):
             g["lr"] = lr * f
         batch = [data.sample(int(rng.integers(0, len(data))), rng) for _ in range(B)]
