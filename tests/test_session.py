@@ -57,10 +57,10 @@ def test_same_api_for_arrays_images_and_rgb():
     assert s.mask().shape == (10, 12, 8) and len(s.clicks) == 0
 
 
-@pytest.mark.parametrize("seed_points", [0, 16])
-def test_local_update_equals_full_recomputation(seed_points):
+@pytest.mark.parametrize("latent, seed_points", [("gp", 0), ("gp", 16), ("sum", 0)])
+def test_local_update_equals_full_recomputation(latent, seed_points):
     img, labels = blob_image((40, 44, 30), seed=2)
-    s = Session(spatial_lengthscale=3.0, seed_points=seed_points)
+    s = Session(spatial_lengthscale=3.0, seed_points=seed_points, latent=latent)
     s.set_image(Image.from_array(img, spacing=(1.0, 1.0, 1.5)))
     clicks = [((12, 14, 10), True), ((30, 31, 21), True), ((3, 3, 3), False), ((14, 12, 9), False),
               ((28, 30, 20), False)]
