@@ -230,7 +230,8 @@ def test_sum_latent_carries_a_click_further_than_the_gp():
     obj = _ellipsoid()
     filled = {}
     for latent in ("gp", "sum"):
-        s = Session(config={"latent": latent, "gmrf_nodes": 1500}).set_image(_volume(obj))
+        # the same stationary kernel under both (the sum's own default leans it to the short scale)
+        s = Session(config={"latent": latent, "gmrf_nodes": 1500, "short_share": 0.3}).set_image(_volume(obj))
         s.add_click(_centre(), positive=True)
         s.add_click((0, 0, 0), positive=False)
         filled[latent] = dice(obj, s.mask() == 1)
@@ -242,3 +243,9 @@ def test_the_latent_setting_is_checked_and_resolved_by_dimension():
         GPConfig(latent="random-walker")
     assert GPConfig().latent_for(2) == "gp"
     assert GPConfig(latent="gmrf").latent_for(2) == "gmrf"
+    # volumes take the sum, but a whole CT whose features come on demand keeps the GP unless asked
+    cfg = GPConfig()
+    assert cfg.latent_for(3, 10 ** 6) == "sum" and cfg.latent_for(3, cfg.on_demand_features_above + 1) == "gp"
+    assert GPConfig(latent="sum").latent_for(3, 10 ** 9) == "sum"
+    assert (cfg.short_share_for("gp"), cfg.short_share_for("sum"), GPConfig(short_share=0.5).short_share_for("sum")) \
+        == (0.3, 0.8, 0.5)

@@ -86,7 +86,8 @@ def test_local_updates_do_not_drift_over_many_clicks():
     one full recomputation: the maps a user saw differ by less than 1e-4 anywhere."""
     img, labels = blob_image((36, 40, 28), seed=3)
     # one RBF: the multiscale kernel's short part separates the conflicting pair without a lowered noise
-    s = Session(spatial_lengthscale=4.0, kernel="rbf").set_image(Image.from_array(img, spacing=(1.0, 1.0, 1.5)))
+    s = Session(spatial_lengthscale=4.0, kernel="rbf", latent="gp").set_image(
+        Image.from_array(img, spacing=(1.0, 1.0, 1.5)))
     rng = np.random.default_rng(0)
     s.add_click((11, 12, 9), True)
     s.add_click((12, 12, 9), False)  # a conflicting neighbour: the fit lowers the noise
@@ -215,7 +216,10 @@ def test_default_kernel_is_multiscale_in_2d_and_in_volumes():
     assert isinstance(s2.kernel, MultiScaleRBF) and s2.kernel.spatial_dims == 2 and s2.kernel.share == 0.3
     assert s2.spatial_lengthscale == pytest.approx(0.14 * np.hypot(40, 48))
     s3 = Session().set_image(img3)
-    assert isinstance(s3.kernel, MultiScaleRBF) and s3.kernel.spatial_dims == 3 and s3.kernel.share == 0.3
+    # volumes: the GMRF + GP sum, whose stationary part leans to the short scale; the GP alone keeps 0.3
+    assert isinstance(s3.kernel, MultiScaleRBF) and s3.kernel.spatial_dims == 3 and s3.kernel.share == 0.8
+    assert s3.latent == "sum" and s2.latent == "gp"
+    assert Session(latent="gp").set_image(img3).kernel.share == 0.3
     assert s3.spatial_lengthscale == pytest.approx(0.07 * np.linalg.norm((16, 18, 14)))
     rbf2 = Session(kernel="rbf").set_image(img2)
     assert isinstance(rbf2.kernel, RBF) and rbf2.spatial_lengthscale == pytest.approx(0.1 * np.hypot(40, 48))

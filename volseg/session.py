@@ -136,9 +136,9 @@ class Session:
         d_f = int(feats.shape[-1])
         cfg = self.config
         # a prior mask is a prior mean the GP refines; the GMRF's prior mean is the background's
-        self.latent = "gp" if prior is not None else cfg.latent_for(img.ndim)
+        self.latent = "gp" if prior is not None else cfg.latent_for(img.ndim, int(np.prod(img.shape)))
         self.kernel = make_kernel(cfg.kernel_for(img.ndim), cfg.outputscale, spatial_dims=img.ndim,
-                                  ratio=cfg.short_ratio, share=cfg.short_share)
+                                  ratio=cfg.short_ratio, share=cfg.short_share_for(self.latent))
         extent = float(np.linalg.norm(np.asarray(img.shape) * np.asarray(img.spacing)))
         self.spatial_lengthscale = (self.config.spatial_lengthscale
                                     or self.config.spatial_fraction_for(img.ndim) * extent)
