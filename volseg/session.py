@@ -156,7 +156,9 @@ class Session:
         if self.latent != "gp":  # the supervoxel graph and its factor, once per image
             graph = SupervoxelGraph(img.array, img.spacing, n_nodes=cfg.gmrf_nodes, range_mm=cfg.gmrf_range * extent,
                                     contrast=cfg.gmrf_contrast)
-            self.field = GMRF(graph, cfg.outputscale)
+            # the sum's correlation is normalised by sampled prior variances: taken with the factor, so the
+            # first click does not wait for them
+            self.field = GMRF(graph, cfg.outputscale, correlation=self.latent == "sum")
         self._masks = MaskStage(img, self.config)
         self.reset()
         return self

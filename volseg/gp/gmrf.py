@@ -134,7 +134,10 @@ class GMRF:
     """The prior: K factorised once, the covariance scaled so the median prior variance is ``outputscale``;
     the kernel columns of clicked nodes (cached), and exact prior samples for the variance estimate."""
 
-    def __init__(self, graph: SupervoxelGraph, outputscale: float = 1.0, seed: int = 0) -> None:
+    def __init__(self, graph: SupervoxelGraph, outputscale: float = 1.0, seed: int = 0, *,
+                 correlation: bool = False) -> None:
+        """``correlation``: estimate the prior variances :meth:`correlation` divides by now, with the factor,
+        rather than at its first use (an interactive session's first click)."""
         self.graph = graph
         self._lu = splu(graph.operator(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
                         options={"SymmetricMode": True})
@@ -144,6 +147,8 @@ class GMRF:
         self._seed = seed
         self._prior_variance: np.ndarray | None = None
         self._columns: dict[int, np.ndarray] = {}
+        if correlation:
+            self._prior_variance = self._sample_prior_variance()
 
     @property
     def n(self) -> int:
@@ -164,10 +169,12 @@ class GMRF:
         itself), and every correlation is divided by it, so it takes more samples than the posterior's
         variance estimate."""
         if self._prior_variance is None:
-            rng = np.random.default_rng(self._seed + 1)
-            samples = self._lu.solve(self.graph.white_noise(rng, PRIOR_SAMPLES))
-            self._prior_variance = (samples * samples).mean(1) * self.scale
+            self._prior_variance = self._sample_prior_variance()
         return self._prior_variance
+
+    def _sample_prior_variance(self) -> np.ndarray:
+        samples = self._lu.solve(self.graph.white_noise(np.random.default_rng(self._seed + 1), PRIOR_SAMPLES))
+        return (samples * samples).mean(1) * self.scale
 
     def correlation(self, node: int) -> np.ndarray:
         """The kernel between node and every node over their prior standard deviations, (nodes,): a
