@@ -4,6 +4,7 @@
     python benchmarks/big_volume.py --size 256 256 256  # one size, in this process
     python benchmarks/big_volume.py --device cuda       # on a GPU machine
     python benchmarks/big_volume.py --features-ready    # every feature tile before the first click
+    python benchmarks/big_volume.py --set latent=gp     # a GP setting (volseg.config.GPConfig) for every size
 
 Volumes compute their features where the clicks reach (volseg.features.tiles): by default a
 click's time includes the tiles it computes, and ``set_image_to_first_mask_s`` is what a user waits
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 SIZES = [(128, 128, 128), (256, 256, 256), (512, 512, 300)]
 DEV = Path(os.environ.get("VOLSEG_DEV_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dev"))
@@ -80,7 +82,7 @@ def robot_click(truth, mask, rng):
 
 
 def run_one(shape, device, spatial_lengthscale, clicks, name=None, budget="5GB", features_ready=False,
-            integers=True):
+            integers=True, settings=None):
     from volseg import Image, Session
 
     if name == "brats":
@@ -92,7 +94,7 @@ def run_one(shape, device, spatial_lengthscale, clicks, name=None, budget="5GB",
         vol, truth, spacing = synthetic(shape, integers=integers)
         img = Image.from_array(vol, spacing=spacing)
         del vol
-    s = Session(device=device, spatial_lengthscale=spatial_lengthscale, memory_budget=budget)
+    s = Session(device=device, spatial_lengthscale=spatial_lengthscale, memory_budget=budget, **(settings or {}))
     t0 = time.perf_counter()
     s.set_image(img)
     if features_ready and s.feature_tiles is not None:  # the clicks then time the GP and the mask alone
@@ -121,6 +123,7 @@ def run_one(shape, device, spatial_lengthscale, clicks, name=None, budget="5GB",
     mm = matmul_flops(s.device)
     return {
         "volume": name or "x".join(map(str, shape)), "voxels": int(np.prod(img.shape)), "device": str(s.device),
+        "latent": s.latent,
         "features_s": round(t_feat, 2), "first_click_s": round(first, 3),
         "set_image_to_first_mask_s": round(first_mask, 2),
         "click_mask_p50_s": round(float(np.percentile(click_mask, 50)), 3),
@@ -153,10 +156,12 @@ def main() -> None:
                         "clicks reach, and a click's time includes its new tiles)")
     p.add_argument("--float-intensities", action="store_true",
                    help="generated volumes keep fractional intensities (default: whole HU, as a CT is stored)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="GP setting override")
     a = p.parse_args()
     if a.size or a.real:
+        settings = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in a.set)}
         row = run_one(tuple(a.size or ()), a.device, a.spatial_lengthscale, a.clicks, a.real, a.memory_budget,
-                      a.features_ready, not a.float_intensities)
+                      a.features_ready, not a.float_intensities, settings)
         print(json.dumps(row), flush=True)
         return
     jobs = [["--size", *map(str, s)] for s in SIZES]
@@ -167,15 +172,16 @@ def main() -> None:
         out = subprocess.run([sys.executable, __file__, *job, "--device", a.device, "--clicks", str(a.clicks),
                               "--spatial-lengthscale", str(a.spatial_lengthscale),
                               "--memory-budget", a.memory_budget] + ["--features-ready"] * a.features_ready
-                             + ["--float-intensities"] * a.float_intensities,
+                             + ["--float-intensities"] * a.float_intensities
+                             + [arg for s in a.set for arg in ("--set", s)],
                              capture_output=True, text=True)
         if out.returncode:
             print(out.stderr[-2000:], file=sys.stderr)
             continue
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
-    keys = ["volume", "features_s", "first_click_s", "set_image_to_first_mask_s", "click_p50_s", "click_p95_s",
-            "click_mask_p50_s", "click_mask_p95_s", "features_computed", "peak_rss_gb", "eval_gflops",
+    keys = ["volume", "latent", "features_s", "first_click_s", "set_image_to_first_mask_s", "click_p50_s",
+            "click_p95_s", "click_mask_p50_s", "click_mask_p95_s", "features_computed", "peak_rss_gb", "eval_gflops",
             "matmul_gflops", "roofline_ratio", "dice"]
     print("| " + " | ".join(keys) + " |\n|" + "---|" * len(keys))
     for r in rows:

@@ -9,6 +9,7 @@ from volseg import Session
 from volseg.config import GPConfig
 from volseg.errors import InputError
 from volseg.gp.gmrf import GMRF, GMRFPosterior, SupervoxelGraph
+from volseg.gp.reach import block_boxes, moved_weights
 from volseg.metrics import dice
 
 SHAPE, SPACING = (40, 36, 24), (1.0, 1.0, 1.5)
@@ -157,11 +158,80 @@ def test_sum_latent_is_the_gp_on_the_summed_kernel():
     assert all(mask[c] == int(p) for c, p in clicks)
 
 
+def test_sum_latent_updates_locally_as_a_full_recomputation():
+    """Under ``sum`` every click refits every weight, yet a click evaluates only where either share moved:
+    over a run of clicks on two objects, with a conflicting pair and an undo and no full pass between
+    them, the mean, the variance and the mask equal a recomputation over the whole volume."""
+    one = _ellipsoid(radii=(9.0, 7.0, 8.0), centre=(12.0, 12.0, 18.0))
+    two = _ellipsoid(radii=(8.0, 6.0, 7.0), centre=(28.0, 24.0, 15.0))
+    vol = _volume(one) + 120.0 * two
+    s = Session(latent="sum", gmrf_nodes=1500, spatial_lengthscale=4.0).set_image(vol)
+    labels = np.where(one, 1, np.where(two, 2, 0))
+    rng = np.random.default_rng(1)
+    s.add_click((12, 12, 12), True, 1)
+    s.add_click((13, 12, 12), False)  # a conflicting neighbour: the fit lowers the noise there
+    s.add_click((28, 24, 10), True, 2)  # a new object: the maps gain a channel, evaluated whole
+    local, evaluated = 0, []
+    for _ in range(10):
+        pos = tuple(int(v) for v in rng.integers(0, SHAPE))
+        lab = int(labels[pos])
+        s.add_click(pos, lab > 0, max(lab, 1))
+        local += isinstance(s.last_region, list)
+        evaluated.append(s.last_update["locations"])
+    s.undo()
+    assert local == 10 and min(evaluated) < one.size  # the GP share's reach is not the volume
+    mean, var, mask = s._mean.clone(), s._variance().clone(), s.mask()
+    s._evaluate_all()
+    torch.testing.assert_close(mean, s._mean, atol=1e-4, rtol=0)
+    torch.testing.assert_close(var, s._variance(), atol=1e-4, rtol=0)
+    assert (mask == s.mask()).all()
+
+
+def test_moved_weights_bound_a_refit():
+    """The balls :func:`moved_weights` gives hold the change of both the mean and the variance of a GP
+    refitted with one point more and another's noise changed."""
+    rng = np.random.default_rng(0)
+    X = rng.uniform(0, 10, (6, 1))
+    k = lambda a, b: np.exp(-0.5 * (a - b.T) ** 2)  # noqa: E731
+    y = rng.choice([-1.0, 1.0], (6, 1))
+
+    def fit(n, noise):
+        inverse = np.linalg.inv(k(X[:n], X[:n]) + np.diag(noise))
+        return [tuple(x) for x in X[:n]], inverse @ y[:n], inverse
+
+    before, after = fit(5, np.full(5, 0.1)), fit(6, np.r_[0.1, 0.02, np.full(4, 0.1)])
+    keys, mean_w, var_w = moved_weights(*before, *after)
+    assert keys == after[0]
+    grid = np.linspace(-5, 15, 400)[:, None]
+    (_, a0, i0), (_, a1, i1) = before, after
+    kb, ka = k(grid, X[:5]), k(grid, X[:6])
+    d_mean = np.abs(ka @ a1 - kb @ a0)[:, 0]
+    d_var = np.abs(np.einsum("ij,jk,ik->i", ka, i1, ka) - np.einsum("ij,jk,ik->i", kb, i0, kb))
+    assert d_mean.max() > 1e-3 and d_var.max() > 1e-3  # the refit did move both
+    assert (d_mean <= ka @ mean_w + 1e-12).all()
+    assert (d_var <= (ka @ var_w) ** 2 + 1e-12).all()
+
+
+def test_block_boxes_cover_the_boxes_once():
+    rng = np.random.default_rng(3)
+    for shape in [(50, 40, 30), (37, 29)]:
+        lo = np.stack([rng.integers(0, n, 5) for n in shape], 1)
+        hi = np.minimum(lo + rng.integers(1, 15, lo.shape), shape)
+        cover = np.zeros(shape, int)
+        for box in block_boxes(lo, hi, shape, block=8):
+            cover[box] += 1
+        want = np.zeros(shape, bool)
+        for a, b in zip(lo, hi):
+            want[tuple(slice(x, y) for x, y in zip(a, b))] = True
+        assert cover.max() == 1 and (cover[want] == 1).all() and cover.sum() < want.size
+
+
 def test_sum_latent_carries_a_click_further_than_the_gp():
     obj = _ellipsoid()
     filled = {}
     for latent in ("gp", "sum"):
-        s = Session(config={"latent": latent, "gmrf_nodes": 1500}).set_image(_volume(obj))
+        # the same stationary kernel under both (the sum's own default leans it to the short scale)
+        s = Session(config={"latent": latent, "gmrf_nodes": 1500, "short_share": 0.3}).set_image(_volume(obj))
         s.add_click(_centre(), positive=True)
         s.add_click((0, 0, 0), positive=False)
         filled[latent] = dice(obj, s.mask() == 1)
@@ -173,3 +243,9 @@ def test_the_latent_setting_is_checked_and_resolved_by_dimension():
         GPConfig(latent="random-walker")
     assert GPConfig().latent_for(2) == "gp"
     assert GPConfig(latent="gmrf").latent_for(2) == "gmrf"
+    # volumes take the sum, but a whole CT whose features come on demand keeps the GP unless asked
+    cfg = GPConfig()
+    assert cfg.latent_for(3, 10 ** 6) == "sum" and cfg.latent_for(3, cfg.on_demand_features_above + 1) == "gp"
+    assert GPConfig(latent="sum").latent_for(3, 10 ** 9) == "sum"
+    assert (cfg.short_share_for("gp"), cfg.short_share_for("sum"), GPConfig(short_share=0.5).short_share_for("sum")) \
+        == (0.3, 0.8, 0.5)

@@ -536,7 +536,8 @@ def test_crash_window_then_rerun_keeps_nothing_stale(work, fault):
     out = work / "out"
     cmd = volseg_cmd("batch", manifest, "--out", out, "--quiet", "--config", work / "wide.yaml")
     assert subprocess.run(cmd, env=volseg_env(), capture_output=True, timeout=120).returncode == 0
-    write_clicks(work / "c3.json", [((6, 6, 4), "positive"), ((1, 1, 1), "negative"), ((14, 12, 6), "negative")])
+    # a negative click inside the box: its voxel keeps its label, so the new mask differs from the old one
+    write_clicks(work / "c3.json", [((6, 6, 4), "positive"), ((1, 1, 1), "negative"), ((8, 8, 3), "negative")])
     crashed = subprocess.run(cmd, env=volseg_env(fault), capture_output=True, timeout=120)
     assert crashed.returncode == -signal.SIGKILL
     assert leftovers(out)  # the crash did leave something: a temp file and the claim

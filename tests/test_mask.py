@@ -57,7 +57,7 @@ def test_local_mask_equals_whole_image_mask_over_random_clicks(shape, spacing, p
     image = rings_image(shape, period)
     # a reach short next to the image, so that clicks update part of it; no edge cut (an image-wide step);
     # the plain RBF, whose one lengthscale leaves the holes and stray parts this test must see
-    s = Session(spatial_lengthscale=lengthscale, edge_strength=0, kernel="rbf").set_image(
+    s = Session(spatial_lengthscale=lengthscale, edge_strength=0, kernel="rbf", latent="gp").set_image(
         Image.from_array(image, spacing=spacing))
     rng = np.random.default_rng(seed)  # a click sequence that drops parts and fills holes
     bright = np.argwhere(image > 0.45)

@@ -57,10 +57,10 @@ def test_same_api_for_arrays_images_and_rgb():
     assert s.mask().shape == (10, 12, 8) and len(s.clicks) == 0
 
 
-@pytest.mark.parametrize("seed_points", [0, 16])
-def test_local_update_equals_full_recomputation(seed_points):
+@pytest.mark.parametrize("latent, seed_points", [("gp", 0), ("gp", 16), ("sum", 0)])
+def test_local_update_equals_full_recomputation(latent, seed_points):
     img, labels = blob_image((40, 44, 30), seed=2)
-    s = Session(spatial_lengthscale=3.0, seed_points=seed_points)
+    s = Session(spatial_lengthscale=3.0, seed_points=seed_points, latent=latent)
     s.set_image(Image.from_array(img, spacing=(1.0, 1.0, 1.5)))
     clicks = [((12, 14, 10), True), ((30, 31, 21), True), ((3, 3, 3), False), ((14, 12, 9), False),
               ((28, 30, 20), False)]
@@ -86,7 +86,8 @@ def test_local_updates_do_not_drift_over_many_clicks():
     one full recomputation: the maps a user saw differ by less than 1e-4 anywhere."""
     img, labels = blob_image((36, 40, 28), seed=3)
     # one RBF: the multiscale kernel's short part separates the conflicting pair without a lowered noise
-    s = Session(spatial_lengthscale=4.0, kernel="rbf").set_image(Image.from_array(img, spacing=(1.0, 1.0, 1.5)))
+    s = Session(spatial_lengthscale=4.0, kernel="rbf", latent="gp").set_image(
+        Image.from_array(img, spacing=(1.0, 1.0, 1.5)))
     rng = np.random.default_rng(0)
     s.add_click((11, 12, 9), True)
     s.add_click((12, 12, 9), False)  # a conflicting neighbour: the fit lowers the noise
@@ -215,7 +216,10 @@ def test_default_kernel_is_multiscale_in_2d_and_in_volumes():
     assert isinstance(s2.kernel, MultiScaleRBF) and s2.kernel.spatial_dims == 2 and s2.kernel.share == 0.3
     assert s2.spatial_lengthscale == pytest.approx(0.14 * np.hypot(40, 48))
     s3 = Session().set_image(img3)
-    assert isinstance(s3.kernel, MultiScaleRBF) and s3.kernel.spatial_dims == 3 and s3.kernel.share == 0.3
+    # volumes: the GMRF + GP sum, whose stationary part leans to the short scale; the GP alone keeps 0.3
+    assert isinstance(s3.kernel, MultiScaleRBF) and s3.kernel.spatial_dims == 3 and s3.kernel.share == 0.8
+    assert s3.latent == "sum" and s2.latent == "gp"
+    assert Session(latent="gp").set_image(img3).kernel.share == 0.3
     assert s3.spatial_lengthscale == pytest.approx(0.07 * np.linalg.norm((16, 18, 14)))
     rbf2 = Session(kernel="rbf").set_image(img2)
     assert isinstance(rbf2.kernel, RBF) and rbf2.spatial_lengthscale == pytest.approx(0.1 * np.hypot(40, 48))

@@ -20,7 +20,7 @@ BY_DIMENSION = {
     "spatial_fraction_one_scale": (0.1, 0.05),  # with any other kernel
     "noise_per_point": (False, True),
     "edge_strength": (15.0, 0.0),
-    "latent": ("gp", "gp"),
+    "latent": ("gp", "sum"),
 }
 
 # what carries a click's label over the image (GPConfig.latent): the GP alone, a Gaussian Markov random
@@ -39,7 +39,7 @@ def by_dimension(name: str, ndim: int):
 class GPConfig:
     kernel: str | None = None             # rbf | multiscale | matern12 | matern32 | matern52; None: BY_DIMENSION
     short_ratio: float = 4.0              # multiscale: the short spatial GP's lengthscale is this many times shorter
-    short_share: float = 0.3              # ... and has this share of the prior variance
+    short_share: float | None = None      # ... and has this share of the prior variance; None: short_share_for
     outputscale: float = 1.0              # prior variance of the latent f
     noise: float = 0.1                    # s2; lowered automatically if a click would lose its label
     noise_per_point: bool | None = None   # lower the noise only at a click that would lose its label (else at all);
@@ -131,8 +131,22 @@ class GPConfig:
         # low-contrast structures and Dice fell as clicks were added, so volumes go without
         return self.edge_strength if self.edge_strength is not None else by_dimension("edge_strength", ndim)
 
-    def latent_for(self, ndim: int) -> str:
-        return self.latent if self.latent is not None else by_dimension("latent", ndim)
+    def latent_for(self, ndim: int, voxels: int = 0) -> str:
+        # volumes: the GMRF + GP sum fills more of a clicked organ on the dev volumes (README); a whole CT
+        # over on_demand_features_above keeps the GP, as the supervoxel graph needs the whole volume before
+        # the first click
+        if self.latent is not None:
+            return self.latent
+        if ndim != 2 and voxels > self.on_demand_features_above:
+            return "gp"
+        return by_dimension("latent", ndim)
+
+    def short_share_for(self, latent: str) -> float:
+        # the sum's GMRF carries a click far, so its stationary part leans to the short scale (chosen on the
+        # dev volumes' tune part with the sum); the GP alone keeps the split tuned on Berkeley and the volumes
+        if self.short_share is not None:
+            return self.short_share
+        return 0.8 if latent == "sum" else 0.3
 
     def replace(self, **changes) -> "GPConfig":
         return GPConfig.from_dict({**asdict(self), **{k: v for k, v in changes.items() if v is not None}})
@@ -151,7 +165,8 @@ _RANGES = {
     ("number", 0.0, True, None, False): ("prior_strength", "edge_band", "edge_reach", "appearance_weight",
                                          "seed_noise"),
     ("number", 0.0, True, None, True): ("edge_strength",),
-    ("number", 0.0, True, 1.0, False): ("short_share", "seed_similarity"),
+    ("number", 0.0, True, 1.0, False): ("seed_similarity",),
+    ("number", 0.0, True, 1.0, True): ("short_share",),
     ("number", None, True, None, False): ("background_mean",),
     ("integer", 0, True, None, False): ("edge_max_locations", "seed_points", "on_demand_features_above"),
     ("integer", 2, True, None, False): ("gmrf_nodes",),

@@ -34,12 +34,16 @@ from .gp.kernels import make_kernel
 from .gp.likelihood import probit
 from .gp.linalg import LABEL_MARGIN
 from .gp.posterior import ExactPosterior
-from .gp.reach import ball_boxes, box_size, influence_radii, merge_boxes
+from .gp.reach import ball_boxes, block_boxes, box_size, influence_radii, merge_boxes, moved_weights
 from .gp.sampling import PathwiseSampler
 from .image import Image
 from .io import read_image, write_mask
 from .mask import MaskStage, label_dtype, threshold
 from .seeds import homogeneous_points
+
+# the side in voxels of the blocks in which a supervoxel field's change is brought onto the maps: small
+# enough to follow the supervoxels, large enough that the boxes stay few
+FIELD_BLOCK = 16
 
 # the smallest image segmented: MIN_SIDE locations along at least two axes (a volume of one slice is
 # a 2D image; a line of pixels or a single one is not an image to segment)
@@ -131,8 +135,10 @@ class Session:
                               else torch.as_tensor(np.asarray(head, dtype=np.float32), device=self.device))
         d_f = int(feats.shape[-1])
         cfg = self.config
+        # a prior mask is a prior mean the GP refines; the GMRF's prior mean is the background's
+        self.latent = "gp" if prior is not None else cfg.latent_for(img.ndim, int(np.prod(img.shape)))
         self.kernel = make_kernel(cfg.kernel_for(img.ndim), cfg.outputscale, spatial_dims=img.ndim,
-                                  ratio=cfg.short_ratio, share=cfg.short_share)
+                                  ratio=cfg.short_ratio, share=cfg.short_share_for(self.latent))
         extent = float(np.linalg.norm(np.asarray(img.shape) * np.asarray(img.spacing)))
         self.spatial_lengthscale = (self.config.spatial_lengthscale
                                     or self.config.spatial_fraction_for(img.ndim) * extent)
@@ -146,13 +152,13 @@ class Session:
                                spatial_lengthscale=self.spatial_lengthscale,
                                ensure=self.feature_tiles.ensure if lazy else None)
         self._set_prior(prior)
-        # a prior mask is a prior mean the GP refines; the GMRF's prior mean is the background's
-        self.latent = "gp" if prior is not None else cfg.latent_for(img.ndim)
         self.field = None
         if self.latent != "gp":  # the supervoxel graph and its factor, once per image
             graph = SupervoxelGraph(img.array, img.spacing, n_nodes=cfg.gmrf_nodes, range_mm=cfg.gmrf_range * extent,
                                     contrast=cfg.gmrf_contrast)
-            self.field = GMRF(graph, cfg.outputscale)
+            # the sum's correlation is normalised by sampled prior variances: taken with the factor, so the
+            # first click does not wait for them
+            self.field = GMRF(graph, cfg.outputscale, correlation=self.latent == "sum")
         self._masks = MaskStage(img, self.config)
         self.reset()
         return self
@@ -217,10 +223,11 @@ class Session:
         if self._prior_labels is None:
             if self._learned_mean is not None:
                 return self._learned_mean[box].reshape(n, 1).expand(n, len(objects)).clone()
-            if self._field_mean is not None:  # gp+gmrf: the GMRF's posterior mean; sum: its share of the mean
-                bg = torch.full((n,), self.config.background_mean, device=self.device)
-                return torch.stack([self._field_mean[(self._field_objects.index(o),) + box].reshape(n)
-                                    if o in self._field_objects else bg for o in objects], 1)
+            if self._field_nodes is not None:  # gp+gmrf: the GMRF's posterior mean; sum: its share of the mean
+                bg = np.full(self.field.n, self.config.background_mean, np.float32)
+                return self._on_voxels(np.stack([self._field_nodes[:, self._field_objects.index(o)]
+                                                 if o in self._field_objects else bg for o in objects], 1),
+                                       box).reshape(len(objects), n).T
             return torch.full((1, len(objects)), self.config.background_mean, device=self.device)  # broadcast
         lab = self._prior_labels[box].reshape(n, 1)
         ids = torch.as_tensor(objects, device=self.device)[None, :]
@@ -262,7 +269,9 @@ class Session:
                                         per_point=self.config.noise_per_point_for(self.image.ndim))
         self._objects_fitted = list(self.objects)
         self._field_post = GMRFPosterior(self.field, self.config.noise) if self.field is not None else None
-        self._field_mean, self._field_objects, self._field_var = None, [], None
+        # the field's values per node, (nodes, K) float32, as the maps hold them (None: the background mean)
+        self._field_nodes, self._field_objects, self._field_var = None, [], None
+        self._sum_columns = np.zeros((self.field.n, 0)) if self.field is not None else None
         self._evaluate_all()
 
     @staticmethod
@@ -325,7 +334,7 @@ class Session:
         train = self._training_set(clicks)
         points = self._points_for(train)
         voxels = np.array([p.voxel for p in points], dtype=np.int64).reshape(len(points), -1)
-        if self.field is not None:
+        if self.latent in ("gmrf", "gp+gmrf"):
             self._apply_field(clicks, train, points, voxels, objects)
             return
         old = self._points
@@ -334,6 +343,9 @@ class Session:
             # list (no kernel work), and the click then acts only within its reach like any other
             self.objects, self._objects_fitted = list(objects), list(objects)
             self._evaluate_all()
+        if self.latent == "sum":
+            self._apply_sum(clicks, train, points, voxels, objects)
+            return
         same = objects == self._objects_fitted
         grew = same and len(points) > len(old) and points[:len(old)] == old
         shrank = same and len(points) < len(old) and old[:len(points)] == points
@@ -373,15 +385,11 @@ class Session:
         Either way the whole map moves, so it is re-evaluated whole."""
         fit_objects = objects or [0]
         targets = self._targets(points, fit_objects)
-        nodes = self.field.graph.labels[tuple(voxels.T)] if len(points) else np.zeros(0, np.int64)
-        if self.latent == "sum":
-            self._apply_sum(clicks, train, points, voxels, objects, fit_objects, nodes, targets)
-            return
-        post = self._field_post.fit(nodes, targets.numpy(), self.config.background_mean)
-        mean = self._on_voxels(post.mean())
+        post = self._field_post.fit(self._nodes_at(voxels), targets.numpy(), self.config.background_mean)
         self._commit(clicks, train, points, objects)
         self._field_var = None
         if self.latent == "gmrf":
+            mean = self._on_voxels(post.mean())
             t0 = time.perf_counter()
             for c in train:  # a click shares its supervoxel's value: where clicks disagree there, each keeps its own
                 v = c.voxel()
@@ -398,41 +406,103 @@ class Session:
             self.last_update = {"locations": int(np.prod(self.image.shape)), "seconds": time.perf_counter() - t0}
             self._masks.invalidate(None)
             return
-        self._field_mean, self._field_objects = mean, list(fit_objects)
+        self._field_nodes, self._field_objects = post.mean().astype(np.float32), list(fit_objects)
         self._refit(points, voxels, fit_objects, targets)
         self._evaluate_all()
 
     def _apply_sum(self, clicks: list[Click], train: list[Click], points: list[TrainingPoint], voxels: np.ndarray,
-                   objects: list[int], fit_objects: list[int], nodes: np.ndarray, targets: torch.Tensor) -> None:
+                   objects: list[int]) -> None:
         """The latent is the sum of the GP and the GMRF, one GP on the sum of their kernels: the GP's
         solve holds both Gram matrices, and the GMRF's share of the mean, ``k_gmrf(x, X) alpha``, is
         added to the background as the prior mean the GP's own share is evaluated on.  The variance
-        evaluated is the GP share's (its prior variance less what the clicks explain of it)."""
+        evaluated is the GP share's (its prior variance less what the clicks explain of it).  Every click
+        refits every weight, but the maps move only where either share does (:meth:`_update_sum`)."""
+        fit_objects = objects or [0]
+        nodes = self._nodes_at(voxels)
         share = self.config.gmrf_share * self.config.outputscale  # the correlation's prior variance is 1
         columns = np.stack([self.field.correlation(int(v)) for v in nodes], 1) * share if len(nodes) \
             else np.zeros((self.field.n, 0))
         at_clicks = columns[nodes]
-        gram = torch.from_numpy(0.5 * (at_clicks + at_clicks.T))
-        self._field_mean = None  # the clicks' targets are taken against the background mean
-        self._refit(points, voxels, fit_objects, targets, gram)
+        local = objects == self._objects_fitted
+        before = self._weights()
+        # the clicks' targets are taken against the background mean, the sum's prior mean
+        background = torch.full((len(points), len(fit_objects)), self.config.background_mean, dtype=torch.float64)
+        self._refit(points, voxels, fit_objects, self._targets(points, fit_objects),
+                    torch.from_numpy(0.5 * (at_clicks + at_clicks.T)), prior=background)
         self._commit(clicks, train, points, objects)
-        field = self.config.background_mean + columns @ self.posterior.alpha.numpy() if len(nodes) \
-            else np.full((self.field.n, len(fit_objects)), self.config.background_mean)
-        self._field_mean, self._field_objects = self._on_voxels(field), list(fit_objects)
-        self._evaluate_all()
+        self._sum_columns = columns
+        if not local or not self.posterior.n:
+            self._evaluate_all()
+            return
+        self._update_sum(before)
 
-    def _on_voxels(self, node_values: np.ndarray) -> torch.Tensor:
-        """(nodes, K) values of the supervoxel field as a (K, *spatial) float32 map on the session's device."""
-        per_object = np.ascontiguousarray(node_values.T.astype(np.float32))
-        return torch.from_numpy(per_object[:, self.field.graph.labels]).to(self.device)
+    def _sum_field(self) -> np.ndarray:
+        """The GMRF's share of the sum's mean on the nodes, plus the background: (nodes, K) float64."""
+        return self.config.background_mean + self._sum_columns @ self.posterior.alpha.numpy()
+
+    def _weights(self) -> tuple[list, np.ndarray, np.ndarray]:
+        """The posterior's training points (their voxels), weights alpha (N, K) and ``A^-1`` (N, N)."""
+        post = self.posterior
+        inverse = torch.cholesky_inverse(post.L).numpy() if post.n else np.zeros((0, 0))
+        return [p.voxel for p in self._points], post.alpha.numpy().copy(), inverse
+
+    def _update_sum(self, before: tuple[list, np.ndarray, np.ndarray]) -> None:
+        """Bring the maps to the sum's new posterior where it moved by more than the tolerance (half of it
+        for each share).  The GMRF's share is known on the nodes: the map takes its change on the
+        supervoxels where it moved more (the values it holds are tracked per node, so what is left out
+        never adds up over clicks).  The GP share moves by ``sum_i d alpha_i k(x, x_i)`` and its variance
+        by ``A^-1``'s change (:func:`volseg.gp.reach.moved_weights`): within each point's ball it is
+        re-evaluated, on the new field."""
+        img, tol = self.image, 0.5 * self.config.tolerance
+        field = self._sum_field()
+        shown = np.full_like(field, self.config.background_mean) if self._field_nodes is None \
+            else self._field_nodes.astype(np.float64)
+        delta = field - shown
+        moved = np.abs(delta).max(1) > tol
+        lo, hi = self.field.graph.bounds
+        field_boxes = block_boxes(lo[moved], hi[moved], img.shape, FIELD_BLOCK)
+        self._add_field(np.where(moved[:, None], delta, 0.0), field_boxes)
+        shown[moved] = field[moved]
+        self._field_nodes, self._field_objects = shown.astype(np.float32), list(self.objects or [0])
+        keys, mean_weights, var_weights = moved_weights(*before, *self._weights())
+        radii = influence_radii(self.kernel, mean_weights, var_weights, tol)
+        centres = np.asarray(keys, np.float64).reshape(-1, img.ndim)
+        gp_boxes = ball_boxes(centres, radii[:, None] / self.inputs.pos_scale[None, :], img.shape)
+        # the mask is redone once over both regions (they overlap much), on the grid of the field's boxes
+        region = block_boxes(np.concatenate([lo[moved], [[b.start for b in box] for box in gp_boxes]]),
+                             np.concatenate([hi[moved], [[b.stop for b in box] for box in gp_boxes]]),
+                             img.shape, FIELD_BLOCK) if gp_boxes else field_boxes
+        self._evaluate_boxes(gp_boxes, region)
+        self.last_region = region
+        self.last_update["field_locations"] = sum(box_size(b) for b in field_boxes)
+
+    def _add_field(self, node_values: np.ndarray, boxes: list[Box]) -> None:
+        """Add a supervoxel field's (nodes, K) values to the mean map over the boxes."""
+        for box in boxes:
+            self._mean[(slice(None),) + box] += self._on_voxels(node_values, box)
+
+    def _nodes_at(self, voxels: np.ndarray) -> np.ndarray:
+        """The supervoxel of each voxel, (N,)."""
+        return self.field.graph.labels[tuple(voxels.T)] if len(voxels) else np.zeros(0, np.int64)
+
+    def _on_voxels(self, node_values: np.ndarray, box: Box | None = None) -> torch.Tensor:
+        """(nodes, K) values of the supervoxel field at the voxels of ``box`` (default: all), as a
+        (K, *box) float32 map on the session's device."""
+        labels = self.field.graph.labels if box is None else self.field.graph.labels[box]
+        # one object at a time, straight into the box's shape: a flattened copy of a strided box and one
+        # (n, K) gather took twice as long
+        values = np.asarray(node_values, dtype=np.float32)
+        per_object = np.stack([np.take(values[:, k], labels) for k in range(values.shape[1])])
+        return torch.from_numpy(per_object).to(self.device)
 
     def _refit(self, points: list[TrainingPoint], voxels: np.ndarray, fit_objects: list[int],
-               targets: torch.Tensor, gram: torch.Tensor | None = None) -> None:
+               targets: torch.Tensor, gram: torch.Tensor | None = None, prior: torch.Tensor | None = None) -> None:
         """Solve the GP from scratch on ``points`` (at ``voxels``), each with its own extra noise; ``gram``:
-        a second latent's covariance at them, summed with the GP's (:meth:`ExactPosterior.fit`)."""
+        a second latent's covariance at them, summed with the GP's (:meth:`ExactPosterior.fit`); ``prior``:
+        the prior mean at them (default: the session's prior mean there)."""
         Z = self.inputs.at(voxels) if len(points) else torch.zeros(0, self.inputs.dim)
-        self.posterior.fit(Z, targets, self._prior_mean_at(voxels, fit_objects).double(),
-                           torch.tensor([p.extra for p in points], dtype=torch.float64), gram)
+        prior = self._prior_mean_at(voxels, fit_objects).double() if prior is None else prior
+        self.posterior.fit(Z, targets, prior, torch.tensor([p.extra for p in points], dtype=torch.float64), gram)
 
     def _commit(self, clicks: list[Click], train: list[Click], points: list[TrainingPoint],
                 objects: list[int]) -> None:
@@ -453,6 +523,9 @@ class Session:
         box = tuple(slice(0, n) for n in img.shape)
         self.last_region = box
         self._masks.invalidate(None)
+        if self.latent == "sum":  # the GMRF's share, exactly, on every node
+            self._field_nodes = self._sum_field().astype(np.float32) if self.posterior.n else None
+            self._field_objects = list(self.objects or [0])
         if self.posterior.n == 0:  # no clicks: the prior everywhere, and no kernel to evaluate
             self._mean.view(K, -1).copy_(self._prior_mean(box, self.objects or [0]).T.expand(K, -1))
             self._var.fill_(self.kernel.outputscale)
@@ -482,20 +555,27 @@ class Session:
                                   np.asarray(point, np.float64).reshape(1, -1)])
         return centres, radii[:, None] / self.inputs.pos_scale[None, :]
 
-    def _evaluate_boxes(self, boxes: list[Box]) -> None:
+    def _evaluate_boxes(self, boxes: list[Box], changed: list[Box] | None = None) -> None:
         """Update the mean now (the mask needs it) and mark the variance stale there: it is computed
-        when a probability, uncertainty or suggestion is asked for, which halves a click's cost."""
+        when a probability, uncertainty or suggestion is asked for, which halves a click's cost.
+        ``changed``: where the mean moved, if more than the boxes (the mask is redone there)."""
         objects = self.objects or [0]
         t0 = time.perf_counter()
-        evaluate_boxes(self.posterior, self.inputs, lambda b: self._prior_mean(b, objects), boxes,
-                       self._mean, None, max_bytes=self._max_bytes())
+        # the sum's prior mean is the GMRF's share, per voxel: evaluated on the background, one row for all
+        # locations (a prior mean per location is gathered and copied chunk by chunk), then added after
+        field = self._field_nodes if self.latent == "sum" else None
+        prior = (lambda b: self._prior_mean(b, objects)) if field is None else \
+            (lambda b: torch.full((1, len(objects)), self.config.background_mean, device=self.device))
+        evaluate_boxes(self.posterior, self.inputs, prior, boxes, self._mean, None, max_bytes=self._max_bytes())
+        if field is not None:
+            self._add_field(field - np.float32(self.config.background_mean), boxes)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         # what the last update's evaluation cost, for benchmarks (locations evaluated, seconds)
         self.last_update = {"locations": sum(box_size(b) for b in boxes),
                             "seconds": time.perf_counter() - t0}
         self._stale_var = merge_boxes(self._stale_var + list(boxes))
-        self._masks.invalidate(boxes)
+        self._masks.invalidate(boxes if changed is None else changed)
 
     def _variance(self) -> torch.Tensor:
         """The posterior variance map, brought up to date over the regions clicks have changed."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+from scipy import ndimage as ndi
 from scipy.sparse.linalg import splu
 from skimage.segmentation import slic
 
@@ -44,6 +45,11 @@ SLIC_VOXELS = 4_000_000  # SLIC runs on a strided copy of larger images (its lab
 SLIC_ITERATIONS = 5
 SLIC_COMPACTNESS = 0.1  # on standardised intensities: supervoxels follow the image more than a grid
 SLIC_SIGMA = 0.0
+# the fewest voxels per requested supervoxel: asked for more, SLIC's grid step rounds to one voxel and every
+# voxel becomes a node, whose "mean" intensity is the noise itself, which the contrast then reads as edges
+# everywhere (a 24x28x20 volume under the default 15000 nodes: a click filled nothing; from about 3 voxels a
+# node down it degenerates, so 6 keeps a margin)
+MIN_NODE_VOXELS = 6
 
 
 class SupervoxelGraph:
@@ -69,7 +75,8 @@ class SupervoxelGraph:
         mean, std = flat.mean(0), flat.std(0) + 1e-12
         step = max(1, int(np.ceil((np.prod(spatial) / SLIC_VOXELS) ** (1.0 / len(spatial)))))
         coarse = (a[tuple(slice(None, None, step) for _ in spatial)] - mean) / std
-        lab = slic(coarse, n_segments=int(n_nodes), compactness=SLIC_COMPACTNESS, spacing=spacing,
+        n_nodes = max(2, min(int(n_nodes), int(np.prod(spatial)) // MIN_NODE_VOXELS))
+        lab = slic(coarse, n_segments=n_nodes, compactness=SLIC_COMPACTNESS, spacing=spacing,
                    channel_axis=-1, start_label=0, max_num_iter=SLIC_ITERATIONS, enforce_connectivity=True,
                    sigma=SLIC_SIGMA)
         lab = _relabel(lab)
@@ -86,7 +93,7 @@ class SupervoxelGraph:
         d2 = ((means[pairs[:, 0]] - means[pairs[:, 1]]) ** 2).sum(1)
         # the typical step inside tissue; flat padding (a skull-stripped MR's zeros) has steps of exactly 0
         # and would make every real step look like an edge
-        steps = d2[d2 > 1e-6 * max(float(d2.max()), 1e-12)]
+        steps = d2[d2 > 1e-6 * max(float(d2.max(initial=0.0)), 1e-12)]  # no edges: a volume of one node
         typical = max(float(np.median(steps)) if len(steps) else 1.0, 1e-12)
         dist = np.linalg.norm(centroids[pairs[:, 0]] - centroids[pairs[:, 1]], axis=1).clip(min=voxel.min())
         self.weights = np.exp(-d2 / (contrast * typical)) * areas / dist
@@ -98,6 +105,20 @@ class SupervoxelGraph:
         self.mass = self.volume / range_mm ** 2
         self.labels = _repeat_back(lab, step, spatial)
         self.n = n
+        self._bounds: tuple[np.ndarray, np.ndarray] | None = None
+
+    @property
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each node's bounding box in voxels, ``[lo, hi)`` as two (nodes, ndim) arrays, made on first use:
+        where a change of the field on some nodes shows on the voxels."""
+        if self._bounds is None:
+            lo = np.zeros((self.n, self.labels.ndim), np.int64)
+            hi = np.zeros((self.n, self.labels.ndim), np.int64)
+            for i, box in enumerate(ndi.find_objects(self.labels + 1, max_label=self.n)):
+                if box is not None:
+                    lo[i], hi[i] = [s.start for s in box], [s.stop for s in box]
+            self._bounds = lo, hi
+        return self._bounds
 
     def operator(self) -> sp.csc_matrix:
         """The sparse operator K = B^T diag(w) B + diag(volume) / range^2; the precision is K V^-1 K."""
@@ -113,7 +134,10 @@ class GMRF:
     """The prior: K factorised once, the covariance scaled so the median prior variance is ``outputscale``;
     the kernel columns of clicked nodes (cached), and exact prior samples for the variance estimate."""
 
-    def __init__(self, graph: SupervoxelGraph, outputscale: float = 1.0, seed: int = 0) -> None:
+    def __init__(self, graph: SupervoxelGraph, outputscale: float = 1.0, seed: int = 0, *,
+                 correlation: bool = False) -> None:
+        """``correlation``: estimate the prior variances :meth:`correlation` divides by now, with the factor,
+        rather than at its first use (an interactive session's first click)."""
         self.graph = graph
         self._lu = splu(graph.operator(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
                         options={"SymmetricMode": True})
@@ -123,6 +147,8 @@ class GMRF:
         self._seed = seed
         self._prior_variance: np.ndarray | None = None
         self._columns: dict[int, np.ndarray] = {}
+        if correlation:
+            self._prior_variance = self._sample_prior_variance()
 
     @property
     def n(self) -> int:
@@ -143,10 +169,12 @@ class GMRF:
         itself), and every correlation is divided by it, so it takes more samples than the posterior's
         variance estimate."""
         if self._prior_variance is None:
-            rng = np.random.default_rng(self._seed + 1)
-            samples = self._lu.solve(self.graph.white_noise(rng, PRIOR_SAMPLES))
-            self._prior_variance = (samples * samples).mean(1) * self.scale
+            self._prior_variance = self._sample_prior_variance()
         return self._prior_variance
+
+    def _sample_prior_variance(self) -> np.ndarray:
+        samples = self._lu.solve(self.graph.white_noise(np.random.default_rng(self._seed + 1), PRIOR_SAMPLES))
+        return (samples * samples).mean(1) * self.scale
 
     def correlation(self, node: int) -> np.ndarray:
         """The kernel between node and every node over their prior standard deviations, (nodes,): a
