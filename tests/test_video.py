@@ -387,14 +387,20 @@ def occluded_disk(n_frames: int = 24, hidden=range(8, 12)):
 
 def test_a_lost_object_is_found_again_when_it_comes_back():
     frames, labels = occluded_disk()
-    found = {}
-    for lost_fraction in (0.0, 0.2):
+    default = VideoConfig().lost_fraction
+    assert default > 0  # re-detection is on unless switched off
+    found, lost = {}, {}
+    for lost_fraction in (0.0, default):
         with VideoSegmenter(ArrayFrames(frames), VideoConfig(lost_fraction=lost_fraction)) as seg:
             seg.set_mask(0, labels[0])
             assert all(not (seg.labels(t) == 1).any() for t in (9, 10, 11)), "the wall is not the disk"
             found[lost_fraction] = np.mean(ious(seg, labels, 1)[14:])
-    assert found[0.2] > 0.7, found
-    assert found[0.2] > found[0.0] + 0.3, found  # carried forward, the empty mask stays empty
+            lost[lost_fraction] = sorted({t for _, t, k in seg.stats["lost"] if k == 1})
+    assert found[default] > 0.7, found
+    assert found[default] > found[0.0] + 0.3, found  # carried forward, the empty mask stays empty
+    # the frames on which the disk counts as lost are logged: behind the wall, and not once it is found again
+    assert lost[0.0] == [] and lost[default][0] in (9, 10) and 11 in lost[default], lost
+    assert max(lost[default]) <= 13, lost
 
 
 def test_flow_confidence_is_high_where_forward_and_backward_agree():

@@ -45,8 +45,9 @@ class VideoConfig:
     object_cells: int = 2500           # >0: the grid is finer (down to full resolution) so the smallest annotated
                                        # object covers about this many cells; 0: always `scale`
     flow_check: bool = False           # forward-backward flow consistency: the prior mean fades where the flow fails
-    lost_fraction: float = 0.0         # >0: an object whose warped mask has less than this fraction of its annotated
-                                       # area is lost: searched for in the whole frame from the annotated frames' memory
+    lost_fraction: float = 0.1         # an object whose warped mask has less than this fraction of its annotated area
+                                       # is lost: searched for in the whole frame from the annotated frames' memory
+                                       # (0: never; the frames it counts as lost are in VideoSegmenter.stats["lost"])
     fine_band: float = 1.0             # on a grid finer than `scale`: exact GP only where |latent| < this;
                                        # 0: everywhere
     noise_propagated: float = 0.05     # noise of propagated frames' samples at distance 0 (annotated: noise_annotated)

@@ -28,9 +28,10 @@ mask and its margin.  One step of a pass:
 3. GP posterior mean over the working grid (:mod:`volseg.video.gp`), probit, stored per frame;
 4. the frame adds its most informative points to the local memory.
 
-Optional (off by default, see the README's DAVIS protocol for why): ``flow_check`` fades the prior
-mean where the flow fails its forward-backward check; ``lost_fraction`` searches the whole frame for an
-object whose warped mask has (almost) vanished, from the annotated frames' memory.
+``lost_fraction``: an object whose warped mask has (almost) vanished is searched for in the whole frame,
+from the annotated frames' memory; the frames where that happened are logged in ``stats["lost"]`` as
+(the pass's start frame, frame, object).  Optional (off by default, see the README's DAVIS protocol for
+why): ``flow_check`` fades the prior mean where the flow fails its forward-backward check.
 
 Masks at full resolution are the stored probability upsampled bilinearly and snapped to the
 frame's edges with a guided filter (:mod:`volseg.video.refine`).
@@ -90,7 +91,7 @@ class VideoSegmenter:
         self.session_features, self.session_config = session_features, session_config
         self.last_changed: list[int] = []
         self.stats = {"frames_propagated": 0, "seconds": 0.0, "memory_peak": 0, "memory_bytes_peak": 0,
-                      "gp_points_max": 0}
+                      "gp_points_max": 0, "lost": []}
 
     def _set_grid(self, scale: float) -> None:
         cfg = self.config
@@ -343,6 +344,7 @@ class VideoSegmenter:
             lost = (prior > 0.5).reshape(K, -1).sum(1) < cfg.lost_fraction * area  # what is left of its mask
             if lost.any():  # the memory of the frames since it went missing only says "background"
                 bank.clear_local()
+                self.stats["lost"] += [[start, t, self.objects[k]] for k in np.flatnonzero(lost)]
             m0 = prior_mean(prior, cfg)
             if confidence is not None:  # where the flow fails, appearance (the GP) decides, not the warped prior
                 m0 *= confidence.reshape(-1, 1)
