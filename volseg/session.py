@@ -424,7 +424,7 @@ class Session:
             else np.zeros((self.field.n, 0))
         at_clicks = columns[nodes]
         local = objects == self._objects_fitted
-        before = self._weights()
+        before = self._weights() if local else None  # A^-1 and the weights, for what the refit moves
         # the clicks' targets are taken against the background mean, the sum's prior mean
         background = torch.full((len(points), len(fit_objects)), self.config.background_mean, dtype=torch.float64)
         self._refit(points, voxels, fit_objects, self._targets(points, fit_objects),
