@@ -54,6 +54,19 @@ def test_flat_padding_does_not_cut_every_edge():
     assert dice(obj, post.mean()[:, 0][graph.labels] > 0) > 0.9
 
 
+def test_white_noise_in_flat_tissue_is_not_read_as_edges():
+    """Small supervoxels on white noise, at the default contrast: the steps inside the object are the noise
+    of the node means alone, and taken as the typical step they would make every other contact an edge."""
+    obj = _ellipsoid()
+    vol = _volume(obj)
+    graph = SupervoxelGraph(vol[..., None], SPACING, n_nodes=4000, range_mm=30.0,
+                            contrast=GPConfig().gmrf_contrast)
+    post = GMRFPosterior(GMRF(graph), noise=0.1).fit(np.array([graph.labels[_centre()]]), np.array([[1.0]]), -0.5)
+    latent = post.mean()[:, 0][graph.labels]
+    assert dice(obj, latent > 0) > 0.95
+    assert np.median(latent[obj]) > 0.8  # the click's label carries across the object (0.55 without the floor)
+
+
 def test_variance_is_positive_and_smallest_at_the_clicks():
     obj = _ellipsoid()
     graph, post = _posterior(_volume(obj))

@@ -8,7 +8,9 @@ The image is cut into supervoxels (SLIC); each is a node of a graph, and the fie
 
 with B the signed incidence matrix of adjacent supervoxels, V their volumes (mm^3), g their mean
 intensities (channels standardised), m the median of the nonzero |g_a - g_b|^2 over the edges (the
-typical step inside tissue), area their contact (mm^2) and dist the distance of their centroids (mm).
+typical step inside tissue; at least ``NOISE_STEPS`` times the median noise of the two means, so that
+flat tissue's noise is not read as edges), area their contact (mm^2) and dist the distance of their
+centroids (mm).
 The covariance spreads through neighbours that look alike, up to the image's edges, and decays over
 ``range`` mm where nothing stops it.  K alone as the precision (a first-order field, the random
 walker's) has a covariance that in 3D falls like 1/r from a spike at the node itself: a click would
@@ -50,6 +52,11 @@ SLIC_SIGMA = 0.0
 # everywhere (a 24x28x20 volume under the default 15000 nodes: a click filled nothing; from about 3 voxels a
 # node down it degenerates, so 6 keeps a margin)
 MIN_NODE_VOXELS = 6
+# the typical step is at least this many times the median noise of a contact's two means.  In flat tissue
+# with white noise the steps are that noise alone, and their median would make every other contact inside
+# an object an edge; real volumes' steps are larger (texture, correlated noise), so there it rarely binds
+# (README, "3D": chosen on the tune part, where 30 lost 0.02-0.03 Dice)
+NOISE_STEPS = 10.0
 
 
 class SupervoxelGraph:
@@ -89,12 +96,21 @@ class SupervoxelGraph:
         centroids = np.stack([np.bincount(lab.ravel(), np.broadcast_to(
             (np.arange(size) * v).reshape([-1 if j == i else 1 for j in range(lab.ndim)]), lab.shape).ravel(), n)
             for i, (size, v) in enumerate(zip(lab.shape, voxel))], 1) / counts[:, None]
+        squares = np.stack([np.bincount(lab.ravel(), coarse[..., c].ravel() ** 2, n)
+                            for c in range(coarse.shape[-1])], 1) / counts[:, None]
+        # each node mean's variance from its voxels' spread, as if they were independent
+        mean_noise = np.maximum(squares - means ** 2, 0.0).sum(1) / counts
         pairs, areas = _contacts(lab, voxel)
         d2 = ((means[pairs[:, 0]] - means[pairs[:, 1]]) ** 2).sum(1)
         # the typical step inside tissue; flat padding (a skull-stripped MR's zeros) has steps of exactly 0
         # and would make every real step look like an edge
-        steps = d2[d2 > 1e-6 * max(float(d2.max(initial=0.0)), 1e-12)]  # no edges: a volume of one node
-        typical = max(float(np.median(steps)) if len(steps) else 1.0, 1e-12)
+        kept = d2 > 1e-6 * max(float(d2.max(initial=0.0)), 1e-12)  # no edges: a volume of one node
+        typical = max(float(np.median(d2[kept])) if kept.any() else 1.0, 1e-12)
+        # ... but not below the noise of the means: where tissue is flat, its steps are that noise alone,
+        # and their median would make half of the contacts inside an object edges
+        if kept.any():
+            noise = (mean_noise[pairs[:, 0]] + mean_noise[pairs[:, 1]])[kept]
+            typical = max(typical, NOISE_STEPS * float(np.median(noise)))
         dist = np.linalg.norm(centroids[pairs[:, 0]] - centroids[pairs[:, 1]], axis=1).clip(min=voxel.min())
         self.weights = np.exp(-d2 / (contrast * typical)) * areas / dist
         m = len(pairs)
