@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from volseg.config import BY_DIMENSION, GPConfig, by_dimension
+from volseg.errors import InputError
 
 DEFAULT_YAML = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -68,3 +69,12 @@ def test_volume_fill_config_selects_the_sum_latent():
     assert cfg.latent_for(3) == "sum" and cfg.short_share == 0.8 and cfg.gmrf_share == 0.5
     assert {k: v for k, v in vars(cfg).items() if k not in ("latent", "short_share")} == \
         {k: v for k, v in vars(GPConfig()).items() if k not in ("latent", "short_share")}
+
+
+def test_whole_number_settings_given_as_floats_become_integers():
+    """``Session(seed_points=4.0)`` or ``gmrf_nodes: 5e3`` in YAML: a whole number is accepted, and stored as one."""
+    cfg = GPConfig(seed_points=4.0, gmrf_nodes=5e3)
+    assert cfg.seed_points == 4 and isinstance(cfg.seed_points, int)
+    assert isinstance(cfg.gmrf_nodes, int)
+    with pytest.raises(InputError, match="seed_points must be a whole number"):
+        GPConfig(seed_points=4.5)

@@ -184,6 +184,14 @@ def test_config_rejects_unknown_settings():
     assert VideoConfig.from_dict({"smoothing_scales": [0, 1]}).smoothing_scales == (0.0, 1.0)
 
 
+@pytest.mark.parametrize("value", [2.5, float("nan"), "2", True])
+def test_config_wants_whole_numbers_where_it_counts(value):
+    with pytest.raises(InputError, match="window must be a whole number"):
+        VideoConfig(window=value)
+    config = VideoConfig(window=3.0, budget=400.0)  # a script's floats that are whole numbers are kept, as int
+    assert (config.window, config.budget) == (3, 400) and isinstance(config.window, int)
+
+
 # -- command line -------------------------------------------------------------------------------
 def test_cli_propagate_writes_masks_overlay_and_sidecar(tmp_path, shapes):
     from PIL import Image as PILImage

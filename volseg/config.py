@@ -80,7 +80,10 @@ class GPConfig:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            _check_setting(f.name, getattr(self, f.name))
+            value = getattr(self, f.name)
+            _check_setting(f.name, value)
+            if _RULES[f.name][0] == "integer" and not isinstance(value, int):  # 4.0 from YAML or a script
+                object.__setattr__(self, f.name, int(value))
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "GPConfig":

@@ -63,6 +63,12 @@ class VideoConfig:
                                        # size anyway, and upsampling the embedding to the full frame costs more
 
     def __post_init__(self) -> None:
+        for f in fields(self):  # whole numbers (800.0 from a script) are stored as int; 2.5 frames is an error
+            value = getattr(self, f.name)
+            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
+                if isinstance(value, bool) or not isinstance(value, float) or not value.is_integer():
+                    raise InputError(f"video settings: {f.name} must be a whole number, got {value!r}")
+                object.__setattr__(self, f.name, int(value))
         checks = [
             (self.scale >= 1, "scale must be 1 or more"), (self.budget >= 8, "budget must be 8 points or more"),
             (0 < self.global_fraction < 1, "global_fraction must be between 0 and 1"),
