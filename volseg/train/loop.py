@@ -114,10 +114,12 @@ def _initialise(model: Trainee, ckpt: dict, path: str | Path, manifest: str) -> 
                                  "images_seen": before.get("images_seen")}}
 
 
-def _dist() -> tuple[int, int]:
+def _dist(device: str = "cpu") -> tuple[int, int]:
+    """(rank, world size) under torchrun; the backend follows the config's device, not the machine: CPU
+    ranks on a GPU machine (its many cores) need gloo, which NCCL cannot stand in for."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+        torch.distributed.init_process_group("nccl" if device == "cuda" else "gloo")
     rank = torch.distributed.get_rank() if world > 1 else 0
     return rank, world
 
@@ -212,7 +214,7 @@ def train(config: dict | str | Path, out: str | Path | None = None, *, resume: s
         raise InputError("give --resume or --init, not both")
     cfg, base = load_config(config)
     torch.set_num_threads(int(cfg["threads"]))
-    rank, world = _dist()
+    rank, world = _dist(str(cfg["device"]))
     device = torch.device(cfg["device"] if cfg["device"] != "cuda" else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise InputError("config asks for device cuda but CUDA is not available")
