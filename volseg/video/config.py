@@ -1,6 +1,7 @@
 """Video propagation settings: one dataclass, from a YAML file's ``video:`` section and KEY=VALUE options."""
 from __future__ import annotations
 
+import numbers
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -33,6 +34,10 @@ class VideoConfig:
     flow: str = "ultrafast"            # DIS preset (ultrafast | fast | medium) or "none"
     refine_radius: float = 2.0         # guided-filter radius in working-grid pixels; 0: bilinear only
     refine_eps: float = 1e-3
+    edge_strength: float = 0.0         # >0: each mask is moved onto the frame's edges by the 2D session's minimum
+                                       # cut at full resolution (volseg.boundary; 0: the guided filter alone)
+    edge_reach: float = 35.0           # ... within this many frame pixels of the mask's boundary
+    edge_step: int = 1                 # ... on the frame shrunk this many times (1: full resolution)
     smoothing_scales: tuple = (0.0, 1.0, 2.0, 4.0, 8.0)  # filter bank on the working grid
     gradient_scales: tuple = (1.0, 3.0)
     hessian_scales: tuple = (2.0,)
@@ -65,8 +70,9 @@ class VideoConfig:
     def __post_init__(self) -> None:
         for f in fields(self):  # whole numbers (800.0 from a script) are stored as int; 2.5 frames is an error
             value = getattr(self, f.name)
-            if f.type == "int" and (isinstance(value, bool) or not isinstance(value, int)):
-                if isinstance(value, bool) or not isinstance(value, float) or not value.is_integer():
+            if f.type == "int" and type(value) is not int:
+                whole = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
+                if isinstance(value, bool) or not whole:
                     raise InputError(f"video settings: {f.name} must be a whole number, got {value!r}")
                 object.__setattr__(self, f.name, int(value))
         checks = [
@@ -79,6 +85,8 @@ class VideoConfig:
             (min(self.noise_click, self.noise_annotated, self.noise_propagated) > 0 and self.noise_growth >= 0,
              "noise levels must be positive"),
             (self.object_cells >= 0, "object_cells must be 0 or more"),
+            (self.edge_strength >= 0 and self.edge_reach > 0 and self.edge_step >= 1,
+             "edge_strength must be 0 or more, edge_reach positive, edge_step 1 or more"),
             (self.learned_long_side >= 0, "learned_long_side must be 0 or more"),
             (0 <= self.lost_fraction < 1, "lost_fraction must be in [0, 1)"),
             (0 < self.roi_level < 1, "roi_level must be in (0, 1)"),

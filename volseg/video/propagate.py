@@ -64,7 +64,7 @@ from .config import VideoConfig
 from .features import Flow, FrameFeatures, Grid, flow_confidence, frame_extractors, make_bank, warp
 from .gp import MemoryPosterior, probability
 from .memory import ANNOTATED, CLICK, PROPAGATED, MemoryBank, Points, sample_informative
-from .refine import to_labels, upsample
+from .refine import cut_to_edges, to_labels, upsample
 from .step import drop_detached, latent, prior_mean, redetected, region_of_interest
 from .store import FrameStore
 from .threads import limited_threads
@@ -207,6 +207,9 @@ class VideoSegmenter:
         radius = int(round(self.config.refine_radius * max(self.grid.factor)))
         with limited_threads(self.config.threads):
             up = upsample(self.probability(t), frame, radius=radius, eps=self.config.refine_eps)
+            if self.config.edge_strength > 0:
+                up = cut_to_edges(up, frame, strength=self.config.edge_strength, reach=self.config.edge_reach,
+                                  step=self.config.edge_step)
         return to_labels(up, self.objects)
 
     # -- propagation -------------------------------------------------------------------------------

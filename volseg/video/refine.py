@@ -6,11 +6,21 @@ snap to the frame's edges.  It is made of box filters only (OpenCV ``boxFilter``
 whatever the radius; ``cv2.ximgproc`` (which has one) is not in the headless OpenCV wheels.  Work is
 limited to the box around the uncertain band, since elsewhere the map is flat and the filter an
 identity.
+
+:func:`cut_to_edges` then moves each object's 0.5 level onto the frame's edges with the 2D session's
+minimum cut (:func:`volseg.boundary.cut`, its colour model refitted to the object's own mask), at full
+resolution, inside the box around the uncertain band: thin parts the working grid blurs away can come
+back where the frame's edges and colours hold them.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
+from scipy.special import ndtr, ndtri
+
+from .. import boundary
+
+PROBIT_CLIP = 1e-4  # probabilities are clipped to [this, 1 - this] before the probit: latents within +-3.7
 
 
 def _box(a: np.ndarray, r: int) -> np.ndarray:
@@ -61,6 +71,39 @@ def upsample(prob: np.ndarray, frame: np.ndarray, *, radius: int = 8, eps: float
     guide = cv2.cvtColor(np.ascontiguousarray(frame[r0:r1, c0:c1]), cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
     up[:, r0:r1, c0:c1] = np.clip(guided_filter(guide, up[:, r0:r1, c0:c1], radius, eps, subsample), 0.0, 1.0)
     return up
+
+
+def cut_to_edges(prob: np.ndarray, frame: np.ndarray, *, strength: float, band: float = 1.5, reach: float = 35.0,
+                 appearance_weight: float = 0.5, margin: int = 2, step: int = 1) -> np.ndarray:
+    """(K, H, W) full-resolution probabilities, each object's moved onto the frame's edges by a minimum cut
+    (the probability's probit is the cut's latent); returns a copy with the cut's foreground above 0.5 and
+    its background below.  ``reach`` in pixels of the frame; ``step`` > 1 cuts on the frame shrunk that
+    many times (about step^2 less work)."""
+    out = prob.copy()
+    lo, hi = PROBIT_CLIP, 1.0 - PROBIT_CLIP
+    p_band = float(ndtr(band))
+    for k in range(prob.shape[0]):
+        unsure = (prob[k] > 1.0 - p_band) & (prob[k] < p_band)  # |probit| < band, without the probit everywhere
+        if not unsure.any() or not (prob[k] > 0.5).any():
+            continue
+        rows, cols = np.flatnonzero(unsure.any(1)), np.flatnonzero(unsure.any(0))
+        m = int(np.ceil(reach)) + margin
+        r0, r1 = max(0, rows[0] - m), min(prob.shape[1], rows[-1] + m + 1)
+        c0, c1 = max(0, cols[0] - m), min(prob.shape[2], cols[-1] + m + 1)
+        p = out[k, r0:r1, c0:c1]
+        small = (max(1, (c1 - c0) // step), max(1, (r1 - r0) // step))
+        shrink = (lambda a: cv2.resize(a, small, interpolation=cv2.INTER_AREA)) if step > 1 else (lambda a: a)
+        crop = ndtri(np.clip(shrink(np.ascontiguousarray(p)), lo, hi))
+        channels = boundary.contrast_channels(shrink(np.ascontiguousarray(frame[r0:r1, c0:c1])))
+        weights = boundary.edge_weights(channels, (1.0, 1.0), connectivity=2)
+        appearance = None
+        if appearance_weight > 0:
+            appearance = appearance_weight * boundary.ColourModel(channels).log_ratio(crop > 0)
+        fg = boundary.cut(crop, weights, strength=strength, band=band, reach=reach / step, appearance=appearance)
+        if step > 1:
+            fg = cv2.resize(fg.astype(np.uint8), (c1 - c0, r1 - r0), interpolation=cv2.INTER_NEAREST) > 0
+        out[k, r0:r1, c0:c1] = np.where(fg, np.maximum(p, 0.5 + 1e-3), np.minimum(p, 0.5 - 1e-3))
+    return out
 
 
 def to_labels(prob: np.ndarray, objects: list[int]) -> np.ndarray:
