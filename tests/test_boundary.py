@@ -6,7 +6,15 @@ import pytest
 from scipy.special import log_ndtr
 
 from volseg import Session
-from volseg.boundary import ColourModel, contrast_channels, cut, edge_weights, pair_slices, restore_collapsed
+from volseg.boundary import (
+    ColourModel,
+    contrast_channels,
+    cut,
+    edge_weights,
+    pair_slices,
+    restore_collapsed,
+    sparse_edge_weights,
+)
 
 
 def energy(fg, latent, weights, strength):
@@ -35,6 +43,28 @@ def test_cut_is_the_minimum_energy_labelling(connectivity):
     best = min((np.array(bits, bool).reshape(3, 4) for bits in itertools.product([0, 1], repeat=12)),
                key=lambda fg: energy(fg, latent, weights, 0.8))
     assert energy(got, latent, weights, 0.8) == pytest.approx(energy(best, latent, weights, 0.8), abs=1e-2)
+
+
+@pytest.mark.parametrize("shape, connectivity", [((3, 4), 2), ((2, 3, 2), 3)])
+def test_only_the_band_is_cut_and_its_fixed_neighbours_are_priced(shape, connectivity):
+    """The graph holds the uncertain band alone: the cut is the minimum-energy labelling among those that
+    keep the GP's label outside the band, pairs with a fixed neighbour included (every offset's sign)."""
+    for seed in range(8):
+        rng = np.random.default_rng(seed)
+        latent = rng.normal(0, 1.2, shape)
+        weights = edge_weights(rng.normal(0, 1, shape + (1,)), (1.0,) * len(shape), connectivity)
+        free = np.abs(latent) < 0.9
+        got = cut(latent, weights, strength=2.0, band=0.9, reach=np.inf)
+        assert (got[~free] == (latent[~free] > 0)).all()
+
+        def labelling(bits, free=free, latent=latent):
+            fg = latent > 0
+            fg[free] = np.array(bits, bool)
+            return fg
+
+        best = min((labelling(bits) for bits in itertools.product([0, 1], repeat=int(free.sum()))),
+                   key=lambda fg, latent=latent, weights=weights: energy(fg, latent, weights, 2.0))
+        assert energy(got, latent, weights, 2.0) == pytest.approx(energy(best, latent, weights, 2.0), abs=1e-2)
 
 
 def test_ties_go_to_the_smallest_minimum_cut_foreground():
@@ -175,3 +205,16 @@ def test_diagonal_neighbours_price_a_boundary_by_its_euclidean_length(connectivi
     axis = cost(c < n // 2) / n                 # a boundary n long
     diagonal = cost(r + c < n) / (n * np.sqrt(2))  # a boundary n * sqrt(2) long
     assert diagonal / axis == pytest.approx(ratio, rel=0.05)
+
+
+@pytest.mark.parametrize("ndim, connectivity", [(2, 2), (3, 1)])
+def test_sparse_edge_weights_cut_as_the_dense_ones(ndim, connectivity):
+    """Known everywhere, the weights a cut reads from the sparse functions are the dense arrays'."""
+    rng = np.random.default_rng(2)
+    shape = (12, 14) if ndim == 2 else (6, 7, 5)
+    channels = rng.normal(0, 1, shape + (3,)).astype(np.float32)
+    latent = rng.normal(0, 1, shape)
+    dense = cut(latent, edge_weights(channels, (1.0,) * ndim, connectivity), strength=3.0, band=1.0, reach=np.inf)
+    sparse = sparse_edge_weights(channels, np.ones(shape, bool), (1.0,) * ndim, connectivity)
+    assert all(callable(w) for _, w in sparse)
+    np.testing.assert_array_equal(cut(latent, sparse, strength=3.0, band=1.0, reach=np.inf), dense)

@@ -174,6 +174,7 @@ def test_two_cpu_ranks_under_torchrun(tmp_path):
     """CPU data parallelism (a GPU machine's many cores): two gloo ranks train one model, rank 0 writes it.
     The backend follows the config's device, so this runs the same where CUDA is present."""
     import os
+    import signal
     import socket
     import subprocess
     import sys
@@ -185,7 +186,14 @@ def test_two_cpu_ranks_under_torchrun(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SMOKE.parents[1])}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(port),
            "-m", "volseg", "train", "--config", str(SMOKE), "--out", str(tmp_path / "ddp"), "--steps", "2", "--quiet"]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
+    # its own process group: a hang is killed with both ranks, not left running behind the test
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, err = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
+    assert proc.returncode == 0, err[-2000:]
     ck = read_checkpoint(tmp_path / "ddp" / "model.ckpt")
     assert ck["metrics"]["world_size"] == 2 and ck["metrics"]["steps"] == 2

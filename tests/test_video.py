@@ -496,7 +496,7 @@ def test_the_edge_cut_puts_a_blurred_mask_back_on_the_frame_edges():
     frame = np.clip(frame, 0, 255).astype(np.uint8)
     coarse = ndi.gaussian_filter(np.roll(truth, 3, axis=1).astype(np.float32), 4.0)  # no arm left above 0.5
     prob = np.clip(0.05 + 0.9 * coarse / coarse.max(), 0, 1)[None]
-    cut = cut_to_edges(prob, frame, strength=15.0)
+    cut = cut_to_edges(prob, frame, strength=15.0, reach=35.0)  # the arm reaches 40 px beyond the disc
     assert cut.shape == prob.shape
     before, after = iou(prob[0] > 0.5, truth), iou(cut[0] > 0.5, truth)
     assert after > before + 0.05 and after > 0.95

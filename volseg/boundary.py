@@ -20,7 +20,7 @@ iterations): where the posterior is unsure, colours seen inside the object pull 
 from __future__ import annotations
 
 import itertools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import maxflow
 import numpy as np
@@ -63,26 +63,56 @@ def edge_weights(channels: np.ndarray, spacing: Sequence[float],
     Crofton weights of Boykov & Kolmogorov 2003 in 2D, their usual approximation in 3D), c chosen so an
     axis-aligned boundary costs what it costs with faces alone."""
     ndim = channels.ndim - 1
-    spacing = np.asarray(spacing, dtype=np.float64)
     faces = [np.square(np.diff(channels, axis=a)).sum(-1, dtype=np.float32) for a in range(ndim)]
     beta = max(float(np.mean([d.mean(dtype=np.float64) for d in faces])), 1e-12)
+    out = []
+    for o, g in pair_geometry(ndim, spacing, connectivity):
+        if sum(map(abs, o)) == 1:
+            d = faces[o.index(1)]
+        else:
+            p, q = pair_slices(o)
+            d = np.square(channels[p] - channels[q]).sum(-1, dtype=np.float32)
+        out.append((o, np.exp(d * np.float32(-0.5 / beta)) * np.float32(g)))
+    return out
+
+
+def pair_geometry(ndim: int, spacing: Sequence[float], connectivity: int = 1) -> list[tuple[tuple[int, ...], float]]:
+    """``(offset, g)`` per neighbour offset: the geometric factor of :func:`edge_weights`."""
+    spacing = np.asarray(spacing, dtype=np.float64)
     offsets = neighbour_offsets(ndim, connectivity)
     # per unit of an axis-aligned boundary, every offset with a +1 step across it is cut once
     crossing = sum(np.linalg.norm(o) ** (1 - ndim) for o in offsets if o[0] == 1)
     out = []
     for o in offsets:
-        if sum(map(abs, o)) == 1:
-            a = o.index(1)
-            d = faces[a]
-            g = 1.0 / spacing[a]
-        else:
-            p, q = pair_slices(o)
-            d = np.square(channels[p] - channels[q]).sum(-1, dtype=np.float32)
-            g = 1.0 / float(np.linalg.norm(np.asarray(o) * spacing))
+        g = 1.0 / float(np.linalg.norm(np.asarray(o) * spacing))  # 1 / spacing along the axis for a face
         if connectivity > 1:
             g *= float(np.linalg.norm(o)) ** (2 - ndim) / crossing
-        out.append((o, np.exp(d * np.float32(-0.5 / beta)) * np.float32(g)))
+        out.append((o, g))
     return out
+
+
+def sparse_edge_weights(channels: np.ndarray, known: np.ndarray, spacing: Sequence[float],
+                        connectivity: int = 1) -> list[tuple[tuple[int, ...], Callable]]:
+    """:func:`edge_weights` as functions of the pairs' first ends, for a cut whose band is a small part of
+    the array: ``channels`` need only be filled where ``known`` is true (the band and its neighbours), and
+    beta is the mean squared face difference over the pairs of known locations."""
+    ndim = channels.ndim - 1
+    means = []
+    for a in range(ndim):  # per axis, as edge_weights averages them: with every location known, the same weights
+        first, second = pair_slices(tuple(int(i == a) for i in range(ndim)))
+        both = known[first] & known[second]
+        if both.any():
+            means.append(np.square(channels[first][both] - channels[second][both]).sum(-1).mean(dtype=np.float64))
+    beta = max(float(np.mean(means)) if means else 0.0, 1e-12)
+
+    def weight(offset, g):
+        def at(first):
+            second = tuple(c + o for c, o in zip(first, offset))
+            d = np.square(channels[first] - channels[second]).sum(-1, dtype=np.float32)
+            return np.exp(d * np.float32(-0.5 / beta)) * np.float32(g)
+        return at
+
+    return [(o, weight(o, g)) for o, g in pair_geometry(ndim, spacing, connectivity)]
 
 
 def contrast_channels(array: np.ndarray) -> np.ndarray:
@@ -96,12 +126,15 @@ def cut(latent: np.ndarray, weights: list[tuple[tuple[int, ...], np.ndarray]], *
     """Foreground (bool, latent's shape) of the minimum cut.
 
     ``latent``: GP latent mean (foreground where > 0; probability Phi(latent));  ``weights``: the
-    ``(offset, w)`` pairs of :func:`edge_weights`;  ``strength``: pairwise weight against the unaries;
+    ``(offset, w)`` pairs of :func:`edge_weights`, or of :func:`sparse_edge_weights` (``w`` a function of
+    the pairs' first ends: only the band's pairs are ever read);  ``strength``: pairwise weight against the unaries;
     ``band``, ``reach``: the locations that may change (see the module's doc);  ``positives`` /
     ``negatives``: index tuples that must come out foreground / background."""
     gp_fg = latent > 0
     fg = gp_fg.copy()
-    free = (np.abs(latent) < band) & near_boundary(fg, reach, spacing)
+    free = np.abs(latent) < band
+    if np.isfinite(reach):
+        free &= near_boundary(fg, reach, spacing)
     for v in positives:
         free[v], fg[v] = False, True
     for v in negatives:
@@ -125,19 +158,31 @@ def cut(latent: np.ndarray, weights: list[tuple[tuple[int, ...], np.ndarray]], *
     # set whichever max-flow algorithm found the flow.
     graph = maxflow.GraphInt()
     graph.add_nodes(n)
-    for offset, w in weights:
-        lo, hi = pair_slices(offset)
-        p, q, wa = node[lo].ravel(), node[hi].ravel(), (strength * w).ravel().astype(np.float64)
-        both = (p >= 0) & (q >= 0)
-        cap = _capacity(wa[both])
-        graph.add_edges(p[both], q[both], cap, cap)
-        # a free location next to a fixed one pays the edge if it takes the other label
-        for free_side, fixed_side, fixed_label in ((p, q, fg[hi]), (q, p, fg[lo])):
-            m = (free_side >= 0) & (fixed_side < 0)
-            fixed_fg = fixed_label.ravel()[m]
-            np.add.at(cost_bg, free_side[m][fixed_fg], wa[m][fixed_fg])
-            np.add.at(cost_fg, free_side[m][~fixed_fg], wa[m][~fixed_fg])
+    # the graph is built from the free locations alone (the band), not from every pair of the image
     ids = np.arange(n)
+    at = np.nonzero(free)
+    shape = np.asarray(latent.shape)[:, None]
+    for offset, w in weights:
+        origin = [s.start or 0 for s in pair_slices(offset)[0]]  # w[i] is the pair (i + origin, i + origin + offset)
+        # each free location as the pair's first end, then as its second
+        for sign in (1, -1):
+            other = np.stack(at) + sign * np.asarray(offset)[:, None]
+            inside = ((other >= 0) & (other < shape)).all(0)
+            mine, theirs = ids[inside], tuple(other[:, inside])
+            first = tuple(a[inside] for a in at) if sign == 1 else theirs
+            pairs = w(first) if callable(w) else w[tuple(c - o for c, o in zip(first, origin))]
+            wa = strength * pairs.astype(np.float64)
+            partner = node[theirs]
+            if sign == 1:  # two free ends: one edge, added from its first end
+                both = partner >= 0
+                cap = _capacity(wa[both])
+                graph.add_edges(mine[both], partner[both], cap, cap)
+            # a free location next to a fixed one pays the edge if it takes the other label (each free
+            # location meets a given offset's partner once per sign: plain indexing adds without repeats)
+            fixed = partner < 0
+            fixed_fg = fg[theirs][fixed]
+            cost_bg[mine[fixed][fixed_fg]] += wa[fixed][fixed_fg]
+            cost_fg[mine[fixed][~fixed_fg]] += wa[fixed][~fixed_fg]
     graph.add_grid_tedges(ids, _capacity(cost_fg), _capacity(cost_bg))
     graph.maxflow()
     fg[free] = graph.get_grid_segments(ids)
@@ -181,19 +226,27 @@ class ColourModel:
         bins = max(2, min(bins, int(2 ** (20 / flat.shape[1]))))
         # one bin width for all channels (the widest range over bins): Lab distances stay perceptual
         # and a channel that barely varies is not blown up into noise
-        lo = flat.min(0)
-        step = max(float((flat.max(0) - lo).max()) / bins, 1e-6)
-        q = np.clip(((flat - lo) / step).astype(np.int64), 0, bins - 1)
+        self.lo = flat.min(0)
+        self.step = max(float((flat.max(0) - self.lo).max()) / bins, 1e-6)
         self.shape = (bins,) * flat.shape[1]
-        self.code = np.ravel_multi_index(tuple(q.T), self.shape).reshape(channels.shape[:-1])
+        self.code = self.codes(channels)
         self.clip = clip
 
-    def log_ratio(self, fg: np.ndarray) -> np.ndarray:
+    def codes(self, channels: np.ndarray) -> np.ndarray:
+        """The histogram cell of each colour (``channels`` (..., C), any of them), (...)."""
+        flat = channels.reshape(-1, channels.shape[-1])
+        q = np.clip(((flat - self.lo) / self.step).astype(np.int64), 0, self.shape[0] - 1)
+        return np.ravel_multi_index(tuple(q.T), self.shape).reshape(channels.shape[:-1])
+
+    def table(self, fg: np.ndarray) -> np.ndarray:
+        """log P(c | fg) - log P(c | bg) per histogram cell, from this model's colours split by ``fg``."""
         code, cells = self.code.ravel(), int(np.prod(self.shape))
         dens = []
         for inside in (fg.ravel(), ~fg.ravel()):
             h = np.bincount(code[inside], minlength=cells).reshape(self.shape).astype(np.float64)
             h = ndi.gaussian_filter(h, 1.0, mode="constant") + 1e-3  # unseen colours: no opinion
             dens.append(h / h.sum())
-        ratio = np.clip(np.log(dens[0] / dens[1]), -self.clip, self.clip).astype(np.float32)
-        return ratio.ravel()[self.code]
+        return np.clip(np.log(dens[0] / dens[1]), -self.clip, self.clip).astype(np.float32).ravel()
+
+    def log_ratio(self, fg: np.ndarray) -> np.ndarray:
+        return self.table(fg)[self.code]

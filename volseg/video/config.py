@@ -36,7 +36,7 @@ class VideoConfig:
     refine_eps: float = 1e-3
     edge_strength: float = 0.0         # >0: each mask is moved onto the frame's edges by the 2D session's minimum
                                        # cut at full resolution (volseg.boundary; 0: the guided filter alone)
-    edge_reach: float = 35.0           # ... within this many frame pixels of the mask's boundary
+    edge_reach: float = 20.0           # ... within this many frame pixels of the mask's boundary
     edge_step: int = 1                 # ... on the frame shrunk this many times (1: full resolution)
     smoothing_scales: tuple = (0.0, 1.0, 2.0, 4.0, 8.0)  # filter bank on the working grid
     gradient_scales: tuple = (1.0, 3.0)

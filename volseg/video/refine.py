@@ -9,14 +9,14 @@ identity.
 
 :func:`cut_to_edges` then moves each object's 0.5 level onto the frame's edges with the 2D session's
 minimum cut (:func:`volseg.boundary.cut`, its colour model refitted to the object's own mask), at full
-resolution, inside the box around the uncertain band: thin parts the working grid blurs away can come
-back where the frame's edges and colours hold them.
+resolution, on a ring around that level: thin parts the working grid blurs away can come back where the
+frame's edges and colours hold them.
 """
 from __future__ import annotations
 
 import cv2
 import numpy as np
-from scipy.special import ndtr, ndtri
+from scipy.special import ndtri
 
 from .. import boundary
 
@@ -73,36 +73,55 @@ def upsample(prob: np.ndarray, frame: np.ndarray, *, radius: int = 8, eps: float
     return up
 
 
-def cut_to_edges(prob: np.ndarray, frame: np.ndarray, *, strength: float, band: float = 1.5, reach: float = 35.0,
-                 appearance_weight: float = 0.5, margin: int = 2, step: int = 1) -> np.ndarray:
+def cut_to_edges(prob: np.ndarray, frame: np.ndarray, *, strength: float, band: float = 1.5, reach: float = 20.0,
+                 appearance_weight: float = 0.5, step: int = 1, colour_stride: int = 4) -> np.ndarray:
     """(K, H, W) full-resolution probabilities, each object's moved onto the frame's edges by a minimum cut
     (the probability's probit is the cut's latent); returns a copy with the cut's foreground above 0.5 and
     its background below.  ``reach`` in pixels of the frame; ``step`` > 1 cuts on the frame shrunk that
-    many times (about step^2 less work)."""
+    many times.
+
+    A video's probabilities are soft nearly everywhere, so the band is also limited to ``reach`` of the
+    0.5 level, and every per-pixel step runs on that ring alone: its colours in Lab, the edge weights of
+    its pairs (:func:`volseg.boundary.sparse_edge_weights`), and the colour model's ratio (the model's
+    histograms from every ``colour_stride``-th pixel of the ring's box)."""
     out = prob.copy()
     lo, hi = PROBIT_CLIP, 1.0 - PROBIT_CLIP
-    p_band = float(ndtr(band))
     for k in range(prob.shape[0]):
-        unsure = (prob[k] > 1.0 - p_band) & (prob[k] < p_band)  # |probit| < band, without the probit everywhere
-        if not unsure.any() or not (prob[k] > 0.5).any():
+        p = prob[k] if step == 1 else cv2.resize(prob[k], (prob.shape[2] // step, prob.shape[1] // step),
+                                                 interpolation=cv2.INTER_AREA)
+        image = frame if step == 1 else cv2.resize(frame, p.shape[::-1], interpolation=cv2.INTER_AREA)
+        fg = (p > 0.5).astype(np.uint8)
+        if not fg.any() or fg.all():
             continue
-        rows, cols = np.flatnonzero(unsure.any(1)), np.flatnonzero(unsure.any(0))
-        m = int(np.ceil(reach)) + margin
-        r0, r1 = max(0, rows[0] - m), min(prob.shape[1], rows[-1] + m + 1)
-        c0, c1 = max(0, cols[0] - m), min(prob.shape[2], cols[-1] + m + 1)
-        p = out[k, r0:r1, c0:c1]
-        small = (max(1, (c1 - c0) // step), max(1, (r1 - r0) // step))
-        shrink = (lambda a: cv2.resize(a, small, interpolation=cv2.INTER_AREA)) if step > 1 else (lambda a: a)
-        crop = ndtri(np.clip(shrink(np.ascontiguousarray(p)), lo, hi))
-        channels = boundary.contrast_channels(shrink(np.ascontiguousarray(frame[r0:r1, c0:c1])))
-        weights = boundary.edge_weights(channels, (1.0, 1.0), connectivity=2)
+        edge = fg ^ cv2.erode(fg, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
+        # distance to the mask's boundary (OpenCV's exact Euclidean transform; 0 on the boundary itself)
+        ring = cv2.distanceTransform(1 - edge, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= reach / step
+        latent = np.zeros(p.shape, np.float64)
+        latent[ring] = ndtri(np.clip(p[ring], lo, hi))
+        free = ring & (np.abs(latent) < band)
+        if not free.any():
+            continue
+        # outside the ring the latent is pinned beyond the band, so the cut keeps the mask's label there
+        latent[~ring] = np.where(fg[~ring] > 0, 2.0 * band, -2.0 * band)
+        rows, cols = np.flatnonzero(ring.any(1)), np.flatnonzero(ring.any(0))
+        box = (slice(max(0, rows[0] - 1), rows[-1] + 2), slice(max(0, cols[0] - 1), cols[-1] + 2))
+        known = cv2.dilate(free[box].astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        channels = np.zeros(known.shape + (3,), np.float32)
+        channels[known] = boundary.contrast_channels(image[box][known][None])[0]
+        weights = boundary.sparse_edge_weights(channels, known, (1.0, 1.0), connectivity=2)
         appearance = None
-        if appearance_weight > 0:
-            appearance = appearance_weight * boundary.ColourModel(channels).log_ratio(crop > 0)
-        fg = boundary.cut(crop, weights, strength=strength, band=band, reach=reach / step, appearance=appearance)
+        if appearance_weight > 0:  # refitted to this frame's mask, as the 2D session refits it to its GP's
+            sample = (slice(None, None, colour_stride),) * 2
+            model = boundary.ColourModel(boundary.contrast_channels(image[box][sample]))
+            appearance = np.zeros(known.shape, np.float32)
+            table = model.table(fg[box][sample] > 0)
+            appearance[free[box]] = appearance_weight * table[model.codes(channels[free[box]])]
+        cut = boundary.cut(latent[box], weights, strength=strength, band=band, reach=np.inf, appearance=appearance)
+        mask = fg > 0
+        mask[box] = cut
         if step > 1:
-            fg = cv2.resize(fg.astype(np.uint8), (c1 - c0, r1 - r0), interpolation=cv2.INTER_NEAREST) > 0
-        out[k, r0:r1, c0:c1] = np.where(fg, np.maximum(p, 0.5 + 1e-3), np.minimum(p, 0.5 - 1e-3))
+            mask = cv2.resize(mask.astype(np.uint8), prob.shape[:0:-1], interpolation=cv2.INTER_NEAREST) > 0
+        out[k] = np.where(mask, np.maximum(prob[k], 0.5 + 1e-3), np.minimum(prob[k], 0.5 - 1e-3))
     return out
 
 
