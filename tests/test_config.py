@@ -76,5 +76,8 @@ def test_whole_number_settings_given_as_floats_become_integers():
     cfg = GPConfig(seed_points=4.0, gmrf_nodes=5e3)
     assert cfg.seed_points == 4 and isinstance(cfg.seed_points, int)
     assert isinstance(cfg.gmrf_nodes, int)
+    import numpy as np
+
+    assert type(GPConfig(seed_points=np.int64(3)).seed_points) is int  # a numpy integer from a script
     with pytest.raises(InputError, match="seed_points must be a whole number"):
         GPConfig(seed_points=4.5)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -82,7 +83,7 @@ class GPConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             _check_setting(f.name, value)
-            if _RULES[f.name][0] == "integer" and not isinstance(value, int):  # 4.0 from YAML or a script
+            if _RULES[f.name][0] == "integer" and type(value) is not int:  # 4.0 from YAML, numpy from a script
                 object.__setattr__(self, f.name, int(value))
 
     @classmethod
@@ -205,7 +206,7 @@ def _check_setting(name: str, value) -> None:
     if kind == "size":
         parse_bytes(value, what=f"GP setting {name}")
         return
-    number_ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    number_ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
     if not number_ok or (kind == "integer" and value != int(value)):
         what = "a whole number" if kind == "integer" else "a finite number"
         raise InputError(f"GP setting {name} must be {what}, got {value!r}")
