@@ -161,12 +161,12 @@ def cut(latent: np.ndarray, weights: list[tuple[tuple[int, ...], np.ndarray]], *
     # the graph is built from the free locations alone (the band), not from every pair of the image
     ids = np.arange(n)
     at = np.nonzero(free)
-    shape = np.asarray(latent.shape)[:, None]
+    coords, shape = np.stack(at), np.asarray(latent.shape)[:, None]
     for offset, w in weights:
         origin = [s.start or 0 for s in pair_slices(offset)[0]]  # w[i] is the pair (i + origin, i + origin + offset)
         # each free location as the pair's first end, then as its second
         for sign in (1, -1):
-            other = np.stack(at) + sign * np.asarray(offset)[:, None]
+            other = coords + sign * np.asarray(offset)[:, None]
             inside = ((other >= 0) & (other < shape)).all(0)
             mine, theirs = ids[inside], tuple(other[:, inside])
             first = tuple(a[inside] for a in at) if sign == 1 else theirs
