@@ -104,7 +104,8 @@ class GPConfig:
             data = yaml.safe_load(p.read_text()) or {}
         except (yaml.YAMLError, UnicodeDecodeError) as e:
             raise InputError(f"config file {p} is not valid YAML: {' '.join(str(e).split())}") from None
-        section = data.get("gp", data) if isinstance(data, dict) else data
+        # a file may hold a `video:` section beside (or instead of) the GP's; a flat file is all GP settings
+        section = data.get("gp", {k: v for k, v in data.items() if k != "video"}) if isinstance(data, dict) else data
         if not isinstance(section, dict):
             raise InputError(f"config file {p}: expected a mapping of GP settings (key: value), "
                              f"got {type(section).__name__}")

@@ -7,6 +7,7 @@ import sys
 
 from ..errors import InputError
 from ..session_options import gp_options, session_settings
+from ..video.config import read_video_config
 
 HELP = "click in a browser on the images, volumes and videos under PATH"
 
@@ -46,8 +47,10 @@ def handler(args: argparse.Namespace) -> int:
         import uvicorn  # noqa: PLC0415 -- only `volseg serve` needs it
     except ImportError:
         raise InputError("volseg serve needs uvicorn and starlette: pip install uvicorn starlette") from None
-    app = create_app(args.path, out=args.out, settings=session_settings(args), idle_timeout=args.idle_timeout,
-                     max_sessions=args.max_sessions)
+    # one --config for both: its gp: section for images and volumes, its video: section for videos
+    video = read_video_config(args.config, []) if args.config else None
+    app = create_app(args.path, out=args.out, settings=session_settings(args), video_config=video,
+                     idle_timeout=args.idle_timeout, max_sessions=args.max_sessions)
     if not is_loopback(args.host):
         print(f"volseg: warning: serving on {args.host}, not 127.0.0.1: anyone who can reach this machine "
               f"can open the files under {args.path} and use its CPU. There is no login.", file=sys.stderr)

@@ -156,7 +156,9 @@ def read_video_config(config_path: str | None, options: list[str]) -> VideoConfi
         if not p.is_file():
             raise InputError(f"config file {p} does not exist")
         loaded = yaml.safe_load(p.read_text()) or {}
-        data.update(loaded.get("video", loaded) if isinstance(loaded, dict) else {})
+        # the `video:` section of a file that may hold a `gp:` one too; a flat file is all video settings
+        if isinstance(loaded, dict):
+            data.update(loaded["video"] if "video" in loaded else {k: v for k, v in loaded.items() if k != "gp"})
     for item in options:
         key, eq, val = item.partition("=")
         if not eq or not key.strip():
