@@ -264,6 +264,13 @@ def test_read_video_config_from_yaml_and_options(tmp_path):
         read_video_config(None, ["budget"])
     with pytest.raises(InputError, match="does not exist"):
         read_video_config(str(tmp_path / "missing.yaml"), [])
+    # a broken file is an InputError naming it, as a GP config's is (one reader for both)
+    path.write_text("video: [unclosed\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        read_video_config(str(path), [])
+    path.write_text("video: 3\n")
+    with pytest.raises(InputError, match="expected a mapping of video settings"):
+        read_video_config(str(path), [])
 
 
 def test_frame_store_keeps_per_frame_arrays_on_disk(tmp_path):

@@ -83,8 +83,8 @@ class GPConfig:
         for f in fields(self):
             value = getattr(self, f.name)
             _check_setting(f.name, value)
-            if _RULES[f.name][0] == "integer" and type(value) is not int:  # 4.0 from YAML, numpy from a script
-                object.__setattr__(self, f.name, int(value))
+            if _RULES[f.name][0] == "integer" and value is not None:  # 4.0 from YAML, numpy from a script
+                object.__setattr__(self, f.name, whole_number(value))
 
     @classmethod
     def from_dict(cls, data: dict | None) -> "GPConfig":
@@ -97,22 +97,11 @@ class GPConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "GPConfig":
-        p = Path(path)
-        if not p.is_file():
-            raise InputError(f"config file {p} does not exist")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise InputError(f"config file {p} is not valid YAML: {' '.join(str(e).split())}") from None
-        # a file may hold a `video:` section beside (or instead of) the GP's; a flat file is all GP settings
-        section = data.get("gp", {k: v for k, v in data.items() if k != "video"}) if isinstance(data, dict) else data
-        if not isinstance(section, dict):
-            raise InputError(f"config file {p}: expected a mapping of GP settings (key: value), "
-                             f"got {type(section).__name__}")
+        section = read_section(path, "gp")
         try:
             return cls.from_dict(section)
         except InputError as e:
-            raise InputError(f"config file {p}: {e}") from None
+            raise InputError(f"config file {path}: {e}") from None
 
     def kernel_for(self, ndim: int) -> str:
         # the multiscale kernel everywhere: late clicks stay local (measured on Berkeley and on the dev volumes'
@@ -185,6 +174,36 @@ _RANGES = {
 _RULES = {name: rule for rule, names in _RANGES.items() for name in names}
 
 
+# the sections a settings file may hold: one per kind of settings (GPConfig, volseg.video.VideoConfig)
+SECTIONS = ("gp", "video")
+
+
+def read_section(path: str | Path, name: str) -> dict:
+    """The ``name:`` section (one of SECTIONS) of a YAML settings file; a file with no such section is all
+    ``name`` settings, less the other sections.  An InputError says what is wrong with the file."""
+    p = Path(path)
+    if not p.is_file():
+        raise InputError(f"config file {p} does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise InputError(f"config file {p} is not valid YAML: {' '.join(str(e).split())}") from None
+    if isinstance(data, dict):
+        data = data[name] if name in data else {k: v for k, v in data.items() if k not in SECTIONS}
+    if not isinstance(data, dict):
+        what = "GP" if name == "gp" else name
+        raise InputError(f"config file {p}: expected a mapping of {what} settings (key: value), "
+                         f"got {type(data).__name__}")
+    return data
+
+
+def whole_number(value) -> int | None:
+    """``value`` as an int if it is a whole real number (4, 4.0, a numpy integer), else None (2.5, nan, True)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        return None
+    return int(value) if value == int(value) else None
+
+
 def _check_setting(name: str, value) -> None:
     """An InputError naming the setting unless ``value`` has its type and lies in its range."""
     kind, low, low_ok, high, none_ok = _RULES[name]
@@ -208,7 +227,7 @@ def _check_setting(name: str, value) -> None:
         parse_bytes(value, what=f"GP setting {name}")
         return
     number_ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-    if not number_ok or (kind == "integer" and value != int(value)):
+    if not number_ok or (kind == "integer" and whole_number(value) is None):
         what = "a whole number" if kind == "integer" else "a finite number"
         raise InputError(f"GP setting {name} must be {what}, got {value!r}")
     if low is not None and (value < low or (value == low and not low_ok)):

@@ -1,12 +1,10 @@
 """Video propagation settings: one dataclass, from a YAML file's ``video:`` section and KEY=VALUE options."""
 from __future__ import annotations
 
-import numbers
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-import yaml
-
+from ..config import read_section, whole_number
 from ..errors import InputError
 from ..features import PACKAGED_MODELS, feature_names
 
@@ -69,12 +67,11 @@ class VideoConfig:
 
     def __post_init__(self) -> None:
         for f in fields(self):  # whole numbers (800.0 from a script) are stored as int; 2.5 frames is an error
-            value = getattr(self, f.name)
-            if f.type == "int" and type(value) is not int:
-                whole = isinstance(value, numbers.Integral) or (isinstance(value, float) and value.is_integer())
-                if isinstance(value, bool) or not whole:
-                    raise InputError(f"video settings: {f.name} must be a whole number, got {value!r}")
-                object.__setattr__(self, f.name, int(value))
+            if f.type == "int":
+                value = whole_number(getattr(self, f.name))
+                if value is None:
+                    raise InputError(f"video settings: {f.name} must be a whole number, got {getattr(self, f.name)!r}")
+                object.__setattr__(self, f.name, value)
         checks = [
             (self.scale >= 1, "scale must be 1 or more"), (self.budget >= 8, "budget must be 8 points or more"),
             (0 < self.global_fraction < 1, "global_fraction must be between 0 and 1"),
@@ -152,13 +149,7 @@ def read_video_config(config_path: str | None, options: list[str]) -> VideoConfi
     """The settings of a YAML file's ``video:`` section (or the whole file), overridden by KEY=VALUE ``options``."""
     data: dict = {}
     if config_path:
-        p = Path(config_path)
-        if not p.is_file():
-            raise InputError(f"config file {p} does not exist")
-        loaded = yaml.safe_load(p.read_text()) or {}
-        # the `video:` section of a file that may hold a `gp:` one too; a flat file is all video settings
-        if isinstance(loaded, dict):
-            data.update(loaded["video"] if "video" in loaded else {k: v for k, v in loaded.items() if k != "gp"})
+        data.update(read_section(config_path, "video"))
     for item in options:
         key, eq, val = item.partition("=")
         if not eq or not key.strip():

@@ -96,16 +96,16 @@ def cut_to_edges(prob: np.ndarray, frame: np.ndarray, *, strength: float, band: 
         edge = fg ^ cv2.erode(fg, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
         # distance to the mask's boundary (OpenCV's exact Euclidean transform; 0 on the boundary itself)
         ring = cv2.distanceTransform(1 - edge, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= reach / step
-        latent = np.zeros(p.shape, np.float64)
-        latent[ring] = ndtri(np.clip(p[ring], lo, hi))
-        free = ring & (np.abs(latent) < band)
-        if not free.any():
-            continue
-        # outside the ring the latent is pinned beyond the band, so the cut keeps the mask's label there
-        latent[~ring] = np.where(fg[~ring] > 0, 2.0 * band, -2.0 * band)
         rows, cols = np.flatnonzero(ring.any(1)), np.flatnonzero(ring.any(0))
         box = (slice(max(0, rows[0] - 1), rows[-1] + 2), slice(max(0, cols[0] - 1), cols[-1] + 2))
-        known = cv2.dilate(free[box].astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
+        ring_box = ring[box]
+        # outside the ring the latent is pinned beyond the band, so the cut keeps the mask's label there
+        latent = np.where(fg[box] > 0, 2.0 * band, -2.0 * band)
+        latent[ring_box] = ndtri(np.clip(p[box][ring_box], lo, hi))
+        free = ring_box & (np.abs(latent) < band)
+        if not free.any():
+            continue
+        known = cv2.dilate(free.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
         channels = np.zeros(known.shape + (3,), np.float32)
         channels[known] = boundary.contrast_channels(image[box][known][None])[0]
         weights = boundary.sparse_edge_weights(channels, known, (1.0, 1.0), connectivity=2)
@@ -115,8 +115,8 @@ def cut_to_edges(prob: np.ndarray, frame: np.ndarray, *, strength: float, band: 
             model = boundary.ColourModel(boundary.contrast_channels(image[box][sample]))
             appearance = np.zeros(known.shape, np.float32)
             table = model.table(fg[box][sample] > 0)
-            appearance[free[box]] = appearance_weight * table[model.codes(channels[free[box]])]
-        cut = boundary.cut(latent[box], weights, strength=strength, band=band, reach=np.inf, appearance=appearance)
+            appearance[free] = appearance_weight * table[model.codes(channels[free])]
+        cut = boundary.cut(latent, weights, strength=strength, band=band, reach=np.inf, appearance=appearance)
         mask = fg > 0
         mask[box] = cut
         if step > 1:
