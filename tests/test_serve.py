@@ -284,7 +284,7 @@ def test_a_session_without_a_cached_mean_map_falls_back_to_its_mask():
 
 def test_one_config_file_sets_the_gp_and_the_video_settings(tmp_path, monkeypatch):
     """`volseg serve --config F`: F's gp: section reaches the image sessions and its video: section the
-    video ones (configs/video_edges.yaml alone turns the video edge cut on and leaves the GP's defaults)."""
+    video ones (configs/video_fast.yaml alone turns the video edge cut off and leaves the GP's defaults)."""
     import uvicorn
 
     import volseg.serve.app as app_module
@@ -294,12 +294,12 @@ def test_one_config_file_sets_the_gp_and_the_video_settings(tmp_path, monkeypatc
     monkeypatch.setattr(app_module, "create_app", lambda root, **kw: seen.update(kw) or object())
     monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: None)
     both = tmp_path / "both.yaml"
-    both.write_text("gp:\n  noise: 0.05\nvideo:\n  edge_strength: 15\n  budget: 400\n")
+    both.write_text("gp:\n  noise: 0.05\nvideo:\n  edge_strength: 5\n  budget: 400\n")
     assert main(["serve", str(tmp_path), "--config", str(both)]) == 0
     assert seen["settings"]["config"].noise == 0.05
-    assert seen["video_config"].edge_strength == 15 and seen["video_config"].budget == 400
-    edges = os.path.join(os.path.dirname(__file__), "..", "configs", "video_edges.yaml")
-    assert GPConfig.from_yaml(edges) == GPConfig() and read_video_config(edges, []).edge_strength == 15
+    assert seen["video_config"].edge_strength == 5 and seen["video_config"].budget == 400
+    fast = os.path.join(os.path.dirname(__file__), "..", "configs", "video_fast.yaml")
+    assert GPConfig.from_yaml(fast) == GPConfig() and read_video_config(fast, []).edge_strength == 0
     gp_only = tmp_path / "gp.yaml"
     gp_only.write_text("gp:\n  noise: 0.05\n")
     assert read_video_config(str(gp_only), []) == read_video_config(None, [])

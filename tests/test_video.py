@@ -152,6 +152,7 @@ def test_correction_changes_only_frames_between_annotated_neighbours():
             seg.set_mask(t, labels[t], propagate=False)
         seg.update([0, 8, 16])
         before = [seg.labels(t).copy() for t in range(24)]
+        before_p = [seg.probability(t) for t in range(24)]
         # a wrong negative click in the middle of the disk on frame 12 makes a visible change
         where = tuple(np.argwhere(labels[12] == 1).mean(0))
         changed = seg.add_clicks([Click(where, False, 1, 12)])
@@ -162,7 +163,8 @@ def test_correction_changes_only_frames_between_annotated_neighbours():
         for t in range(24):
             if not 9 <= t <= 15:
                 assert np.array_equal(before[t], after[t]), f"frame {t} changed"
-        assert any(not np.array_equal(before[t], after[t]) for t in (11, 13))
+        # the neighbours are recomputed (their masks may still snap back onto the disk's edges)
+        assert any(np.abs(before_p[t] - seg.probability(t)).max() > 0.05 for t in (11, 13))
 
 
 def test_click_errors(shapes):
@@ -510,17 +512,60 @@ def test_the_edge_cut_puts_a_blurred_mask_back_on_the_frame_edges():
     assert (cut[0] > 0.5)[60, 100:130].mean() > 0.9  # the arm is back
 
 
-def test_the_edge_cut_config_turns_the_cut_on_for_a_segmenter():
-    """configs/video_edges.yaml through read_video_config, as --config gives it: masks come out of the cut."""
+def test_the_fast_config_turns_the_edge_cut_off_for_a_segmenter():
+    """configs/video_fast.yaml through read_video_config, as --config gives it: the default cuts, it does not
+    (its masks are the guided filter's alone); both follow the objects."""
     from pathlib import Path
 
     from volseg.video.config import read_video_config
 
-    config = read_video_config(str(Path(__file__).parents[1] / "configs" / "video_edges.yaml"), [])
-    assert config.edge_strength == 15.0 and VideoConfig().edge_strength == 0.0
+    config = read_video_config(str(Path(__file__).parents[1] / "configs" / "video_fast.yaml"), [])
+    assert config.edge_strength == 0.0 and config.label_threads == 0 and VideoConfig().edge_strength == 15.0
     frames, labels = moving_shapes(4, 48, 64, seed=0)
-    with VideoSegmenter(ArrayFrames(frames), config) as seg:
-        seg.set_mask(0, labels[0])
-        assert iou(seg.labels(3) > 0, labels[3] > 0) > 0.8
+    masks = {}
+    for name, cfg in (("fast", config), ("default", VideoConfig())):
+        with VideoSegmenter(ArrayFrames(frames), cfg) as seg:
+            seg.set_mask(0, labels[0])
+            masks[name] = seg.labels(3)
+            assert iou(masks[name] > 0, labels[3] > 0) > 0.8
     with pytest.raises(InputError, match="edge_step"):
         VideoConfig(edge_step=0)
+
+
+@pytest.mark.parametrize("threads", [0, 1, 2])
+def test_label_maps_made_beside_the_propagation_equal_labels(threads, shapes):
+    """label_maps propagates and labels at once; each map equals labels() after a plain update, in order,
+    with the frames between two annotated frames (both passes) and a correction's stretch."""
+    frames, labels = shapes
+    config = VideoConfig(label_threads=threads, edge_strength=15)
+    with VideoSegmenter(ArrayFrames(frames), config) as seg:
+        seg.set_mask(0, labels[0], propagate=False)
+        seg.set_mask(12, labels[12], propagate=False)
+        got = list(seg.label_maps(range(20), propagate=[0, 12]))
+        assert [t for t, _ in got] == list(range(20))
+        assert seg.last_changed == [t for t in range(1, 20) if t != 12]
+        for t, lab in got:
+            assert np.array_equal(lab, seg.labels(t)), f"frame {t}"
+        assert iou(got[6][1] == 1, labels[6] == 1) > 0.8
+        seg.annotate(15, [], labels[15])
+        again = dict(seg.label_maps([13, 14, 16], propagate=[15]))
+        assert seg.last_changed == [13, 14, 16, 17, 18, 19]
+        assert all(np.array_equal(again[t], seg.labels(t)) for t in again)
+
+
+def test_a_failing_propagation_reaches_the_caller_of_label_maps(shapes):
+    frames, labels = shapes
+    with VideoSegmenter(ArrayFrames(frames), VideoConfig(label_threads=1)) as seg:
+        seg.set_mask(0, labels[0], propagate=False)
+
+        def broken(*args, **kwargs):
+            raise RuntimeError("flow failed")
+            yield
+
+        seg._pass = broken
+        with pytest.raises(RuntimeError, match="flow failed"):
+            list(seg.label_maps(range(5), propagate=[0]))
+        with pytest.raises(ClickError, match="not annotated"):
+            list(seg.label_maps(range(5), propagate=[3]))
+    with pytest.raises(InputError, match="label_threads"):
+        VideoConfig(label_threads=-1)

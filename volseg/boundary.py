@@ -168,11 +168,15 @@ def cut(latent: np.ndarray, weights: list[tuple[tuple[int, ...], np.ndarray]], *
         for sign in (1, -1):
             other = coords + sign * np.asarray(offset)[:, None]
             inside = ((other >= 0) & (other < shape)).all(0)
-            mine, theirs = ids[inside], tuple(other[:, inside])
-            first = tuple(a[inside] for a in at) if sign == 1 else theirs
+            mine, theirs = ids[inside], other[:, inside]
+            partner = node[tuple(theirs)]
+            if sign == -1:  # a pair of two free ends was added from its first end already
+                keep = partner < 0
+                mine, theirs, partner = mine[keep], theirs[:, keep], partner[keep]
+            theirs = tuple(theirs)
+            first = tuple(a[mine] for a in at) if sign == 1 else theirs
             pairs = w(first) if callable(w) else w[tuple(c - o for c, o in zip(first, origin))]
             wa = strength * pairs.astype(np.float64)
-            partner = node[theirs]
             if sign == 1:  # two free ends: one edge, added from its first end
                 both = partner >= 0
                 cap = _capacity(wa[both])

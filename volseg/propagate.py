@@ -52,14 +52,11 @@ def propagate_video(video: str | Path, out: str | Path, *, clicks: str | Path | 
         for t, p in masks:
             seg.set_mask(t, read_mask(p), propagate=False)
         seg.add_clicks(click_list, propagate=False)
-        seg.update(sorted(seg.annotations))
-        t_prop = time.perf_counter() - t0
-        for t in range(T):
-            frame = src[t]
-            labels = seg.labels(t, frame)
+        for t, labels in seg.label_maps(range(T), propagate=sorted(seg.annotations)):
             writer.write(t, labels)
             if over is not None:
-                over.write(frame, labels)
+                over.write(src[t], labels)
+        t_prop = seg.stats["seconds"]
         stats = dict(seg.stats)
         annotated = sorted(seg.annotations)
         objects = list(seg.objects)

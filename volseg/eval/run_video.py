@@ -36,18 +36,23 @@ from .report import davis_overall, davis_plot, davis_table
 
 
 # -- scoring -------------------------------------------------------------------------------------
-def score_video(seq: DavisSequence, seg, frames: Sequence[int]) -> tuple[dict, float]:
-    """Per-object per-frame J and F over ``frames``; returns (scores, seconds spent making labels)."""
+def score_video(seq: DavisSequence, seg, frames: Sequence[int], *, propagate: Sequence[int] = (),
+                unscored: Sequence[int] = ()) -> tuple[dict, float]:
+    """Per-object per-frame J and F over ``frames``, their label maps made while propagating around the
+    annotated frames ``propagate`` (:meth:`VideoSegmenter.label_maps`; ``unscored`` frames' maps are made
+    too, as part of the work); returns (scores, seconds spent propagating and making label maps)."""
     J = {k: [] for k in seq.objects}
     F = {k: [] for k in seq.objects}
+    scored = set(frames)
     spent = 0.0
-    for t in frames:
-        t0 = time.perf_counter()
-        pred = seg.labels(t)
+    t0 = time.perf_counter()
+    for t, pred in seg.label_maps([*frames, *unscored], propagate=propagate):
         spent += time.perf_counter() - t0
-        for k, (j, f) in frame_scores(seq.gt(t), pred, seq.objects).items():
-            J[k].append(j)
-            F[k].append(f)
+        if t in scored:
+            for k, (j, f) in frame_scores(seq.gt(t), pred, seq.objects).items():
+                J[k].append(j)
+                F[k].append(f)
+        t0 = time.perf_counter()
     return {"J": J, "F": F, "frames": list(frames)}, spent
 
 
@@ -78,17 +83,15 @@ def run_semi(seq: DavisSequence, config=None, *, workdir=None) -> dict:
     T = len(seq.frames)
     t0 = time.perf_counter()
     with VideoSegmenter(seq.frames, config, workdir=workdir) as seg:
-        seg.set_mask(0, seq.gt(0))
-        prop = time.perf_counter() - t0
-        scores, label_s = score_video(seq, seg, range(1, T - 1) if T > 2 else range(T))
-        # the last frame is not scored but is still part of the work: time its labels too
-        t1 = time.perf_counter()
-        seg.labels(T - 1)
-        label_s += time.perf_counter() - t1
+        seg.set_mask(0, seq.gt(0), propagate=False)
+        setup = time.perf_counter() - t0
+        # the last frame is not scored but is still part of the work
+        scores, spent = score_video(seq, seg, range(1, T - 1) if T > 2 else range(T), propagate=[0],
+                                    unscored=[T - 1] if T > 2 else [])
         stats = dict(seg.stats)
-    seconds = prop + label_s
+    seconds = setup + spent
     out = {"sequence": seq.name, "mode": "semi", "frames": T, "objects": seq.objects,
-           "seconds": seconds, "fps": (T - 1) / seconds, "propagation_seconds": prop, "memory": stats,
+           "seconds": seconds, "fps": (T - 1) / seconds, "propagation_seconds": stats["seconds"], "memory": stats,
            **summarise(scores), "per_frame": scores}
     return out
 
@@ -121,11 +124,10 @@ def run_interactive(seq: DavisSequence, config=None, *, rounds: int = 8, clicks_
                 pred = s.mask()
                 new.append(c)
             seg.annotate(t, new, pred)
-            seg.update([t])
             method_s += time.perf_counter() - t0
             n_clicks += len(new)
-            scores, label_s = score_video(seq, seg, range(T))
-            method_s += label_s
+            scores, spent = score_video(seq, seg, range(T), propagate=[t])
+            method_s += spent
             summary = summarise(scores)
             history.append({"round": r, "frame": t, "clicks": len(new), "total_clicks": n_clicks,
                             "recomputed": len(seg.last_changed), "J": summary["J"], "F": summary["F"],

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import tempfile
+import threading
 from collections import OrderedDict
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -40,9 +41,14 @@ class FrameSource:
     names: list[str]
     shape: tuple[int, int]
 
+    # decoded chunks kept: the one being read and its neighbour (for either direction), plus one for a
+    # second reader (the video segmenter's label maps run behind its propagation, in another thread)
+    CHUNKS = 3
+
     def __init__(self, cache: int = 16) -> None:
         self.cache = max(1, int(cache))
         self._chunks: OrderedDict[int, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()  # one decoder, one cache: readers in several threads take turns
 
     def __len__(self) -> int:
         return len(self.names)
@@ -52,14 +58,15 @@ class FrameSource:
         if not 0 <= t < len(self):
             raise IndexError(f"frame {t} outside a video of {len(self)} frames")
         c = t // self.cache
-        if c not in self._chunks:
-            if len(self._chunks) >= 2:  # the chunk being read and its neighbour: enough for either direction
-                self._chunks.popitem(last=False)
-            lo, hi = c * self.cache, min(len(self), (c + 1) * self.cache)
-            self._chunks[c] = self._decode(lo, hi)
-        else:
-            self._chunks.move_to_end(c)
-        return self._chunks[c][t - c * self.cache]
+        with self._lock:
+            if c not in self._chunks:
+                if len(self._chunks) >= self.CHUNKS:
+                    self._chunks.popitem(last=False)
+                lo, hi = c * self.cache, min(len(self), (c + 1) * self.cache)
+                self._chunks[c] = self._decode(lo, hi)
+            else:
+                self._chunks.move_to_end(c)
+            return self._chunks[c][t - c * self.cache]
 
     def __iter__(self) -> Iterator[np.ndarray]:
         for t in range(len(self)):

@@ -32,7 +32,7 @@ class VideoConfig:
     flow: str = "ultrafast"            # DIS preset (ultrafast | fast | medium) or "none"
     refine_radius: float = 2.0         # guided-filter radius in working-grid pixels; 0: bilinear only
     refine_eps: float = 1e-3
-    edge_strength: float = 0.0         # >0: each mask is moved onto the frame's edges by the 2D session's minimum
+    edge_strength: float = 15.0        # >0: each mask is moved onto the frame's edges by the 2D session's minimum
                                        # cut at full resolution (volseg.boundary; 0: the guided filter alone)
     edge_reach: float = 20.0           # ... within this many frame pixels of the mask's boundary
     edge_step: int = 1                 # ... on the frame shrunk this many times (1: full resolution)
@@ -58,6 +58,8 @@ class VideoConfig:
     components: bool = True            # drop object parts not touching the previous frame's mask
     targets: str = "label"             # "label": GP on +-1 labels, latent = m0 + GP; "residual": GP on y - m0
     threads: int = 1                   # BLAS / OpenCV threads while propagating (0: library default); see threads.py
+    label_threads: int = 1             # threads making full-resolution label maps while the propagation runs in
+                                       # its own (VideoSegmenter.label_maps); 0: one after the other, in the caller's
     seed: int = 0
     features: str = "filterbank"       # per-frame features: filterbank, learned2d, a .ckpt path, or several joined
                                        # by + (learned2d+filterbank: embedding and filter bank side by side)
@@ -82,6 +84,7 @@ class VideoConfig:
             (min(self.noise_click, self.noise_annotated, self.noise_propagated) > 0 and self.noise_growth >= 0,
              "noise levels must be positive"),
             (self.object_cells >= 0, "object_cells must be 0 or more"),
+            (self.label_threads >= 0, "label_threads must be 0 or more"),
             (self.edge_strength >= 0 and self.edge_reach > 0 and self.edge_step >= 1,
              "edge_strength must be 0 or more, edge_reach positive, edge_step 1 or more"),
             (self.learned_long_side >= 0, "learned_long_side must be 0 or more"),

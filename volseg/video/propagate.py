@@ -33,8 +33,10 @@ from the annotated frames' memory; the frames where that happened are logged in 
 (the pass's start frame, frame, object).  Optional (off by default, see the README's DAVIS protocol for
 why): ``flow_check`` fades the prior mean where the flow fails its forward-backward check.
 
-Masks at full resolution are the stored probability upsampled bilinearly and snapped to the
-frame's edges with a guided filter (:mod:`volseg.video.refine`).
+Masks at full resolution are the stored probability upsampled bilinearly, snapped to the frame's
+edges with a guided filter, then moved onto them by the 2D session's minimum cut on a ring around the
+0.5 level (``edge_strength``; :mod:`volseg.video.refine`).  No mask feeds the propagation, so
+:meth:`VideoSegmenter.label_maps` makes them in a second thread while the propagation runs.
 
 **Corrections**: clicks on frame t make t annotated (its mask is re-done with the clicks), and
 only the frames strictly between t's annotated neighbours are propagated again
@@ -48,9 +50,11 @@ annotated frames :mod:`volseg.video.annotations`, and the pieces of one step :mo
 """
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import cv2
 import numpy as np
@@ -199,18 +203,82 @@ class VideoSegmenter:
 
     def labels(self, t: int, frame: np.ndarray | None = None) -> np.ndarray:
         """(H, W) label map of frame t at full resolution (object ids kept; 0 background)."""
+        with limited_threads(self.config.threads):
+            return self._labels(t, frame)
+
+    def _labels(self, t: int, frame: np.ndarray | None = None) -> np.ndarray:
         if t in self.annotations:
             return self.annotations[t].labels
         if not self.objects:
             return np.zeros(self.source.shape, np.uint8)
         frame = self.source[t] if frame is None else frame
         radius = int(round(self.config.refine_radius * max(self.grid.factor)))
-        with limited_threads(self.config.threads):
-            up = upsample(self.probability(t), frame, radius=radius, eps=self.config.refine_eps)
-            if self.config.edge_strength > 0:
-                up = cut_to_edges(up, frame, strength=self.config.edge_strength, reach=self.config.edge_reach,
-                                  step=self.config.edge_step)
+        up = upsample(self.probability(t), frame, radius=radius, eps=self.config.refine_eps)
+        if self.config.edge_strength > 0:
+            up = cut_to_edges(up, frame, strength=self.config.edge_strength, reach=self.config.edge_reach,
+                              step=self.config.edge_step)
         return to_labels(up, self.objects)
+
+    def label_maps(self, frames: Sequence[int], *, propagate: Sequence[int] = ()) -> Iterator[tuple[int, np.ndarray]]:
+        """(t, :meth:`labels` of t) for each of ``frames``, in their order, after re-propagating around the
+        annotated frames ``propagate`` (as :meth:`update`; :attr:`last_changed` is set once it is done).
+
+        A label map never feeds the propagation, so with ``label_threads`` > 0 the propagation runs in a
+        thread of its own and that many threads make the label maps of the frames it has finished (the
+        full-resolution steps, OpenCV and the max-flow, release the GIL for most of their work).  Label maps
+        are made at most a few frames ahead of the one the caller takes, so memory stays flat in the length
+        of the video."""
+        frames = list(frames)
+        workers = self.config.label_threads
+        with limited_threads(self.config.threads):
+            if workers == 0:
+                if propagate:
+                    self._update(propagate)
+                for t in frames:
+                    yield t, self._labels(t)
+                return
+            pending = set(self._recomputed(propagate)) if propagate else set()
+            finished = threading.Condition()
+            failure: list[BaseException] = []
+
+            def run() -> None:
+                def done(t: int) -> None:
+                    with finished:
+                        pending.discard(t)
+                        finished.notify_all()
+                try:
+                    self._update(propagate, done=done)
+                except BaseException as e:  # handed to the caller's thread
+                    failure.append(e)
+                finally:
+                    with finished:
+                        pending.clear()
+                        finished.notify_all()
+
+            def ready(t: int) -> np.ndarray:
+                with finished:
+                    finished.wait_for(lambda: t not in pending)
+                if failure:
+                    raise failure[0]
+                return self._labels(t)
+
+            propagation = threading.Thread(target=run, name="volseg-propagation", daemon=True)
+            if propagate:
+                propagation.start()
+            ahead = 2 * workers
+            try:
+                with ThreadPoolExecutor(workers, thread_name_prefix="volseg-labels") as pool:
+                    queued: dict[int, Future] = {}
+                    for i, t in enumerate(frames):
+                        for u in frames[i:i + ahead + 1]:
+                            if u not in queued:
+                                queued[u] = pool.submit(ready, u)
+                        yield t, queued.pop(t).result()
+            finally:
+                if propagation.is_alive():
+                    propagation.join()
+            if failure:
+                raise failure[0]
 
     # -- propagation -------------------------------------------------------------------------------
     def update(self, frames: Sequence[int]) -> list[int]:
@@ -219,8 +287,8 @@ class VideoSegmenter:
         with limited_threads(self.config.threads):
             return self._update(frames)
 
-    def _update(self, frames: Sequence[int]) -> list[int]:
-        t0 = time.perf_counter()
+    def _stretches(self, frames: Sequence[int]) -> list[tuple[int | None, int | None]]:
+        """The stretches (left, right annotated frame; None: the video's end) around annotated ``frames``."""
         A = sorted(self.annotations)
         stretches = set()
         for a in frames:
@@ -229,26 +297,41 @@ class VideoSegmenter:
             i = A.index(a)
             stretches.add((A[i - 1] if i > 0 else None, a))
             stretches.add((a, A[i + 1] if i + 1 < len(A) else None))
+        return sorted(stretches, key=lambda s: (-1 if s[0] is None else s[0]))
+
+    def _recomputed(self, frames: Sequence[int]) -> list[int]:
+        """The frames :meth:`update` of ``frames`` recomputes."""
+        out: list[int] = []
+        for left, right in self._stretches(frames):
+            out += range(0 if left is None else left + 1, self.T if right is None else right)
+        return out
+
+    def _update(self, frames: Sequence[int], done=None) -> list[int]:
+        t0 = time.perf_counter()
         changed: list[int] = []
-        for left, right in sorted(stretches, key=lambda s: (-1 if s[0] is None else s[0])):
-            changed += self._stretch(left, right)
+        for left, right in self._stretches(frames):
+            changed += self._stretch(left, right, done)
         self.stats["seconds"] += time.perf_counter() - t0
         self.last_changed = sorted(set(changed))
         return self.last_changed
 
-    def _stretch(self, left: int | None, right: int | None) -> list[int]:
-        """Propagate into the frames strictly between two annotated frames (None: the video's end)."""
+    def _stretch(self, left: int | None, right: int | None, done=None) -> list[int]:
+        """Propagate into the frames strictly between two annotated frames (None: the video's end);
+        ``done(t)`` is called once frame t's result is stored."""
         lo = 0 if left is None else left + 1
         hi = self.T if right is None else right
         if lo >= hi:
             return []
+        done = done or (lambda t: None)
         bounds = [a for a in (left, right) if a is not None]
         if left is None:      # before the first annotated frame: backward only
             for t, p in self._pass(right, lo - 1, -1, bounds):
                 self.store.save("p", t, p.astype(np.float16))
+                done(t)
         elif right is None:   # after the last one: forward only
             for t, p in self._pass(left, hi, +1, bounds):
                 self.store.save("p", t, p.astype(np.float16))
+                done(t)
         else:                 # both ways, blended linearly in time
             for t, p in self._pass(right, left, -1, bounds):
                 self.store.save("bwd", t, p.astype(np.float16))
@@ -257,6 +340,7 @@ class VideoSegmenter:
                 back = self.store.load("bwd", t).astype(np.float32)
                 self.store.save("p", t, (w * p + (1.0 - w) * back).astype(np.float16))
                 self.store.drop("bwd", t)
+                done(t)
         return list(range(lo, hi))
 
     def _frame_inputs(self, t: int) -> tuple[np.ndarray, np.ndarray]:
