@@ -303,3 +303,21 @@ def test_one_config_file_sets_the_gp_and_the_video_settings(tmp_path, monkeypatc
     gp_only = tmp_path / "gp.yaml"
     gp_only.write_text("gp:\n  noise: 0.05\n")
     assert read_video_config(str(gp_only), []) == read_video_config(None, [])
+
+
+def test_video_clicked_frames_use_the_video_settings_features_or_the_servers(served):
+    """A clicked frame's 2D session: --config's video: session_features where it names some, else the
+    server's --features (as images get)."""
+    from volseg.serve.sessions import VideoState
+    from volseg.video import VideoConfig
+
+    clip = served["root"] / "clip"
+    plain = VideoState(clip, "clip", {"features": "filterbank"})
+    assert plain.seg.session_features == "filterbank"
+    server = VideoState(clip, "clip", {"features": "learned2d"})
+    assert server.seg.session_features == "learned2d"
+    own = VideoState(clip, "clip", {"features": "filterbank"},
+                     video_config=VideoConfig(session_features="learned2d+filterbank"))
+    assert own.seg.session_features == "learned2d+filterbank"
+    for state in (plain, server, own):
+        state.seg.close()

@@ -569,3 +569,21 @@ def test_a_failing_propagation_reaches_the_caller_of_label_maps(shapes):
             list(seg.label_maps(range(5), propagate=[3]))
     with pytest.raises(InputError, match="label_threads"):
         VideoConfig(label_threads=-1)
+
+
+def test_session_features_set_the_clicked_frames_2d_session(shapes):
+    """session_features: the features of the 2D session that makes a clicked frame's mask; checked by name
+    before any work, and the segmenter's own argument (the viewer's) still wins."""
+    from volseg.features import StackedFeatures
+
+    frames, labels = shapes
+    with pytest.raises(InputError, match="session_features 'learned3d'"):
+        VideoConfig(session_features="learned3d")
+    disk = tuple(np.argwhere(labels[5] == 1).mean(0))
+    config = VideoConfig(session_features="learned2d+filterbank")
+    with VideoSegmenter(ArrayFrames(frames[:8]), config) as seg:
+        assert isinstance(seg.session_for(5).extractor, StackedFeatures)
+        seg.add_clicks([Click(disk, True, 1, 5)])
+        assert seg.labels(5)[Click(disk, True, 1, 5).voxel()] == 1
+    with VideoSegmenter(ArrayFrames(frames[:8]), config, session_features="filterbank") as seg:
+        assert not isinstance(seg.session_for(5).extractor, StackedFeatures)

@@ -33,7 +33,7 @@ from ..io.video import MaskWriter, open_video
 from ..provenance import file_sha256, sidecar_path, versions, write_sidecar
 from ..segment import segment_file
 from ..session import Session
-from ..video import Annotation, VideoSegmenter
+from ..video import Annotation, VideoConfig, VideoSegmenter
 from .render import Axis, View, auto_window, plane, views_for
 
 # above this many voxels a click's first answer is the GP's own labels on the visible slices; the
@@ -172,8 +172,12 @@ class VideoState:
         self._new_segmenter()
 
     def _new_segmenter(self) -> None:
-        self.seg = VideoSegmenter(self.source, self.video_config,
-                                  session_features=self.settings.get("features", "filterbank"),
+        # a clicked frame's 2D session: the video settings' features where they name some (--config's
+        # video: session_features), else the server's --features, as for images
+        config = VideoConfig.from_dict(None) if self.video_config is None else self.video_config
+        own = config.session_features != VideoConfig.session_features
+        self.seg = VideoSegmenter(self.source, config,
+                                  session_features=None if own else self.settings.get("features", "filterbank"),
                                   session_config=self.settings.get("config"))
         self.frame_sessions: OrderedDict[int, object] = OrderedDict()
         self.history: list[Click] = []

@@ -63,6 +63,9 @@ class VideoConfig:
     seed: int = 0
     features: str = "filterbank"       # per-frame features: filterbank, learned2d, a .ckpt path, or several joined
                                        # by + (learned2d+filterbank: embedding and filter bank side by side)
+    session_features: str = "filterbank"  # features of the 2D session that makes a clicked frame's mask (as
+                                       # `features`; learned2d+filterbank corrects better, README, but its weights
+                                       # carry research-only terms, so the training-free bank stays the default)
     learned_long_side: int = 320       # a learned extractor gets the frame shrunk to this long side (never below the
                                        # working grid's; 0: full resolution): its network resizes to its own input
                                        # size anyway, and upsampling the embedding to the full frame costs more
@@ -94,7 +97,8 @@ class VideoConfig:
             (self.prior_mode in ("linear", "probit"), "prior_mode must be linear or probit"),
             (self.targets in ("label", "residual"), "targets must be label or residual"),
         ]
-        bad = [msg for ok, msg in checks if not ok] + feature_problems(self.features)
+        bad = [msg for ok, msg in checks if not ok] + feature_problems(self.features) \
+            + feature_problems(self.session_features, "session_features")
         if bad:
             raise InputError("video settings: " + "; ".join(bad))
 
@@ -117,19 +121,19 @@ class VideoConfig:
         return asdict(self)
 
 
-def feature_problems(spec) -> list[str]:
-    """What is wrong with a ``features`` setting, checked by name only (a checkpoint is read when the video
-    segmenter starts): every part is filterbank, a packaged model or an existing checkpoint file, once."""
+def feature_problems(spec, name: str = "features") -> list[str]:
+    """What is wrong with a features setting (``name``), checked by name only (a checkpoint is read when the
+    video segmenter starts): every part is filterbank, a packaged model or an existing checkpoint file, once."""
     if not isinstance(spec, str) or not spec.strip():
-        return [f"features must be a name such as filterbank or learned2d+filterbank, not {spec!r}"]
+        return [f"{name} must be a name such as filterbank or learned2d+filterbank, not {spec!r}"]
     parts = feature_names(spec)
     unknown = [p for p in parts if p != "filterbank" and p not in PACKAGED_MODELS and not Path(p).is_file()]
     if unknown:
         known = ", ".join(["filterbank", *sorted(PACKAGED_MODELS)])
-        return [f"features {spec!r}: unknown extractor(s) {', '.join(map(repr, unknown))}; use {known}, "
+        return [f"{name} {spec!r}: unknown extractor(s) {', '.join(map(repr, unknown))}; use {known}, "
                 "a checkpoint .ckpt path, or several joined by +"]
     if len(set(parts)) < len(parts):
-        return [f"features {spec!r} names an extractor twice"]
+        return [f"{name} {spec!r} names an extractor twice"]
     return []
 
 
