@@ -147,6 +147,24 @@ def test_correlation_evens_out_the_prior_variance():
     assert var.max() / var.min() > 3 * cor.max() / cor.min()
 
 
+def test_appearance_multiplies_the_correlation_by_an_rbf_on_node_means():
+    """GPConfig.gmrf_appearance: the sum's GMRF correlation times an RBF on the supervoxels' mean intensities,
+    1 at the node itself, smaller for look-unalike nodes, and still a kernel (its Gram matrix is PSD)."""
+    graph, post = _posterior(_volume(_ellipsoid()))
+    plain = post.prior
+    gated = GMRF(graph, appearance=16.0)
+    inside, outside = int(graph.labels[_centre()]), int(graph.labels[2, 3, 4])
+    sim = graph.similarity(inside, 16.0)
+    assert sim[inside] == 1.0 and sim[outside] < 0.5 * sim[int(graph.labels[_centre()[0] + 3, 18, 12])]
+    np.testing.assert_allclose(gated.correlation(inside), plain.correlation(inside) * sim, rtol=1e-6)
+    nodes = np.arange(0, graph.n, max(1, graph.n // 60))
+    gram = np.stack([gated.correlation(int(v))[nodes] for v in nodes], 1)
+    assert np.linalg.eigvalsh(0.5 * (gram + gram.T)).min() > -1e-6 * np.abs(gram).max()
+    assert GPConfig().gmrf_appearance == 16.0
+    with pytest.raises(InputError, match="gmrf_appearance"):
+        GPConfig(gmrf_appearance=-1.0)
+
+
 def test_sum_latent_is_the_gp_on_the_summed_kernel():
     """The mask's latent under ``sum`` is m0 + (k_gp(x, X) + share rho(x, X)) A^-1 (y - m0), with A the
     summed Gram matrix plus the noise, at clicks and away from them."""

@@ -158,7 +158,8 @@ class Session:
                                     contrast=cfg.gmrf_contrast)
             # the sum's correlation is normalised by sampled prior variances: taken with the factor, so the
             # first click does not wait for them
-            self.field = GMRF(graph, cfg.outputscale, correlation=self.latent == "sum")
+            self.field = GMRF(graph, cfg.outputscale, correlation=self.latent == "sum",
+                              appearance=cfg.gmrf_appearance if self.latent == "sum" else 0.0)
         self._masks = MaskStage(img, self.config)
         self.reset()
         return self

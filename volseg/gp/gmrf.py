@@ -27,7 +27,10 @@ conditioned on noisy observations at the clicks.  It is an estimate (relative er
 
 Summed with the stationary GP (the Session's ``latent: sum``) the kernel is the correlation
 ``k(a, b) / sqrt(k(a, a) k(b, b))``: the prior variance of the SPDE field varies by orders of magnitude
-from node to node, and a node whose variance dwarfs the GP's would take every click for itself.
+from node to node, and a node whose variance dwarfs the GP's would take every click for itself.  It is
+multiplied by an RBF on the nodes' mean intensities (``GPConfig.gmrf_appearance``): the SPDE field correlates
+whatever conducting contacts join, and a region that only touches the clicked one softly takes less of its
+label when it also looks different.
 
 Works for any number of spatial axes; the image's channels are the intensities compared.
 """
@@ -113,6 +116,7 @@ class SupervoxelGraph:
             typical = max(typical, NOISE_STEPS * float(np.median(noise)))
         dist = np.linalg.norm(centroids[pairs[:, 0]] - centroids[pairs[:, 1]], axis=1).clip(min=voxel.min())
         self.weights = np.exp(-d2 / (contrast * typical)) * areas / dist
+        self.means, self.typical = means, typical  # for the appearance factor of the sum's kernel
         m = len(pairs)
         self.incidence = sp.csr_matrix((np.r_[np.ones(m), -np.ones(m)],
                                         (np.r_[np.arange(m), np.arange(m)], np.r_[pairs[:, 0], pairs[:, 1]])),
@@ -136,6 +140,12 @@ class SupervoxelGraph:
             self._bounds = lo, hi
         return self._bounds
 
+    def similarity(self, node: int, steps: float) -> np.ndarray:
+        """``exp(-|g - g_node|^2 / (2 steps m))`` for every node, (nodes,): an RBF on the nodes' mean intensities
+        whose squared lengthscale is ``steps`` typical steps m (1 at the node itself)."""
+        d2 = ((self.means - self.means[node]) ** 2).sum(1)
+        return np.exp(-d2 / (2.0 * steps * self.typical))
+
     def operator(self) -> sp.csc_matrix:
         """The sparse operator K = B^T diag(w) B + diag(volume) / range^2; the precision is K V^-1 K."""
         B = self.incidence
@@ -151,10 +161,12 @@ class GMRF:
     the kernel columns of clicked nodes (cached), and exact prior samples for the variance estimate."""
 
     def __init__(self, graph: SupervoxelGraph, outputscale: float = 1.0, seed: int = 0, *,
-                 correlation: bool = False) -> None:
+                 correlation: bool = False, appearance: float = 0.0) -> None:
         """``correlation``: estimate the prior variances :meth:`correlation` divides by now, with the factor,
-        rather than at its first use (an interactive session's first click)."""
+        rather than at its first use (an interactive session's first click).  ``appearance`` > 0: the
+        correlation is multiplied by :meth:`SupervoxelGraph.similarity` with that many typical steps."""
         self.graph = graph
+        self.appearance = float(appearance)
         self._lu = splu(graph.operator(), permc_spec="MMD_AT_PLUS_A", diag_pivot_thresh=0.0,
                         options={"SymmetricMode": True})
         samples = self._lu.solve(graph.white_noise(np.random.default_rng(seed), SAMPLES))
@@ -195,9 +207,12 @@ class GMRF:
     def correlation(self, node: int) -> np.ndarray:
         """The kernel between node and every node over their prior standard deviations, (nodes,): a
         kernel whose prior variance is 1 everywhere, so that summed with a stationary one each node
-        has the same share of it."""
+        has the same share of it.  With ``appearance`` it is multiplied by an RBF on the nodes' mean
+        intensities (a product of two kernels, still one): a region joined to the click's by conducting
+        contacts but looking unlike it takes less of the click's label."""
         sd = np.sqrt(self.prior_variance)
-        return self.column(node) / (sd[node] * sd)
+        out = self.column(node) / (sd[node] * sd)
+        return out * self.graph.similarity(node, self.appearance) if self.appearance > 0 else out
 
 
 class GMRFPosterior:
