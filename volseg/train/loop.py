@@ -347,6 +347,9 @@ def train(config: dict | str | Path, out: str | Path | None = None, *, resume: s
             writer.close()
     if world > 1:
         torch.distributed.barrier()
+        # the process group's threads must stop before the interpreter exits: left running, they abort a
+        # rank at exit now and then ("terminate called without an active exception", SIGABRT)
+        torch.distributed.destroy_process_group()
     return path
 
 
