@@ -179,7 +179,6 @@ def test_two_cpu_ranks_under_torchrun(tmp_path):
     import subprocess
     import sys
 
-
     with socket.socket() as s:  # torchrun's port 0 is not "any free port": its ranks never meet
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

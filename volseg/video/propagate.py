@@ -301,12 +301,13 @@ class VideoSegmenter:
             stretches.add((a, A[i + 1] if i + 1 < len(A) else None))
         return sorted(stretches, key=lambda s: (-1 if s[0] is None else s[0]))
 
+    def _between(self, left: int | None, right: int | None) -> range:
+        """The frames strictly between two annotated frames (None: the video's end)."""
+        return range(0 if left is None else left + 1, self.T if right is None else right)
+
     def _recomputed(self, frames: Sequence[int]) -> list[int]:
         """The frames :meth:`update` of ``frames`` recomputes."""
-        out: list[int] = []
-        for left, right in self._stretches(frames):
-            out += range(0 if left is None else left + 1, self.T if right is None else right)
-        return out
+        return [t for left, right in self._stretches(frames) for t in self._between(left, right)]
 
     def _update(self, frames: Sequence[int], done=None) -> list[int]:
         t0 = time.perf_counter()
@@ -320,10 +321,10 @@ class VideoSegmenter:
     def _stretch(self, left: int | None, right: int | None, done=None) -> list[int]:
         """Propagate into the frames strictly between two annotated frames (None: the video's end);
         ``done(t)`` is called once frame t's result is stored."""
-        lo = 0 if left is None else left + 1
-        hi = self.T if right is None else right
-        if lo >= hi:
+        frames = self._between(left, right)
+        if not frames:
             return []
+        lo, hi = frames.start, frames.stop
         done = done or (lambda t: None)
         bounds = [a for a in (left, right) if a is not None]
         if left is None:      # before the first annotated frame: backward only
@@ -343,7 +344,7 @@ class VideoSegmenter:
                 self.store.save("p", t, (w * p + (1.0 - w) * back).astype(np.float16))
                 self.store.drop("bwd", t)
                 done(t)
-        return list(range(lo, hi))
+        return list(frames)
 
     def _frame_inputs(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         if self.cache_features:
