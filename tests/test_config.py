@@ -71,6 +71,15 @@ def test_volume_fill_config_selects_the_sum_latent():
         {k: v for k, v in vars(GPConfig()).items() if k not in ("latent", "short_share")}
 
 
+def test_fill_organ_config_anchors_the_gmrf_share():
+    """configs/fill_organ.yaml raises the GMRF's share around each object's first click and tightens the
+    appearance factor; nothing else differs from the defaults."""
+    cfg = GPConfig.from_yaml(DEFAULT_YAML.parent / "fill_organ.yaml")
+    assert (cfg.gmrf_anchor_share, cfg.gmrf_appearance) == (1.5, 4.0)
+    changed = {k for k, v in vars(cfg).items() if v != getattr(GPConfig(), k)}
+    assert changed == {"gmrf_anchor_share", "gmrf_appearance"}
+
+
 def test_whole_number_settings_given_as_floats_become_integers():
     """``Session(seed_points=4.0)`` or ``gmrf_nodes: 5e3`` in YAML: a whole number is accepted, and stored as one."""
     cfg = GPConfig(seed_points=4.0, gmrf_nodes=5e3)

@@ -165,11 +165,14 @@ def test_appearance_multiplies_the_correlation_by_an_rbf_on_node_means():
         GPConfig(gmrf_appearance=-1.0)
 
 
-def test_sum_latent_is_the_gp_on_the_summed_kernel():
-    """The mask's latent under ``sum`` is m0 + (k_gp(x, X) + share rho(x, X)) A^-1 (y - m0), with A the
-    summed Gram matrix plus the noise, at clicks and away from them."""
+@pytest.mark.parametrize("anchor", [0.0, 1.5])
+def test_sum_latent_is_the_gp_on_the_summed_kernel(anchor):
+    """The mask's latent under ``sum`` is m0 + (k_gp(x, X) + a(x) rho(x, X) a(X)) A^-1 (y - m0), with A the
+    summed Gram matrix plus the noise, at clicks and away from them; a^2 is the share, or with
+    ``gmrf_anchor_share`` the share blended towards it by the correlation with the first positive click."""
     obj = _ellipsoid()
-    s = Session(config={"latent": "sum", "gmrf_nodes": 1500, "gmrf_share": 0.7}).set_image(_volume(obj))
+    s = Session(config={"latent": "sum", "gmrf_nodes": 1500, "gmrf_share": 0.7,
+                        "gmrf_anchor_share": anchor}).set_image(_volume(obj))
     clicks = [(_centre(), True), ((2, 3, 4), False), ((_centre()[0] + 9,) + _centre()[1:], True)]
     for c, positive in clicks:
         s.add_click(c, positive=positive)
@@ -177,7 +180,9 @@ def test_sum_latent_is_the_gp_on_the_summed_kernel():
     y = torch.tensor([[1.0 if p else -1.0] for _, p in clicks], dtype=torch.float64)
     labels = s.field.graph.labels
     nodes = labels[tuple(X.T)]
-    rho = np.stack([s.field.correlation(int(v)) for v in nodes], 1) * 0.7
+    a = np.sqrt(0.7 + (anchor - 0.7) * np.clip(s.field.correlation(int(nodes[0])), 0, 1)) if anchor else \
+        np.full(s.field.n, 0.7 ** 0.5)
+    rho = np.stack([s.field.correlation(int(v)) * a * a[v] for v in nodes], 1)
     Z = s.inputs.at(X).double()
     A = s.kernel(Z, Z) + torch.from_numpy(0.5 * (rho[nodes] + rho[nodes].T)) + torch.diag(s.posterior.point_noise())
     alpha = torch.linalg.solve(A, y + 0.5)
@@ -267,6 +272,27 @@ def test_sum_latent_carries_a_click_further_than_the_gp():
         s.add_click((0, 0, 0), positive=False)
         filled[latent] = dice(obj, s.mask() == 1)
     assert filled["sum"] > filled["gp"] + 0.15
+
+
+def test_an_anchored_share_fills_the_first_clicks_object_and_keeps_labels():
+    """``gmrf_anchor_share``: the first positive click's region takes a larger GMRF share, so one click fills a
+    bright ellipsoid that the plain share (0.5, whose carried value stays under the background's -0.5) fills
+    little of; a later click elsewhere keeps its label, and the local update equals a full recomputation."""
+    obj = _ellipsoid()
+    filled = {}
+    for anchor in (0.0, 1.5):
+        s = Session(config={"latent": "sum", "gmrf_nodes": 1500, "gmrf_anchor_share": anchor}).set_image(_volume(obj))
+        s.add_click(_centre(), positive=True)
+        s.add_click((0, 0, 0), positive=False)
+        filled[anchor] = dice(obj, s.mask() == 1)
+    assert filled[1.5] > 0.8 and filled[1.5] > filled[0.0] + 0.2, filled
+    inside_negative = (_centre()[0] + 3,) + _centre()[1:]
+    s.add_click(inside_negative, positive=False)
+    local = s._mean.clone()
+    s._evaluate_all()
+    torch.testing.assert_close(s._mean, local, atol=2e-4, rtol=0)
+    mask = s.mask()
+    assert mask[_centre()] == 1 and mask[0, 0, 0] == 0 and mask[inside_negative] == 0
 
 
 def test_the_latent_setting_is_checked_and_resolved_by_dimension():

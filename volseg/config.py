@@ -73,6 +73,9 @@ class GPConfig:
     gmrf_contrast: float = 0.1            # ... an edge between supervoxels whose intensity step is this many times the
                                           # typical one (squared) conducts e^-1 of a step inside tissue
     gmrf_share: float = 0.5               # sum: the GMRF's prior variance, as a multiple of the outputscale
+    gmrf_anchor_share: float = 0.0        # sum: the share near each object's first positive click, blended in by
+                                          # the GMRF's correlation with it (a first click fills a large organ and
+                                          # floods small ones, README); 0: off
     gmrf_appearance: float = 16.0         # sum: the GMRF's correlation times an RBF on the supervoxels' mean
                                           # intensities, its squared lengthscale this many typical steps; 0: off
     tolerance: float = 1e-5               # a click may leave mean and variance this far off outside its reach
@@ -159,7 +162,7 @@ _RANGES = {
                                           "gmrf_share"),
     ("number", 0.0, False, None, True): ("spatial_lengthscale", "spatial_fraction"),
     ("number", 0.0, True, None, False): ("prior_strength", "edge_band", "edge_reach", "appearance_weight",
-                                         "seed_noise", "gmrf_appearance"),
+                                         "seed_noise", "gmrf_appearance", "gmrf_anchor_share"),
     ("number", 0.0, True, None, True): ("edge_strength",),
     ("number", 0.0, True, 1.0, False): ("seed_similarity",),
     ("number", 0.0, True, 1.0, True): ("short_share",),

@@ -420,9 +420,9 @@ class Session:
         refits every weight, but the maps move only where either share does (:meth:`_update_sum`)."""
         fit_objects = objects or [0]
         nodes = self._nodes_at(voxels)
-        share = self.config.gmrf_share * self.config.outputscale  # the correlation's prior variance is 1
-        columns = np.stack([self.field.correlation(int(v)) for v in nodes], 1) * share if len(nodes) \
-            else np.zeros((self.field.n, 0))
+        amplitude = self._field_amplitude(points, nodes)
+        columns = np.stack([self.field.correlation(int(v)) * amplitude * amplitude[v] for v in nodes], 1) \
+            if len(nodes) else np.zeros((self.field.n, 0))
         at_clicks = columns[nodes]
         local = objects == self._objects_fitted
         before = self._weights() if local else None  # A^-1 and the weights, for what the refit moves
@@ -436,6 +436,23 @@ class Session:
             self._evaluate_all()
             return
         self._update_sum(before)
+
+    def _field_amplitude(self, points: list[TrainingPoint], nodes: np.ndarray) -> np.ndarray:
+        """The GMRF share's prior standard deviation on every node, (nodes,): ``sqrt(gmrf_share)``, or with
+        ``gmrf_anchor_share`` blended towards ``sqrt(gmrf_anchor_share)`` by each node's correlation with its
+        object's first positive click (the largest over objects).  A kernel times ``a(x) a(y)`` is still a
+        kernel: the region the first click's field reaches carries its label with a larger share (the click
+        fills its object), while a later click outside that region keeps the smaller one."""
+        cfg = self.config
+        low = cfg.gmrf_share * cfg.outputscale
+        if cfg.gmrf_anchor_share <= 0:
+            return np.full(self.field.n, low ** 0.5)
+        near, anchored = np.zeros(self.field.n), set()
+        for point, node in zip(points, nodes):
+            if point.positive and point.object not in anchored:
+                anchored.add(point.object)
+                near = np.maximum(near, np.clip(self.field.correlation(int(node)), 0.0, 1.0))
+        return np.sqrt(low + (cfg.gmrf_anchor_share * cfg.outputscale - low) * near)
 
     def _sum_field(self) -> np.ndarray:
         """The GMRF's share of the sum's mean on the nodes, plus the background: (nodes, K) float64."""
