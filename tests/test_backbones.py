@@ -131,6 +131,47 @@ def test_session_3d_with_checkpoint(ckpt3d):
     assert m.shape == vol.shape and m[8, 10, 8] == 1 and m[1, 1, 1] == 0 and m[9, 10, 8] == 0
 
 
+def test_a_2d_model_runs_on_a_volume_slice_by_slice(ckpt2d, monkeypatch):
+    """2.5D: a 2D network on a volume runs on the slices across the coarsest axis, every slice as grey in the
+    volume's window, in batches; the embedding is standardised over the volume and there is no prior head."""
+    vol = np.random.default_rng(0).normal(100, 20, (21, 24, 11)).astype(np.float32)
+    vol[5:15, 6:18, 3:8] += 150
+    img = Image.from_array(vol, spacing=(0.8, 0.8, 3.0))
+    ex = load_backbone(ckpt2d)
+    seen = []
+    embed = ex.backbone.embed
+    monkeypatch.setattr(ex.backbone, "embed", lambda x: seen.append(tuple(x.shape)) or embed(x))
+    f = ex.features(img, budget=2 ** 30)
+    assert f.shape == (21, 24, 11, 4) and np.isfinite(f).all()
+    assert np.allclose(f.reshape(-1, 4).mean(0), 0, atol=1e-3)
+    assert [s[0] for s in seen] == [8, 3] and all(s[1] == 3 for s in seen)  # 11 slices across the last axis
+    assert ex.prior_mean(img) is None and ex.trained_ndim == 2
+    one = Image.from_array(vol[..., 4:5], spacing=(0.8, 0.8, 3.0))  # a slab of one slice
+    assert ex.features(one, budget=2 ** 30).shape == (21, 24, 1, 4)
+    other = Image.from_array(vol, spacing=(3.0, 0.8, 0.8))
+    seen.clear()
+    ex.features(other, budget=2 ** 30)
+    assert [s[0] for s in seen] == [8, 8, 5]  # 21 slices across the first axis
+
+
+def test_a_2d_models_gp_settings_stay_with_2d_images(ckpt2d):
+    """The GP settings a 2D network was trained with (its kernel, spatial lengthscale, noise) apply to 2D
+    images; on a volume (2.5D) the volume defaults hold, and explicit settings win either way."""
+    vol = np.random.default_rng(0).normal(100, 20, (16, 18, 9)).astype(np.float32)
+    vol[4:12, 5:13, 2:7] += 150
+    for features in (str(ckpt2d), f"{ckpt2d}+filterbank"):
+        s = Session(features=features, spatial_fraction=0.2)
+        assert s.config.noise == GP["noise"]
+        s.set_image(rgb_image())
+        assert (s.config.noise, s.config.kernel, s.config.spatial_fraction) == (GP["noise"], "rbf", 0.2)
+        s.set_image(Image.from_array(vol, spacing=(1.0, 1.0, 2.5)))
+        assert (s.config.noise, s.config.kernel, s.config.spatial_fraction) == (0.1, None, 0.2)
+        s.add_click((8, 9, 4), True)
+        s.add_click((0, 0, 0), False)
+        m = s.mask()
+        assert m[8, 9, 4] == 1 and m[0, 0, 0] == 0
+
+
 def test_differentiable_posterior_matches_engine():
     torch.manual_seed(0)
     emb = torch.randn(5, 12, 9, dtype=torch.float32, requires_grad=True)

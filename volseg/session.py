@@ -26,6 +26,7 @@ from .clicks import Click, make_click, validate_clicks
 from .config import GPConfig
 from .errors import ClickError, InputError, VolsegError
 from .features import FilterBank, get_extractor
+from .features.base import learned_settings
 from .features.tiles import TiledFeatures
 from .gp.evaluate import Box, evaluate_boxes, slabs
 from .gp.gmrf import GMRF, GMRFPosterior, SupervoxelGraph
@@ -99,7 +100,9 @@ class Session:
         self.device = resolve_device(device)
         self.extractor = get_extractor(features, device=str(self.device))
         base = config if isinstance(config, GPConfig) else GPConfig.from_dict(config)
-        # a learned backbone brings the GP settings it was trained with; explicit ones still win
+        # a learned backbone brings the GP settings it was trained with (for images like its training
+        # images: set_image resolves them per image); explicit ones still win
+        self._config_parts = (base, settings)
         self.config = base.replace(**{**self.extractor.gp_config, **settings})
         make_kernel(self.config.kernel or "rbf", spatial_dims=2)  # an unknown kernel name fails here, not at set_image
         self.kernel = None  # made by set_image: the default depends on the image's dimension
@@ -119,6 +122,8 @@ class Session:
             raise InputError(f"image of size {'x'.join(map(str, img.shape))} is too small to segment: volseg needs "
                              f"at least {MIN_SIDE} pixels (voxels) along two axes")
         self.image = img
+        base, settings = self._config_parts
+        self.config = base.replace(**{**learned_settings(self.extractor, img.ndim), **settings})
         self._budget = split_budget(img, self.config)
         t0 = time.perf_counter()
         self.feature_tiles = self._feature_tiles(img, self._budget.features)

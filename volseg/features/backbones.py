@@ -34,6 +34,7 @@ from ..units import format_bytes
 from .base import FeatureExtractor, feature_budget
 
 FORMAT = "volseg-backbone/1"
+SLICE_BATCH = 8  # slices per network pass when a 2D network runs on a volume
 
 # networks by name; each builder gets (spatial_dims, in_channels, out_channels, **options)
 NETWORKS_2D = ("BasicUNet", "FlexibleUNet", "SegResNet", "UNet")
@@ -149,6 +150,7 @@ class BackboneExtractor(FeatureExtractor):
         self.backbone = backbone.eval().to(device)
         self.device = torch.device(device)
         self.gp_config = dict(gp_config)
+        self.trained_ndim = backbone.spatial_dims  # a 2D network also runs on volumes, slice by slice
         self.config = config
         self.model = backbone.model_config
         self.name = f"backbone:{Path(path).name}" if path else "backbone"
@@ -169,12 +171,17 @@ class BackboneExtractor(FeatureExtractor):
         self._outputs = (image, None, prior)  # the embedding is the caller's now: the small prior map is kept
         return np.moveaxis(emb, 0, -1).astype(dtype)
 
-    def prior_mean(self, image: Image) -> np.ndarray:
+    def prior_mean(self, image: Image) -> np.ndarray | None:
         self._check_dimension(image)
+        if self._slice_by_slice(image):  # the head knows photographs' objects, not a volume's organs
+            return None
         return self._run(image, embedding=False)[1]
 
+    def _slice_by_slice(self, image: Image) -> bool:
+        return self.backbone.spatial_dims == 2 and image.ndim == 3
+
     def _check_dimension(self, image: Image) -> None:
-        if image.ndim != self.backbone.spatial_dims:
+        if image.ndim != self.backbone.spatial_dims and not self._slice_by_slice(image):
             raise InputError(f"{self.name} is a {self.backbone.spatial_dims}D model; the image is {image.ndim}D")
 
     @torch.no_grad()
@@ -184,7 +191,8 @@ class BackboneExtractor(FeatureExtractor):
         embedding may be None: handed out already)."""
         kept = self._outputs
         if kept is None or kept[0] is not image or (embedding and kept[1] is None):
-            emb, prior = self._run_2d(image) if image.ndim == 2 else self._run_3d(image)
+            run = self._run_slices if self._slice_by_slice(image) else self._run_2d if image.ndim == 2 else self._run_3d
+            emb, prior = run(image)
             self._outputs = (image, emb, prior.astype(np.float32))
         return self._outputs[1:]
 
@@ -197,6 +205,24 @@ class BackboneExtractor(FeatureExtractor):
         # upsample the raw embedding, then standardise and apply the head on the image grid
         emb = F.interpolate(emb, size=image.shape, mode="bilinear", align_corners=False)[0]
         return self._finish(emb)
+
+    def _run_slices(self, image: Image) -> tuple[np.ndarray, np.ndarray]:
+        """A 2D network on a volume (2.5D): run on every slice across the axis of the coarsest spacing (the
+        acquisition's slices), each slice windowed by the volume's percentiles as grey, and the slices'
+        embeddings stacked back and standardised over the volume together."""
+        axis = int(np.flatnonzero(np.asarray(image.spacing) >= max(image.spacing) - 1e-6)[-1])
+        grey = np.moveaxis(normalise_3d(image.array)[0], axis, 0)  # about 0..1 inside the window
+        long_side = int(self.model.get("infer_long_side") or self.model.get("long_side", 192))
+        size = resize_long_side(grey.shape[1:], long_side)
+        out = torch.empty((self.backbone.embed_dim,) + grey.shape, dtype=torch.float32)
+        for a in range(0, grey.shape[0], SLICE_BATCH):
+            x = torch.from_numpy(((grey[a:a + SLICE_BATCH] - 0.45) / 0.25).astype(np.float32)).to(self.device)
+            x = x[:, None].expand(-1, 3, -1, -1)
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+            emb = F.interpolate(self.backbone.embed(x), size=grey.shape[1:], mode="bilinear", align_corners=False)
+            out[:, a:a + SLICE_BATCH] = emb.transpose(0, 1).float().cpu()
+        emb = standardise(torch.movedim(out, 1, axis + 1))
+        return emb.numpy(), np.zeros(image.shape, np.float32)
 
     def _run_3d(self, image: Image) -> tuple[np.ndarray, np.ndarray]:
         from monai.inferers import sliding_window_inference  # noqa: PLC0415 -- slow to import (as above)

@@ -25,6 +25,7 @@ class StackedFeatures(FeatureExtractor):
         # the GP settings (spatial lengthscale, noise, ...) of the first learned part; its feature
         # lengthscale is applied to its own features below, so the stack as a whole has 1
         self.gp_config = {**(learned[0].gp_config if learned else {}), "feature_lengthscale": 1.0}
+        self.trained_ndim = learned[0].trained_ndim if learned else None
 
     def features(self, image, budget: int | None = None) -> np.ndarray:
         blocks, share = [], feature_budget(budget) // len(self.parts)
