@@ -319,5 +319,28 @@ def test_video_clicked_frames_use_the_video_settings_features_or_the_servers(ser
     own = VideoState(clip, "clip", {"features": "filterbank"},
                      video_config=VideoConfig(session_features="learned2d+filterbank"))
     assert own.seg.session_features == "learned2d+filterbank"
-    for state in (plain, server, own):
+    # video settings that name the default explicitly win over the server's --features too
+    bank = VideoState(clip, "clip", {"features": "learned2d"}, video_config=VideoConfig(session_features="filterbank"))
+    assert bank.seg.session_features == "filterbank"
+    for state in (plain, server, own, bank):
         state.seg.close()
+
+
+def test_serve_resolves_the_clicked_frames_features_from_config_and_features(tmp_path, monkeypatch):
+    """`volseg serve --features F [--config C]`: the video settings get C's video: session_features where C
+    names them (even the default, filterbank), else F."""
+    import uvicorn
+
+    import volseg.serve.app as app_module
+
+    seen = {}
+    monkeypatch.setattr(app_module, "create_app", lambda root, **kw: seen.update(kw) or object())
+    monkeypatch.setattr(uvicorn, "run", lambda *a, **kw: None)
+    named = tmp_path / "named.yaml"
+    named.write_text("video:\n  session_features: filterbank\n")
+    other = tmp_path / "other.yaml"
+    other.write_text("video:\n  budget: 400\n")
+    for config, expected in ((named, "filterbank"), (other, "learned2d"), (None, "learned2d")):
+        args = ["serve", str(tmp_path), "--features", "learned2d"] + (["--config", str(config)] if config else [])
+        assert main(args) == 0
+        assert seen["video_config"].session_features == expected, config

@@ -573,7 +573,7 @@ def test_a_failing_propagation_reaches_the_caller_of_label_maps(shapes):
 
 def test_session_features_set_the_clicked_frames_2d_session(shapes):
     """session_features: the features of the 2D session that makes a clicked frame's mask; checked by name
-    before any work, and the segmenter's own argument (the viewer's) still wins."""
+    before any work."""
     from volseg.features import StackedFeatures
 
     frames, labels = shapes
@@ -585,5 +585,5 @@ def test_session_features_set_the_clicked_frames_2d_session(shapes):
         assert isinstance(seg.session_for(5).extractor, StackedFeatures)
         seg.add_clicks([Click(disk, True, 1, 5)])
         assert seg.labels(5)[Click(disk, True, 1, 5).voxel()] == 1
-    with VideoSegmenter(ArrayFrames(frames[:8]), config, session_features="filterbank") as seg:
+    with VideoSegmenter(ArrayFrames(frames[:8]), config.replace(session_features="filterbank")) as seg:
         assert not isinstance(seg.session_for(5).extractor, StackedFeatures)

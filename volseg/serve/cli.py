@@ -5,6 +5,7 @@ import argparse
 import ipaddress
 import sys
 
+from ..config import read_section
 from ..errors import InputError
 from ..session_options import gp_options, session_settings
 from ..video.config import read_video_config
@@ -47,9 +48,13 @@ def handler(args: argparse.Namespace) -> int:
         import uvicorn  # noqa: PLC0415 -- only `volseg serve` needs it
     except ImportError:
         raise InputError("volseg serve needs uvicorn and starlette: pip install uvicorn starlette") from None
-    # one --config for both: its gp: section for images and volumes, its video: section for videos
-    video = read_video_config(args.config, []) if args.config else None
-    app = create_app(args.path, out=args.out, settings=session_settings(args), video_config=video,
+    # one --config for both: its gp: section for images and volumes, its video: section for videos; a clicked
+    # frame's 2D session takes --features like an image, unless that video: section names session_features
+    settings = session_settings(args)
+    video = read_video_config(args.config, [])
+    if "session_features" not in (read_section(args.config, "video") if args.config else {}):
+        video = video.replace(session_features=settings["features"])
+    app = create_app(args.path, out=args.out, settings=settings, video_config=video,
                      idle_timeout=args.idle_timeout, max_sessions=args.max_sessions)
     if not is_loopback(args.host):
         print(f"volseg: warning: serving on {args.host}, not 127.0.0.1: anyone who can reach this machine "

@@ -172,13 +172,12 @@ class VideoState:
         self._new_segmenter()
 
     def _new_segmenter(self) -> None:
-        # a clicked frame's 2D session: the video settings' features where they name some (--config's
-        # video: session_features), else the server's --features, as for images
-        config = VideoConfig.from_dict(None) if self.video_config is None else self.video_config
-        own = config.session_features != VideoConfig.session_features
-        self.seg = VideoSegmenter(self.source, config,
-                                  session_features=None if own else self.settings.get("features", "filterbank"),
-                                  session_config=self.settings.get("config"))
+        # a clicked frame's 2D session: the video settings' session_features (`volseg serve` resolves them from
+        # --config and --features), else the server's --features, as for images
+        config = self.video_config
+        if config is None:
+            config = VideoConfig(session_features=self.settings.get("features", "filterbank"))
+        self.seg = VideoSegmenter(self.source, config, session_config=self.settings.get("config"))
         self.frame_sessions: OrderedDict[int, object] = OrderedDict()
         self.history: list[Click] = []
         self.propagated_version = -1

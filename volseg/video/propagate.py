@@ -76,7 +76,7 @@ from .threads import limited_threads
 
 class VideoSegmenter:
     def __init__(self, source, config: VideoConfig | dict | None = None, *, workdir: str | Path | None = None,
-                 cache_features: bool = False, session_features=None, session_config=None) -> None:
+                 cache_features: bool = False, session_config=None) -> None:
         self.source = source
         self.config = config if isinstance(config, VideoConfig) else VideoConfig.from_dict(config)
         cfg = self.config
@@ -92,8 +92,8 @@ class VideoSegmenter:
         self.annotations: dict[int, Annotation] = self.annotated.frames
         self.store = FrameStore(workdir)
         self.cache_features = cache_features
-        # a clicked frame's 2D session: its features (the settings' unless given) and GP settings
-        self.session_features = session_features or self.config.session_features
+        # a clicked frame's 2D session: its features (VideoConfig.session_features) and GP settings
+        self.session_features = self.config.session_features
         self.session_config = session_config
         self.last_changed: list[int] = []
         self.stats = {"frames_propagated": 0, "seconds": 0.0, "memory_peak": 0, "memory_bytes_peak": 0,
