@@ -76,7 +76,7 @@ def test_one_network_pass_serves_features_and_prior_mean(ckpt2d, monkeypatch):
     assert isinstance(ex, FeatureExtractor) and ex.prescaled is False
     runs = []
     run_2d = ex._run_2d
-    monkeypatch.setattr(ex, "_run_2d", lambda image: runs.append(image) or run_2d(image))
+    monkeypatch.setattr(ex, "_run_2d", lambda image, side: runs.append((image, side)) or run_2d(image, side))
     a, b = rgb_image(), rgb_image(seed=1)
     prior = ex.prior_mean(a)
     f = ex.features(a, budget=2 ** 30)
@@ -84,6 +84,10 @@ def test_one_network_pass_serves_features_and_prior_mean(ckpt2d, monkeypatch):
     ex.features(b)  # no budget: the default memory budget
     assert len(runs) == 2 and not np.array_equal(ex.prior_mean(b), prior) and len(runs) == 2
     assert np.array_equal(ex.features(a, budget=2 ** 30), f) and len(runs) == 3
+    # another input size is another pass (a video's small object runs the network on the frame enlarged)
+    big = ex.features(a, budget=2 ** 30, long_side=64)
+    assert runs[-1][1] == 64 and len(runs) == 4 and big.shape == f.shape and not np.array_equal(big, f)
+    assert {side for _, side in runs[:3]} == {ex.infer_long_side} == {32}
 
 
 def test_bad_checkpoints(tmp_path):

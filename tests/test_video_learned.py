@@ -67,6 +67,26 @@ def test_packaged_model_by_name_and_default_unchanged(shapes):
         assert seg.lf == pytest.approx(0.35 * seg.D ** 0.5)
 
 
+def test_a_small_objects_finer_grid_runs_the_network_enlarged(shapes, monkeypatch):
+    """A learned extractor runs at its inference size times the grid's zoom (a small object's grid is finer than
+    the default scale's), capped at the frame's size; the frame it gets is no smaller than that."""
+    frames, _ = shapes  # 64 x 96 frames
+    with VideoSegmenter(ArrayFrames(frames), {"features": "learned2d"}) as seg:
+        ex = seg.features.learned[0]
+        seen = []
+        features = ex.features
+        monkeypatch.setattr(ex, "features", lambda image, **kw: seen.append((image.shape, kw)) or features(image, **kw))
+        for zoom, want in ((1.0, 96), (0.25, 80)):  # 320 x zoom, at most the frame's long side
+            ff = FrameFeatures(Grid(64, 96, 16, 24), None, [ex], learned_long_side=48, learned_zoom=zoom)
+            ff.fit_standardisation(frames[0])
+            assert seen[-1][1] == {"long_side": want} and max(seen[-1][0]) == want
+    # VideoConfig.learned_zoom (off by default) hands the segmenter's grid zoom to its frame features
+    for on in (False, True):
+        with VideoSegmenter(ArrayFrames(frames), {"features": "learned2d", "learned_zoom": on}) as seg:
+            assert seg.features.learned_zoom == (seg.unit if on else 1.0)
+    assert VideoConfig().learned_zoom is False
+
+
 def test_stacked_features_shape_and_one_standardisation(shapes):
     frames, _ = shapes
     bank, fake = make_bank(), ColourFeatures()

@@ -155,9 +155,16 @@ class BackboneExtractor(FeatureExtractor):
         self.model = backbone.model_config
         self.name = f"backbone:{Path(path).name}" if path else "backbone"
         # (image, embedding or None once handed out, prior mean) of the last image the network ran on
-        self._outputs: tuple[Image, np.ndarray | None, np.ndarray] | None = None
+        self._outputs: tuple[Image, np.ndarray | None, np.ndarray, int | None] | None = None
 
-    def features(self, image: Image, budget: int | None = None) -> np.ndarray:
+    @property
+    def infer_long_side(self) -> int:
+        """The long side a 2D image is resized to for the network (the checkpoint's inference size)."""
+        return int(self.model.get("infer_long_side") or self.model.get("long_side", 192))
+
+    def features(self, image: Image, budget: int | None = None, *, long_side: int | None = None) -> np.ndarray:
+        """``long_side``: run a 2D image at this long side instead of :attr:`infer_long_side` (a video's small
+        object, zoomed as its working grid is)."""
         self._check_dimension(image)
         budget = feature_budget(budget)
         n, D = int(np.prod(image.shape)), self.backbone.embed_dim
@@ -167,8 +174,9 @@ class BackboneExtractor(FeatureExtractor):
         if need > budget:
             raise MemoryBudgetError(f"image of shape {image.shape} needs about {format_bytes(need)} for its {D} "
                                     f"learned features, over the memory budget of {format_bytes(budget)}")
-        emb, prior = self._run(image, embedding=True)
-        self._outputs = (image, None, prior)  # the embedding is the caller's now: the small prior map is kept
+        emb, prior = self._run(image, embedding=True, long_side=long_side)
+        # the embedding is the caller's now: the small prior map is kept
+        self._outputs = (image, None, prior, long_side)
         return np.moveaxis(emb, 0, -1).astype(dtype)
 
     def prior_mean(self, image: Image) -> np.ndarray | None:
@@ -185,19 +193,23 @@ class BackboneExtractor(FeatureExtractor):
             raise InputError(f"{self.name} is a {self.backbone.spatial_dims}D model; the image is {image.ndim}D")
 
     @torch.no_grad()
-    def _run(self, image: Image, *, embedding: bool) -> tuple[np.ndarray | None, np.ndarray]:
+    def _run(self, image: Image, *, embedding: bool, long_side: int | None = None) -> tuple[np.ndarray | None,
+                                                                                              np.ndarray]:
         """(embedding (D, *spatial), prior mean (*spatial) float32) of ``image``, from the network's
-        last pass where that was on this image and kept what is asked for (without ``embedding`` the
-        embedding may be None: handed out already)."""
+        last pass where that was on this image (at this size) and kept what is asked for (without
+        ``embedding`` the embedding may be None: handed out already)."""
         kept = self._outputs
-        if kept is None or kept[0] is not image or (embedding and kept[1] is None):
-            run = self._run_slices if self._slice_by_slice(image) else self._run_2d if image.ndim == 2 else self._run_3d
-            emb, prior = run(image)
-            self._outputs = (image, emb, prior.astype(np.float32))
-        return self._outputs[1:]
+        if kept is None or kept[0] is not image or kept[3] != long_side or (embedding and kept[1] is None):
+            if self._slice_by_slice(image):
+                emb, prior = self._run_slices(image)
+            elif image.ndim == 2:
+                emb, prior = self._run_2d(image, long_side or self.infer_long_side)
+            else:
+                emb, prior = self._run_3d(image)
+            self._outputs = (image, emb, prior.astype(np.float32), long_side)
+        return self._outputs[1:3]
 
-    def _run_2d(self, image: Image) -> tuple[np.ndarray, np.ndarray]:
-        long_side = int(self.model.get("infer_long_side") or self.model.get("long_side", 192))
+    def _run_2d(self, image: Image, long_side: int) -> tuple[np.ndarray, np.ndarray]:
         x = torch.from_numpy(normalise_2d(image.array)).to(self.device)[None]
         size = resize_long_side(image.shape, long_side)
         x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
@@ -212,8 +224,7 @@ class BackboneExtractor(FeatureExtractor):
         embeddings stacked back and standardised over the volume together."""
         axis = int(np.flatnonzero(np.asarray(image.spacing) >= max(image.spacing) - 1e-6)[-1])
         grey = np.moveaxis(normalise_3d(image.array)[0], axis, 0)  # about 0..1 inside the window
-        long_side = int(self.model.get("infer_long_side") or self.model.get("long_side", 192))
-        size = resize_long_side(grey.shape[1:], long_side)
+        size = resize_long_side(grey.shape[1:], self.infer_long_side)
         out = torch.empty((self.backbone.embed_dim,) + grey.shape, dtype=torch.float32)
         for a in range(0, grey.shape[0], SLICE_BATCH):
             x = torch.from_numpy(((grey[a:a + SLICE_BATCH] - 0.45) / 0.25).astype(np.float32)).to(self.device)

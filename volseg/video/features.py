@@ -89,10 +89,12 @@ class FrameFeatures:
     with) times sqrt(its number of features), so the kernel is the product of the parts' kernels and the
     video's ``feature_lengthscale`` is applied to it as a whole."""
 
-    def __init__(self, grid: Grid, bank: FilterBank | None = None, learned=(), learned_long_side: int = 0) -> None:
+    def __init__(self, grid: Grid, bank: FilterBank | None = None, learned=(), learned_long_side: int = 0,
+                 learned_zoom: float = 1.0) -> None:
         self.grid = grid
         self.learned = list(learned)
         self.learned_long_side = learned_long_side
+        self.learned_zoom = float(learned_zoom)
         self.bank = bank if bank is not None or self.learned else make_bank()
         self.prescaled = bool(self.learned)
         self._params = None
@@ -152,15 +154,22 @@ class FrameFeatures:
 
     def _with_embeddings(self, frame: np.ndarray, small: np.ndarray) -> np.ndarray:
         """The working frame ``small`` with the learned extractors' embeddings of ``frame`` (computed on the
-        frame shrunk to :attr:`learned_long_side`, but no smaller than the working grid, then shrunk to the
-        working grid) appended as float32 channels."""
+        frame shrunk to :attr:`learned_long_side`, but no smaller than the working grid or the network's
+        input, then shrunk to the working grid) appended as float32 channels.
+
+        A network runs at its own inference size times :attr:`learned_zoom` (up to the frame's size): a small
+        object's working grid is finer than the default one, and the network sees it enlarged as much, at the
+        scale it learned objects at, rather than a few pixels wide."""
         H, W = frame.shape[:2]
-        side = max(self.learned_long_side, self.grid.h, self.grid.w)
+        sizes = [min(round(ex.infer_long_side * self.learned_zoom), max(H, W)) if hasattr(ex, "infer_long_side")
+                 else None for ex in self.learned]
+        side = max(self.learned_long_side, self.grid.h, self.grid.w, *(n or 0 for n in sizes))
         if self.learned_long_side and side < max(H, W):
             s = side / max(H, W)
             frame = cv2.resize(frame, (max(1, round(W * s)), max(1, round(H * s))), interpolation=cv2.INTER_AREA)
         image = Image.from_array(frame, channel_axis=-1 if frame.ndim == 3 else None)
-        blocks = [np.asarray(ex.features(image), np.float32) for ex in self.learned]
+        blocks = [np.asarray(ex.features(image) if n is None else ex.features(image, long_side=n), np.float32)
+                  for ex, n in zip(self.learned, sizes)]
         self._part_dims = [b.shape[-1] for b in blocks]
         self._learned_dims = sum(self._part_dims)
         # cv2's area resize takes at most 4 channels at a time

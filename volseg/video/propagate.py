@@ -105,14 +105,15 @@ class VideoSegmenter:
         self.grid = Grid.for_frame(H, W, scale, cfg.min_side)
         bank = make_bank(smoothing_scales=cfg.smoothing_scales, gradient_scales=cfg.gradient_scales,
                          hessian_scales=cfg.hessian_scales) if self._use_bank else None
-        self.features = FrameFeatures(self.grid, bank, self._learned, cfg.learned_long_side)
+        # distances in the motion model (ROI margin, prior blur, spatial window) are set on the `scale` grid:
+        # the same in full-resolution pixels whatever grid the object's size picks
+        self.unit = max(Grid.for_frame(H, W, cfg.scale, cfg.min_side).factor) / max(self.grid.factor)
+        self.features = FrameFeatures(self.grid, bank, self._learned, cfg.learned_long_side,
+                                      learned_zoom=self.unit if cfg.learned_zoom else 1.0)
         self.features.fit_standardisation(self.source[0])  # one feature space for the whole video
         self.D = self.features.n_features
         # prescaled features (with a learned part) come divided by sqrt(D) per part already
         self.lf = cfg.feature_lengthscale * (1.0 if self.features.prescaled else self.D ** 0.5)
-        # distances in the motion model (ROI margin, prior blur, spatial window) are set on the `scale` grid:
-        # the same in full-resolution pixels whatever grid the object's size picks
-        self.unit = max(Grid.for_frame(H, W, cfg.scale, cfg.min_side).factor) / max(self.grid.factor)
         self.ls = cfg.spatial_lengthscale * self.unit
         self._positions = self.grid.positions()
 
