@@ -176,6 +176,22 @@ def test_a_2d_models_gp_settings_stay_with_2d_images(ckpt2d):
         assert m[8, 9, 4] == 1 and m[0, 0, 0] == 0
 
 
+def test_settings_a_config_chooses_win_over_the_learned_ones(ckpt2d):
+    """A learned model brings its GP settings; a config's settings that differ from the defaults (a YAML file's
+    ``noise: 0.05``), a config dict's keys and keyword settings win over them; defaults do not."""
+    from volseg.config import GPConfig
+
+    learned = Session(features=str(ckpt2d), config=GPConfig())
+    assert (learned.config.noise, learned.config.kernel) == (GP["noise"], "rbf")
+    chosen = Session(features=str(ckpt2d), config=GPConfig(noise=0.05, kernel="matern32"))
+    assert (chosen.config.noise, chosen.config.kernel, chosen.config.spatial_fraction) == (0.05, "matern32", 0.25)
+    named = Session(features=str(ckpt2d), config={"noise": 0.1})  # a dict names its keys, even a default value
+    assert named.config.noise == 0.1 and named.config.feature_lengthscale == GP["feature_lengthscale"]
+    for s in (chosen, named):
+        s.set_image(rgb_image())
+    assert (chosen.config.noise, named.config.noise, chosen.config.spatial_fraction) == (0.05, 0.1, 0.25)
+
+
 def test_differentiable_posterior_matches_engine():
     torch.manual_seed(0)
     emb = torch.randn(5, 12, 9, dtype=torch.float32, requires_grad=True)

@@ -94,6 +94,9 @@ def as_image(image: Image | np.ndarray | str | Path) -> Image:
     raise InputError(f"cannot interpret an array of shape {a.shape} as a 2D or 3D image")
 
 
+DEFAULT_CONFIG = GPConfig()
+
+
 class Session:
     def __init__(self, features="filterbank", device: str = "cpu", config: GPConfig | dict | None = None,
                  **settings) -> None:
@@ -101,9 +104,12 @@ class Session:
         self.extractor = get_extractor(features, device=str(self.device))
         base = config if isinstance(config, GPConfig) else GPConfig.from_dict(config)
         # a learned backbone brings the GP settings it was trained with (for images like its training
-        # images: set_image resolves them per image); explicit ones still win
-        self._config_parts = (base, settings)
-        self.config = base.replace(**{**self.extractor.gp_config, **settings})
+        # images: set_image resolves them per image); explicit ones still win: keyword settings, a config
+        # dict's keys, and a config's settings that differ from the defaults (a YAML file's noise: 0.05)
+        chosen = set(config) if isinstance(config, dict) else {
+            k for k, v in base.to_dict().items() if v != getattr(DEFAULT_CONFIG, k)}
+        self._config_parts = (base, {**{k: getattr(base, k) for k in chosen}, **settings})
+        self.config = self._resolve_config(None)
         make_kernel(self.config.kernel or "rbf", spatial_dims=2)  # an unknown kernel name fails here, not at set_image
         self.kernel = None  # made by set_image: the default depends on the image's dimension
         self.image: Image | None = None
@@ -122,8 +128,7 @@ class Session:
             raise InputError(f"image of size {'x'.join(map(str, img.shape))} is too small to segment: volseg needs "
                              f"at least {MIN_SIDE} pixels (voxels) along two axes")
         self.image = img
-        base, settings = self._config_parts
-        self.config = base.replace(**{**learned_settings(self.extractor, img.ndim), **settings})
+        self.config = self._resolve_config(img.ndim)
         self._budget = split_budget(img, self.config)
         t0 = time.perf_counter()
         self.feature_tiles = self._feature_tiles(img, self._budget.features)
@@ -168,6 +173,13 @@ class Session:
         self._masks = MaskStage(img, self.config)
         self.reset()
         return self
+
+    def _resolve_config(self, ndim: int | None) -> GPConfig:
+        """The settings for an image of ``ndim`` spatial axes (None: before any image, as if learned-like):
+        the base config, then the extractor's learned ones where they apply, then the explicit ones."""
+        base, explicit = self._config_parts
+        learned = self.extractor.gp_config if ndim is None else learned_settings(self.extractor, ndim)
+        return base.replace(**{**learned, **explicit})
 
     @property
     def feature_seconds(self) -> float:
