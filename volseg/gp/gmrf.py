@@ -58,7 +58,7 @@ MIN_NODE_VOXELS = 6
 # the typical step is at least this many times the median noise of a contact's two means.  In flat tissue
 # with white noise the steps are that noise alone, and their median would make every other contact inside
 # an object an edge; real volumes' steps are larger (texture, correlated noise), so there it rarely binds
-# (README, "3D": chosen on the tune part, where 30 lost 0.02-0.03 Dice)
+# (benchmarks/README.md, 3D: chosen on the tune part from 10 and 30)
 NOISE_STEPS = 10.0
 
 

@@ -70,7 +70,7 @@ class VideoConfig:
                                        # working grid's; 0: full resolution): its network resizes to its own input
                                        # size anyway, and upsampling the embedding to the full frame costs more
     learned_zoom: bool = False         # a learned network runs enlarged as much as a small object's finer grid is
-                                       # (README "DAVIS-2016 dev": held-out +7.4, tune -1.6, so off)
+                                       # (benchmarks/README.md: small objects gain, the tune group loses, so off)
 
     def __post_init__(self) -> None:
         for f in fields(self):  # whole numbers (800.0 from a script) are stored as int; 2.5 frames is an error
