@@ -313,15 +313,15 @@ def test_video_clicked_frames_use_the_video_settings_features_or_the_servers(ser
 
     clip = served["root"] / "clip"
     plain = VideoState(clip, "clip", {"features": "filterbank"})
-    assert plain.seg.session_features == "filterbank"
+    assert plain.seg.config.session_features == "filterbank"
     server = VideoState(clip, "clip", {"features": "learned2d"})
-    assert server.seg.session_features == "learned2d"
+    assert server.seg.config.session_features == "learned2d"
     own = VideoState(clip, "clip", {"features": "filterbank"},
                      video_config=VideoConfig(session_features="learned2d+filterbank"))
-    assert own.seg.session_features == "learned2d+filterbank"
+    assert own.seg.config.session_features == "learned2d+filterbank"
     # video settings that name the default explicitly win over the server's --features too
     bank = VideoState(clip, "clip", {"features": "learned2d"}, video_config=VideoConfig(session_features="filterbank"))
-    assert bank.seg.session_features == "filterbank"
+    assert bank.seg.config.session_features == "filterbank"
     for state in (plain, server, own, bank):
         state.seg.close()
 

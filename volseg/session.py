@@ -437,8 +437,9 @@ class Session:
         refits every weight, but the maps move only where either share does (:meth:`_update_sum`)."""
         fit_objects = objects or [0]
         nodes = self._nodes_at(voxels)
-        amplitude = self._field_amplitude(points, nodes)
-        columns = np.stack([self.field.correlation(int(v)) * amplitude * amplitude[v] for v in nodes], 1) \
+        correlations = [self.field.correlation(int(v)) for v in nodes]
+        amplitude = self._field_amplitude(points, correlations)
+        columns = np.stack([rho * amplitude * amplitude[v] for rho, v in zip(correlations, nodes)], 1) \
             if len(nodes) else np.zeros((self.field.n, 0))
         at_clicks = columns[nodes]
         local = objects == self._objects_fitted
@@ -454,7 +455,7 @@ class Session:
             return
         self._update_sum(before)
 
-    def _field_amplitude(self, points: list[TrainingPoint], nodes: np.ndarray) -> np.ndarray:
+    def _field_amplitude(self, points: list[TrainingPoint], correlations: list[np.ndarray]) -> np.ndarray:
         """The GMRF share's prior standard deviation on every node, (nodes,): ``sqrt(gmrf_share)``, or with
         ``gmrf_anchor_share`` blended towards ``sqrt(gmrf_anchor_share)`` by each node's correlation with its
         object's first positive click (the largest over objects).  A kernel times ``a(x) a(y)`` is still a
@@ -465,10 +466,10 @@ class Session:
         if cfg.gmrf_anchor_share <= 0:
             return np.full(self.field.n, low ** 0.5)
         near, anchored = np.zeros(self.field.n), set()
-        for point, node in zip(points, nodes):
+        for point, rho in zip(points, correlations):  # each point's correlation with every node
             if point.positive and point.object not in anchored:
                 anchored.add(point.object)
-                near = np.maximum(near, np.clip(self.field.correlation(int(node)), 0.0, 1.0))
+                near = np.maximum(near, np.clip(rho, 0.0, 1.0))
         return np.sqrt(low + (cfg.gmrf_anchor_share * cfg.outputscale - low) * near)
 
     def _sum_field(self) -> np.ndarray:

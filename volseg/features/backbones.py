@@ -120,7 +120,12 @@ def normalise_2d(array: np.ndarray) -> np.ndarray:
     a = a[..., :3]
     if a.max(initial=0) > 1.5:
         a = a / 255.0
-    return ((a - 0.45) / 0.25).transpose(2, 0, 1).astype(np.float32)
+    return centre_2d(a).transpose(2, 0, 1)
+
+
+def centre_2d(a: np.ndarray) -> np.ndarray:
+    """Values in about 0..1 (RGB / 255, or a volume's window) centred as every 2D network's input, float32."""
+    return ((a - 0.45) / 0.25).astype(np.float32)
 
 
 def normalise_3d(array: np.ndarray) -> np.ndarray:
@@ -206,7 +211,7 @@ class BackboneExtractor(FeatureExtractor):
                 emb, prior = self._run_2d(image, long_side or self.infer_long_side)
             else:
                 emb, prior = self._run_3d(image)
-            self._outputs = (image, emb, prior.astype(np.float32), long_side)
+            self._outputs = (image, emb, None if prior is None else prior.astype(np.float32), long_side)
         return self._outputs[1:3]
 
     def _run_2d(self, image: Image, long_side: int) -> tuple[np.ndarray, np.ndarray]:
@@ -218,7 +223,7 @@ class BackboneExtractor(FeatureExtractor):
         emb = F.interpolate(emb, size=image.shape, mode="bilinear", align_corners=False)[0]
         return self._finish(emb)
 
-    def _run_slices(self, image: Image) -> tuple[np.ndarray, np.ndarray]:
+    def _run_slices(self, image: Image) -> tuple[np.ndarray, None]:
         """A 2D network on a volume (2.5D): run on every slice across the axis of the coarsest spacing (the
         acquisition's slices), each slice windowed by the volume's percentiles as grey, and the slices'
         embeddings stacked back and standardised over the volume together."""
@@ -227,13 +232,12 @@ class BackboneExtractor(FeatureExtractor):
         size = resize_long_side(grey.shape[1:], self.infer_long_side)
         out = torch.empty((self.backbone.embed_dim,) + grey.shape, dtype=torch.float32)
         for a in range(0, grey.shape[0], SLICE_BATCH):
-            x = torch.from_numpy(((grey[a:a + SLICE_BATCH] - 0.45) / 0.25).astype(np.float32)).to(self.device)
+            x = torch.from_numpy(centre_2d(grey[a:a + SLICE_BATCH])).to(self.device)
             x = x[:, None].expand(-1, 3, -1, -1)
             x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
             emb = F.interpolate(self.backbone.embed(x), size=grey.shape[1:], mode="bilinear", align_corners=False)
             out[:, a:a + SLICE_BATCH] = emb.transpose(0, 1).float().cpu()
-        emb = standardise(torch.movedim(out, 1, axis + 1))
-        return emb.numpy(), np.zeros(image.shape, np.float32)
+        return standardise(torch.movedim(out, 1, axis + 1)).numpy(), None  # no head on a volume: no prior
 
     def _run_3d(self, image: Image) -> tuple[np.ndarray, np.ndarray]:
         from monai.inferers import sliding_window_inference  # noqa: PLC0415 -- slow to import (as above)

@@ -8,7 +8,7 @@ import sys
 from ..config import read_section
 from ..errors import InputError
 from ..session_options import gp_options, session_settings
-from ..video.config import read_video_config
+from ..video.config import VideoConfig
 
 HELP = "click in a browser on the images, volumes and videos under PATH"
 
@@ -51,9 +51,8 @@ def handler(args: argparse.Namespace) -> int:
     # one --config for both: its gp: section for images and volumes, its video: section for videos; a clicked
     # frame's 2D session takes --features like an image, unless that video: section names session_features
     settings = session_settings(args)
-    video = read_video_config(args.config, [])
-    if "session_features" not in (read_section(args.config, "video") if args.config else {}):
-        video = video.replace(session_features=settings["features"])
+    video = VideoConfig.from_dict({"session_features": settings["features"],
+                                   **(read_section(args.config, "video") if args.config else {})})
     app = create_app(args.path, out=args.out, settings=settings, video_config=video,
                      idle_timeout=args.idle_timeout, max_sessions=args.max_sessions)
     if not is_loopback(args.host):

@@ -92,9 +92,7 @@ class VideoSegmenter:
         self.annotations: dict[int, Annotation] = self.annotated.frames
         self.store = FrameStore(workdir)
         self.cache_features = cache_features
-        # a clicked frame's 2D session: its features (VideoConfig.session_features) and GP settings
-        self.session_features = self.config.session_features
-        self.session_config = session_config
+        self.session_config = session_config  # a clicked frame's 2D session's GP settings
         self.last_changed: list[int] = []
         self.stats = {"frames_propagated": 0, "seconds": 0.0, "memory_peak": 0, "memory_bytes_peak": 0,
                       "gp_points_max": 0, "lost": []}
@@ -155,7 +153,7 @@ class VideoSegmenter:
         config = config if isinstance(config, GPConfig) else GPConfig.from_dict(config)
         # frames keep the RBF unless asked otherwise: the multiscale 2D default is measured on
         # Berkeley's click protocol, not on refining a propagated mask
-        s = Session(features=self.session_features, config=config.replace(kernel=config.kernel or "rbf"))
+        s = Session(features=self.config.session_features, config=config.replace(kernel=config.kernel or "rbf"))
         prior = self.current_labels(frame)
         s.set_image(self.source[frame], prior=prior if prior is not None and prior.any() else None)
         return s
