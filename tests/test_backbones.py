@@ -192,6 +192,20 @@ def test_settings_a_config_chooses_win_over_the_learned_ones(ckpt2d):
     assert (chosen.config.noise, named.config.noise, chosen.config.spatial_fraction) == (0.05, 0.1, 0.25)
 
 
+def test_a_config_file_names_its_settings_even_at_their_defaults(ckpt2d, tmp_path):
+    """``noise: 0.1`` in a YAML file is the noise a learned model's session uses, though 0.1 is the default;
+    --memory-budget (GPConfig.replace) keeps what the file named and adds itself."""
+    from volseg.config import GPConfig
+
+    path = tmp_path / "gp.yaml"
+    path.write_text("gp:\n  noise: 0.1\n")
+    config = GPConfig.from_yaml(path).replace(memory_budget="2GB")
+    assert config.named == {"noise", "memory_budget"} and GPConfig().named == frozenset()
+    s = Session(features=str(ckpt2d), config=config)
+    s.set_image(rgb_image())
+    assert (s.config.noise, s.config.memory_budget, s.config.outputscale) == (0.1, "2GB", GP["outputscale"])
+
+
 def test_differentiable_posterior_matches_engine():
     torch.manual_seed(0)
     emb = torch.randn(5, 12, 9, dtype=torch.float32, requires_grad=True)

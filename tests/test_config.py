@@ -67,8 +67,8 @@ def test_volume_fill_config_selects_the_sum_latent():
     """configs/volume_fill.yaml is the documented way to the GMRF + GP sum for volumes."""
     cfg = GPConfig.from_yaml(DEFAULT_YAML.parent / "volume_fill.yaml")
     assert cfg.latent_for(3) == "sum" and cfg.short_share == 0.8 and cfg.gmrf_share == 0.5
-    assert {k: v for k, v in vars(cfg).items() if k not in ("latent", "short_share")} == \
-        {k: v for k, v in vars(GPConfig()).items() if k not in ("latent", "short_share")}
+    assert {k: v for k, v in cfg.to_dict().items() if k not in ("latent", "short_share")} == \
+        {k: v for k, v in GPConfig().to_dict().items() if k not in ("latent", "short_share")}
 
 
 def test_fill_organ_config_anchors_the_gmrf_share():
@@ -76,7 +76,7 @@ def test_fill_organ_config_anchors_the_gmrf_share():
     appearance factor; nothing else differs from the defaults."""
     cfg = GPConfig.from_yaml(DEFAULT_YAML.parent / "fill_organ.yaml")
     assert (cfg.gmrf_anchor_share, cfg.gmrf_appearance) == (1.5, 4.0)
-    changed = {k for k, v in vars(cfg).items() if v != getattr(GPConfig(), k)}
+    changed = {k for k, v in cfg.to_dict().items() if v != getattr(GPConfig(), k)}
     assert changed == {"gmrf_anchor_share", "gmrf_appearance"}
 
 

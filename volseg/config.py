@@ -5,6 +5,7 @@ import math
 import numbers
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 
@@ -83,6 +84,9 @@ class GPConfig:
                                           # reach, standardised from a sample; smaller ones all at once, exactly
     memory_budget: str = "4GB"
     chunk_bytes: str = "256MB"
+    # the settings a YAML file or dict names (from_dict, from_yaml; replace adds its changes), even at their
+    # default value: they win over a learned model's GP settings as a keyword setting does
+    named: ClassVar[frozenset] = frozenset()
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -98,7 +102,9 @@ class GPConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise InputError(f"unknown GP setting(s) {unknown}; known: {sorted(names)}")
-        return cls(**data)
+        config = cls(**data)
+        object.__setattr__(config, "named", frozenset(data))
+        return config
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> "GPConfig":
@@ -148,7 +154,10 @@ class GPConfig:
         return 0.8 if latent == "sum" else 0.3
 
     def replace(self, **changes) -> "GPConfig":
-        return GPConfig.from_dict({**asdict(self), **{k: v for k, v in changes.items() if v is not None}})
+        changes = {k: v for k, v in changes.items() if v is not None}
+        config = GPConfig(**{**asdict(self), **changes})
+        object.__setattr__(config, "named", self.named | frozenset(changes))
+        return config
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -105,8 +105,8 @@ class Session:
         base = config if isinstance(config, GPConfig) else GPConfig.from_dict(config)
         # a learned backbone brings the GP settings it was trained with (for images like its training
         # images: set_image resolves them per image); explicit ones still win: keyword settings, a config
-        # dict's keys, and a config's settings that differ from the defaults (a YAML file's noise: 0.05)
-        chosen = set(config) if isinstance(config, dict) else {
+        # dict's keys, the settings a config file names and a config's settings that differ from the defaults
+        chosen = set(config) if isinstance(config, dict) else base.named | {
             k for k, v in base.to_dict().items() if v != getattr(DEFAULT_CONFIG, k)}
         self._config_parts = (base, {**{k: getattr(base, k) for k in chosen}, **settings})
         self.config = self._resolve_config(None)
