@@ -90,3 +90,11 @@ def test_whole_number_settings_given_as_floats_become_integers():
     assert type(GPConfig(seed_points=np.int64(3)).seed_points) is int  # a numpy integer from a script
     with pytest.raises(InputError, match="seed_points must be a whole number"):
         GPConfig(seed_points=4.5)
+
+
+def test_an_unknown_setting_is_named_however_it_arrives():
+    """A dict, a YAML file or a change through replace (--option, --set): one InputError naming the setting."""
+    with pytest.raises(InputError, match="bogus"):
+        GPConfig.from_dict({"bogus": 1})
+    with pytest.raises(InputError, match="bogus"):
+        GPConfig().replace(bogus=1)

@@ -155,7 +155,7 @@ class GPConfig:
 
     def replace(self, **changes) -> "GPConfig":
         changes = {k: v for k, v in changes.items() if v is not None}
-        config = GPConfig(**{**asdict(self), **changes})
+        config = GPConfig.from_dict({**asdict(self), **changes})  # unknown names: an InputError naming them
         object.__setattr__(config, "named", self.named | frozenset(changes))
         return config
 
