@@ -9,12 +9,16 @@ import numpy as np
 import pytest
 import torch
 
+from volseg import Session
 from volseg.errors import InputError
-from volseg.features.backbones import load_backbone, read_checkpoint
+from volseg.features import FilterBank, StackedFeatures, get_extractor
+from volseg.features.backbones import load_backbone, normalise_2d, read_checkpoint, rgb_of_input
+from volseg.image import Image
 from volseg.robot import border_distance, deepest_point, ritm_click
-from volseg.train.loop import learning_rate_factor, load_config, train
+from volseg.train.loop import learning_rate_factor, load_config, stacked_features, train
 from volseg.train.losses import bce, normalized_focal, segmentation_loss, soft_dice
 from volseg.train.simulate import initial_clicks
+from volseg.video.features import frame_extractors
 
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "train_smoke.yaml"
 
@@ -117,6 +121,35 @@ def test_init_trains_longer_from_a_finished_checkpoint(tmp_path):
         train(other, tmp_path / "e", init=first, quiet=True)
 
 
+def test_a_network_trains_through_the_product_kernel_with_the_filter_bank(tmp_path):
+    """model.stack: training sees the filter bank's columns exactly as the inference stack scales them, and the
+    checkpoint brings the bank along (its GP settings were learned for the product kernel)."""
+    cfg = load_config(SMOKE)[0]
+    cfg["model"] = {**cfg["model"], "stack": ["filterbank"]}
+    rgb = (np.random.default_rng(0).random((24, 32, 3)) * 255).astype(np.uint8)
+    x = normalise_2d(rgb)
+    assert np.array_equal(rgb_of_input(x), rgb)
+    columns = stacked_features(x, cfg).numpy()
+    bank = FilterBank().features(Image(rgb)).reshape(-1, columns.shape[1])
+    np.testing.assert_allclose(columns, bank / np.sqrt(bank.shape[1]), rtol=1e-6)
+    assert stacked_features(x, load_config(SMOKE)[0]) is None
+
+    path = train(cfg, tmp_path / "s", quiet=True)
+    ex = get_extractor(str(path))
+    assert isinstance(ex, StackedFeatures) and [p.name for p in ex.parts][1:] == ["filterbank"]
+    assert [p.name for p in get_extractor(f"{path}+filterbank").parts] == [p.name for p in ex.parts]  # not twice
+    bank_too, learned = frame_extractors(str(path))  # video: its own filter bank, beside the network
+    assert bank_too and [p.name for p in learned] == [ex.parts[0].name]
+    feats = ex.features(Image(rgb))
+    np.testing.assert_allclose(feats.reshape(-1, feats.shape[-1])[:, -bank.shape[1]:], columns, rtol=1e-5)
+    session = Session(features=str(path))
+    session.set_image(rgb)
+    session.add_click((12, 16))
+    assert session.mask()[12, 16] == 1
+    with pytest.raises(InputError, match="model.stack"):
+        load_config({**cfg, "model": {**cfg["model"], "stack": ["learned2d"]}})
+
+
 def test_smoke_train_3d(tmp_path):
     cfg = {"name": "smoke3d", "model": {"name": "UNet", "spatial_dims": 3, "in_channels": 1, "embed_dim": 3,
                                         "channels": [4, 8], "strides": [2], "num_res_units": 0,
@@ -196,3 +229,12 @@ def test_two_cpu_ranks_under_torchrun(tmp_path):
     assert proc.returncode == 0, err[-2000:]
     ck = read_checkpoint(tmp_path / "ddp" / "model.ckpt")
     assert ck["metrics"]["world_size"] == 2 and ck["metrics"]["steps"] == 2
+
+
+def test_every_training_config_in_configs_loads():
+    """The training configs the README and model card name are valid (sections, stack, dimensions)."""
+    paths = sorted(SMOKE.parent.glob("train_*.yaml"))
+    assert {"train_2d.yaml", "train_2d_stack.yaml", "train_3d.yaml"} <= {p.name for p in paths}
+    for path in paths:
+        cfg, _ = load_config(path)
+        assert cfg["model"].get("stack") in (None, ["filterbank"])

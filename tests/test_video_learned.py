@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from volseg.errors import InputError
-from volseg.features import BackboneExtractor, FeatureExtractor
+from volseg.features import BackboneExtractor, FeatureExtractor, FilterBank
 from volseg.io.video import write_video
 from volseg.metrics import iou
 from volseg.video import VideoConfig, VideoSegmenter
@@ -44,14 +44,14 @@ def test_features_setting_reaches_the_extractor(monkeypatch, shapes):
     frames, labels = shapes
     made, fake = [], ColourFeatures()
 
-    def get_extractor(name, device="cpu"):
-        made.append(name)
-        return fake
+    def feature_parts(spec, device="cpu"):
+        made.append(spec)
+        return [fake, FilterBank()]
 
-    monkeypatch.setattr(video_features, "get_extractor", get_extractor)
+    monkeypatch.setattr(video_features, "feature_parts", feature_parts)
     with VideoSegmenter(ArrayFrames(frames), VideoConfig(features="learned2d+filterbank")) as seg:
         seg.set_mask(0, labels[0])
-        assert made == ["learned2d"] and seg.features.learned == [fake] and seg.features.bank is not None
+        assert made == ["learned2d+filterbank"] and seg.features.learned == [fake] and seg.features.bank is not None
         assert seg.D == make_bank().n_features(2, 3) + 3 and seg.lf == pytest.approx(0.35)
     # the network sees every frame at full resolution, once per propagated frame (plus the reference frame)
     assert set(fake.shapes) == {(64, 96)} and len(fake.shapes) >= len(frames)

@@ -33,13 +33,23 @@ def get_extractor(spec="filterbank", device: str = "cpu") -> FeatureExtractor:
             raise InputError(f"{type(spec).__name__} is not a FeatureExtractor: it needs name, gp_config, "
                              "prescaled, features(image, budget) and prior_mean(image)")
         return spec
-    parts = feature_names(spec) if isinstance(spec, str) else [spec]
-    if len(parts) > 1:
-        return StackedFeatures([get_extractor(part, device) for part in parts])
-    if spec == "filterbank":
-        return FilterBank()
-    return load_backbone(PACKAGED_MODELS.get(str(spec), spec), device=device)
+    parts = feature_parts(spec, device)
+    return parts[0] if len(parts) == 1 else StackedFeatures(parts)
+
+
+def feature_parts(spec, device: str = "cpu") -> list[FeatureExtractor]:
+    """The extractors a features setting names, in order, each once, plus any a learned part was trained
+    beside in one product kernel (its config's ``model.stack``): its learned GP settings hold only with them."""
+    parts: list[FeatureExtractor] = []
+    for name in feature_names(spec) if isinstance(spec, str) else [spec]:
+        if name == "filterbank":
+            parts.append(FilterBank())
+            continue
+        learned = load_backbone(PACKAGED_MODELS.get(str(name), name), device=device)
+        parts += [learned] + ([FilterBank()] if "filterbank" in learned.stack else [])
+    names = [p.name for p in parts]
+    return [p for i, p in enumerate(parts) if p.name not in names[:i]]
 
 
 __all__ = ["BackboneExtractor", "FeatureExtractor", "FilterBank", "PACKAGED_MODELS", "StackedFeatures",
-           "compute_features", "feature_budget", "feature_names", "get_extractor"]
+           "compute_features", "feature_budget", "feature_names", "feature_parts", "get_extractor"]

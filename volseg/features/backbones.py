@@ -50,7 +50,7 @@ def build_network(model: dict) -> nn.Module:
     dims = int(m.pop("spatial_dims", 2))
     in_ch = int(m.pop("in_channels", 3 if dims == 2 else 1))
     out = int(m.pop("embed_dim", 16))
-    for key in ("long_side", "infer_long_side", "roi_size", "sw_batch_size", "overlap", "prior_hidden"):
+    for key in ("long_side", "infer_long_side", "roi_size", "sw_batch_size", "overlap", "prior_hidden", "stack"):
         m.pop(key, None)
     allowed = NETWORKS_2D if dims == 2 else NETWORKS_3D
     if name not in allowed:
@@ -123,9 +123,18 @@ def normalise_2d(array: np.ndarray) -> np.ndarray:
     return centre_2d(a).transpose(2, 0, 1)
 
 
+INPUT_CENTRE, INPUT_SCALE = 0.45, 0.25  # a 2D network's input: (value in 0..1 - centre) / scale
+
+
 def centre_2d(a: np.ndarray) -> np.ndarray:
     """Values in about 0..1 (RGB / 255, or a volume's window) centred as every 2D network's input, float32."""
-    return ((a - 0.45) / 0.25).astype(np.float32)
+    return ((a - INPUT_CENTRE) / INPUT_SCALE).astype(np.float32)
+
+
+def rgb_of_input(x: np.ndarray) -> np.ndarray:
+    """The (H, W, 3) uint8 RGB image a (3, H, W) network input shows (the inverse of :func:`normalise_2d`, clipped)."""
+    rgb = np.clip(np.asarray(x, np.float32) * INPUT_SCALE + INPUT_CENTRE, 0.0, 1.0) * 255.0
+    return np.round(np.moveaxis(rgb, 0, -1)).astype(np.uint8)
 
 
 def normalise_3d(array: np.ndarray) -> np.ndarray:
@@ -158,6 +167,8 @@ class BackboneExtractor(FeatureExtractor):
         self.trained_ndim = backbone.spatial_dims  # a 2D network also runs on volumes, slice by slice
         self.config = config
         self.model = backbone.model_config
+        # the features it was trained beside, in one product kernel (volseg.train.loop.stacked_features)
+        self.stack = tuple(self.model.get("stack") or ())
         self.name = f"backbone:{Path(path).name}" if path else "backbone"
         # (image, embedding or None once handed out, prior mean) of the last image the network ran on
         self._outputs: tuple[Image, np.ndarray | None, np.ndarray, int | None] | None = None

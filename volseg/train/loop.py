@@ -25,9 +25,11 @@ import torch
 import yaml
 
 from ..errors import InputError
-from ..features.backbones import Backbone, backbone_from_checkpoint, read_checkpoint, save_checkpoint
+from ..features import get_extractor
+from ..features.backbones import Backbone, backbone_from_checkpoint, read_checkpoint, rgb_of_input, save_checkpoint
 from ..gp.differentiable import GPHyper, gp_inputs, posterior
 from ..gp.likelihood import probit
+from ..image import Image
 from ..robot import ritm_click
 from .data import TrainingData
 from .decontaminate import check_no_overlap
@@ -70,6 +72,9 @@ def load_config(config: dict | str | Path) -> tuple[dict, Path | None]:
             cfg[k] = v
     if int(cfg["model"].get("spatial_dims", 2)) not in (2, 3):
         raise InputError("model.spatial_dims must be 2 or 3")
+    stack = cfg["model"].get("stack") or []
+    if stack and (list(stack) != ["filterbank"] or int(cfg["model"].get("spatial_dims", 2)) != 2):
+        raise InputError(f"model.stack {stack}: a 2D network can be trained beside [filterbank], nothing else")
     return cfg, base
 
 
@@ -124,15 +129,33 @@ def _dist(device: str = "cpu") -> tuple[int, int]:
     return rank, world
 
 
+def stacked_features(x: np.ndarray, cfg: dict) -> torch.Tensor | None:
+    """The fixed feature columns a stacked kernel adds to the network's (``model.stack``), for one
+    network input ``x`` (C, *spatial): each extractor's standardised features over sqrt(D), i.e. at
+    lengthscale 1, exactly as ``--features CKPT+filterbank`` scales them at inference."""
+    names = cfg["model"].get("stack") or []
+    if not names:
+        return None
+    image = Image(rgb_of_input(x))
+    blocks = []
+    for name in names:
+        f = np.asarray(get_extractor(name).features(image), np.float32)
+        blocks.append(f.reshape(-1, f.shape[-1]) / np.float32(f.shape[-1] ** 0.5))
+    return torch.from_numpy(np.concatenate(blocks, axis=1))
+
+
 def simulate_and_score(emb: torch.Tensor, m0: torch.Tensor, obj: np.ndarray, hyper: GPHyper, cfg: dict,
                        rng: np.random.Generator, spacing=None, *, n_iterative: int | None = None,
-                       with_loss: bool = True) -> tuple[torch.Tensor, list[float]]:
+                       with_loss: bool = True, stacked: torch.Tensor | None = None) -> tuple[torch.Tensor, list[float]]:
     """Loss summed over the click sequence of one image, and the IoU after each click.
 
-    emb (D, *spatial), m0 (*spatial), obj bool (*spatial)."""
+    emb (D, *spatial), m0 (*spatial), obj bool (*spatial); ``stacked`` (prod(spatial), D_s): fixed
+    features of a stacked kernel (:func:`stacked_features`), a product with the network's kernel."""
     c, lcfg = cfg["clicks"], cfg["loss"]
     shape = obj.shape
     z = gp_inputs(emb, hyper, spacing)
+    if stacked is not None:
+        z = torch.cat([stacked.to(z.device, z.dtype), z], dim=1)
     m = m0.reshape(-1)
     target = torch.as_tensor(obj.reshape(-1), dtype=emb.dtype, device=emb.device)
     points, labels = initial_clicks(obj, rng, max_positive=int(c["max_positive"]), max_negative=int(c["max_negative"]),
@@ -178,7 +201,7 @@ def validate(model: Trainee, data: TrainingData, cfg: dict, device, n_clicks: in
         x, obj = data.sample(i, rng)
         emb, m0 = model(torch.from_numpy(x)[None].to(device))
         _, ious = simulate_and_score(emb[0], m0[0], obj, model.hyper, vcfg, rng, n_iterative=n_clicks - 1,
-                                     with_loss=False)
+                                     with_loss=False, stacked=stacked_features(x, cfg))
         first.append(ious[0])
         last.append(ious[-1])
     model.train()
@@ -303,8 +326,9 @@ def train(config: dict | str | Path, out: str | Path | None = None, *, resume: s
         x = torch.from_numpy(np.stack([b[0] for b in batch])).to(device)
         emb, m0 = ddp(x)
         losses = []
-        for b, (_, obj) in enumerate(batch):
-            loss, ious = simulate_and_score(emb[b], m0[b], obj, model.hyper, cfg, rng)
+        for b, (xb, obj) in enumerate(batch):
+            stacked = stacked_features(xb, cfg)
+            loss, ious = simulate_and_score(emb[b], m0[b], obj, model.hyper, cfg, rng, stacked=stacked)
             losses.append(loss)
             run["iou_first"] += ious[0]
             run["iou_last"] += ious[-1]

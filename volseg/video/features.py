@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..features import FeatureExtractor, FilterBank, feature_names, get_extractor
+from ..features import FeatureExtractor, FilterBank, feature_parts
 from ..features.scale_space import exact_derivatives_2d
 from ..features.stream import standardisation
 from ..image import Image
@@ -72,8 +72,8 @@ def frame_extractors(spec: str, device: str = "cpu") -> tuple[bool, list[Feature
     """(whether the filter bank is one of the parts, the other parts loaded) of a ``features`` setting
     such as ``learned2d+filterbank``.  The filter bank is the video's own (working grid, its scales from
     VideoConfig), not the 2D default that :func:`volseg.features.get_extractor` would make."""
-    parts = feature_names(spec)
-    return "filterbank" in parts, [get_extractor(p, device) for p in parts if p != "filterbank"]
+    parts = feature_parts(spec, device)
+    return any(isinstance(p, FilterBank) for p in parts), [p for p in parts if not isinstance(p, FilterBank)]
 
 
 class FrameFeatures:
