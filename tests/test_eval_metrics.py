@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from volseg.clicks import Click
-from volseg.eval.report import summarize, time_stats
+from volseg.eval.report import summarize, table, time_stats
 from volseg.metrics import iou, iou_drops, miou_curve, noc, nof, noic, pad_ious
 
 
@@ -70,6 +70,8 @@ def test_summarize():
     assert s["instances"] == 2
     assert s["noc85"] == pytest.approx((2 + 20) / 2)
     assert s["noc90"] == pytest.approx((3 + 20) / 2)
+    assert s["noc90_se"] == pytest.approx(np.std([3, 20], ddof=1) / np.sqrt(2))
+    assert "| SE@90 |" in table([{**s, "method": "gp"}]) and np.isnan(summarize(recs[:1])["noc90_se"])
     assert s["nof85"] == 1 and s["nof90"] == 1
     assert s["miou"][0] == pytest.approx(0.35) and s["miou"][4] == pytest.approx((0.91 + 0.2) / 2)
     assert len(s["miou"]) == 20

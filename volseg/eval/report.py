@@ -36,6 +36,8 @@ def summarize(records: Sequence[dict], max_clicks: int = 20, thresholds: Sequenc
         key = f"{round(t * 100):d}"
         nocs = [noc(i, t, max_clicks) for i in all_ious]
         out[f"noc{key}"] = float(np.mean(nocs)) if nocs else float("nan")
+        # the mean's standard error: how far another draw of as many instances could move it
+        out[f"noc{key}_se"] = float(np.std(nocs, ddof=1) / np.sqrt(len(nocs))) if len(nocs) > 1 else float("nan")
         out[f"nof{key}"] = nof(all_ious, t, max_clicks)
         out[f"nof{key}_ritm"] = nof(all_ious, t, max_clicks, ritm=True)
     curve = miou_curve(all_ious, max_clicks)
@@ -72,7 +74,7 @@ def _save(plt, fig, ax, path: str | Path, title: str, legend_loc: str = "best") 
     plt.close(fig)
     return Path(path)
 
-COLUMNS = ("method", "inst", "NoC@85", "NoC@90", "NoF@85", "NoF@90", "mIoU@1", "mIoU@5", "mIoU@10", "mIoU@20",
+COLUMNS = ("method", "inst", "NoC@85", "NoC@90", "SE@90", "NoF@85", "NoF@90", "mIoU@1", "mIoU@5", "mIoU@10", "mIoU@20",
            "NoIC lab", "NoIC drop", "SPC mean", "SPC p50", "SPC p95")
 
 
@@ -83,7 +85,8 @@ def _row(s: dict) -> list[str]:
         return f"{miou[k - 1]:.3f}" if len(miou) >= k else "-"
 
     spc = s["spc"]
-    return [s.get("method", "?"), str(s["instances"]), f"{s['noc85']:.2f}", f"{s['noc90']:.2f}", str(s["nof85"]),
+    return [s.get("method", "?"), str(s["instances"]), f"{s['noc85']:.2f}", f"{s['noc90']:.2f}",
+            f"{s.get('noc90_se', float('nan')):.2f}", str(s["nof85"]),
             str(s["nof90"]), at(1), at(5), at(10), at(20), f"{s['noic_label']:.2f}", f"{s['noic_drop']:.2f}",
             f"{spc['mean']:.3f}", f"{spc['p50']:.3f}", f"{spc['p95']:.3f}"]
 
@@ -96,7 +99,9 @@ def table(summaries: Sequence[dict]) -> str:
 def _notes(summaries: Sequence[dict]) -> str:
     return "\n".join(
         [
-            "NoC@t: mean clicks to IoU >= t (20 if never); NoF@t: instances never reaching t in 20 clicks;",
+            "NoC@t: mean clicks to IoU >= t (20 if never); SE@90: the standard error of NoC@90's mean (a paired",
+            "difference of two methods on the same instances has a smaller one); NoF@t: instances never reaching t",
+            "in 20 clicks;",
             "NoIC lab: clicks whose pixel the next prediction labels wrongly; "
             "NoIC drop: clicks lowering IoU (both per instance);",
             "SPC: seconds per click (method only, robot and IoU excluded).",
