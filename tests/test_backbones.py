@@ -204,6 +204,13 @@ def test_a_config_file_names_its_settings_even_at_their_defaults(ckpt2d, tmp_pat
     s = Session(features=str(ckpt2d), config=config)
     s.set_image(rgb_image())
     assert (s.config.noise, s.config.memory_budget, s.config.outputscale) == (0.1, "2GB", GP["outputscale"])
+    # a batch's expected parameters tell the two apart, though the configs are equal in value
+    from volseg.batch import BatchOptions, expected_parameters
+
+    assert GPConfig.from_dict({"noise": 0.1}) == GPConfig()
+    learned = expected_parameters(BatchOptions(features=str(ckpt2d), config=GPConfig()))
+    named = expected_parameters(BatchOptions(features=str(ckpt2d), config=GPConfig.from_dict({"noise": 0.1})))
+    assert (learned["noise"], named["noise"]) == (GP["noise"], 0.1)
 
 
 def test_differentiable_posterior_matches_engine():

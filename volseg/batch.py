@@ -202,12 +202,13 @@ def expected_parameters(options: BatchOptions) -> dict:
     finished cases.  ``spatial_lengthscale_used`` is derived from the image, whose hash is compared.
     """
     cfg = options.config if isinstance(options.config, GPConfig) else GPConfig.from_dict(options.config)
-    return {"features": str(options.features), **_effective_config(str(options.features), cfg)}
+    return {"features": str(options.features), **_effective_config(str(options.features), cfg, cfg.named)}
 
 
 @functools.lru_cache(maxsize=8)
-def _effective_config(features: str, config) -> dict:
-    # the Session merges a learned backbone's own GP settings into the config: ask it, as segment_file will
+def _effective_config(features: str, config, named: frozenset) -> dict:
+    # the Session merges a learned backbone's own GP settings into the config: ask it, as segment_file will.
+    # ``named`` is part of the key: configs equal in value differ in what they make win over learned settings
     return Session(features=features, device="cpu", config=config).config.to_dict()
 
 
