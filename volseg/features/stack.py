@@ -12,6 +12,12 @@ import numpy as np
 from .base import FeatureExtractor, feature_budget
 
 
+def scaled_part(features: np.ndarray, lengthscale: float = 1.0) -> np.ndarray:
+    """One part's features (..., D) divided by its lengthscale times sqrt(D), in their own dtype: an RBF on
+    parts so scaled, side by side, is the product of the parts' own kernels."""
+    return (features * np.float32(1.0 / (lengthscale * features.shape[-1] ** 0.5))).astype(features.dtype, copy=False)
+
+
 class StackedFeatures(FeatureExtractor):
     # the parts come scaled by their own lengthscales: the Session divides only by feature_lengthscale
     prescaled = True
@@ -31,8 +37,7 @@ class StackedFeatures(FeatureExtractor):
         blocks, share = [], feature_budget(budget) // len(self.parts)
         for part in self.parts:
             f = np.asarray(part.features(image, budget=share))
-            lengthscale = part.gp_config.get("feature_lengthscale", 1.0)
-            blocks.append((f * np.float32(1.0 / (lengthscale * f.shape[-1] ** 0.5))).astype(f.dtype, copy=False))
+            blocks.append(scaled_part(f, part.gp_config.get("feature_lengthscale", 1.0)))
         return np.concatenate(blocks, axis=-1)
 
     def prior_mean(self, image) -> np.ndarray | None:

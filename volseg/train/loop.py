@@ -27,6 +27,7 @@ import yaml
 from ..errors import InputError
 from ..features import get_extractor
 from ..features.backbones import Backbone, backbone_from_checkpoint, read_checkpoint, rgb_of_input, save_checkpoint
+from ..features.stack import scaled_part
 from ..gp.differentiable import GPHyper, gp_inputs, posterior
 from ..gp.likelihood import probit
 from ..image import Image
@@ -139,8 +140,8 @@ def stacked_features(x: np.ndarray, cfg: dict) -> torch.Tensor | None:
     image = Image(rgb_of_input(x))
     blocks = []
     for name in names:
-        f = np.asarray(get_extractor(name).features(image), np.float32)
-        blocks.append(f.reshape(-1, f.shape[-1]) / np.float32(f.shape[-1] ** 0.5))
+        f = scaled_part(np.asarray(get_extractor(name).features(image), np.float32))
+        blocks.append(f.reshape(-1, f.shape[-1]))
     return torch.from_numpy(np.concatenate(blocks, axis=1))
 
 
