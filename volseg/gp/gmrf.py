@@ -8,8 +8,8 @@ The image is cut into supervoxels (SLIC); each is a node of a graph, and the fie
 
 with B the signed incidence matrix of adjacent supervoxels, V their volumes (mm^3), g their mean
 intensities (channels standardised), m the median of the nonzero |g_a - g_b|^2 over the edges (the
-typical step inside tissue; at least ``NOISE_STEPS`` times the median noise of the two means, so that
-flat tissue's noise is not read as edges), area their contact (mm^2) and dist the distance of their
+typical step inside tissue; at least ``NOISE_STEPS`` times the median noise of the two means, the
+image's white-noise variance over each one's voxel count, so that flat tissue's noise is not read as edges), area their contact (mm^2) and dist the distance of their
 centroids (mm).
 The covariance spreads through neighbours that look alike, up to the image's edges, and decays over
 ``range`` mm where nothing stops it.  K alone as the precision (a first-order field, the random
@@ -99,10 +99,9 @@ class SupervoxelGraph:
         centroids = np.stack([np.bincount(lab.ravel(), np.broadcast_to(
             (np.arange(size) * v).reshape([-1 if j == i else 1 for j in range(lab.ndim)]), lab.shape).ravel(), n)
             for i, (size, v) in enumerate(zip(lab.shape, voxel))], 1) / counts[:, None]
-        squares = np.stack([np.bincount(lab.ravel(), coarse[..., c].ravel() ** 2, n)
-                            for c in range(coarse.shape[-1])], 1) / counts[:, None]
-        # each node mean's variance from its voxels' spread, as if they were independent
-        mean_noise = np.maximum(squares - means ** 2, 0.0).sum(1) / counts
+        # each node mean's variance under the image's white noise (not its voxels' spread: SLIC groups
+        # voxels of like intensity, so that spread understates the noise)
+        mean_noise = white_noise_variance(coarse) / counts
         pairs, areas = _contacts(lab, voxel)
         d2 = ((means[pairs[:, 0]] - means[pairs[:, 1]]) ** 2).sum(1)
         # the typical step inside tissue; flat padding (a skull-stripped MR's zeros) has steps of exactly 0
@@ -115,7 +114,9 @@ class SupervoxelGraph:
             noise = (mean_noise[pairs[:, 0]] + mean_noise[pairs[:, 1]])[kept]
             typical = max(typical, NOISE_STEPS * float(np.median(noise)))
         dist = np.linalg.norm(centroids[pairs[:, 0]] - centroids[pairs[:, 1]], axis=1).clip(min=voxel.min())
-        self.weights = np.exp(-d2 / (contrast * typical)) * areas / dist
+        # adjacent node pairs and each contact's conductance factor (1 where the two look alike, 0 at an edge)
+        self.pairs, self.openness = pairs, np.exp(-d2 / (contrast * typical))
+        self.weights = self.openness * areas / dist
         self.means, self.typical = means, typical  # for the appearance factor of the sum's kernel
         m = len(pairs)
         self.incidence = sp.csr_matrix((np.r_[np.ones(m), -np.ones(m)],
@@ -250,6 +251,21 @@ class GMRFPosterior:
         return (F * F).mean(1)
 
 
+def white_noise_variance(image: np.ndarray) -> float:
+    """The variance of an image's white noise, summed over channels: from the median absolute difference of
+    neighbouring voxels along each axis (``median |d| = 0.6745 sqrt(2) sigma`` for white noise), so edges
+    and smooth trends, a minority of the differences, do not count.  Differences of exactly 0 in every channel
+    (flat padding, such as a skull-stripped MR's zeros) hold no noise and are left out.  ``image``:
+    (*spatial, channels)."""
+    variances = []
+    for axis in range(image.ndim - 1):
+        d = np.abs(np.diff(image, axis=axis)).reshape(-1, image.shape[-1])
+        d = d[d.any(1)]
+        if len(d):
+            variances.append(float((np.median(d, 0) ** 2).sum()) / (2 * 0.6745 ** 2))
+    return float(np.mean(variances)) if variances else 0.0
+
+
 def _halve_where_lost(noise: np.ndarray, lost: np.ndarray) -> np.ndarray | None:
     if float(noise[lost].min()) <= MIN_NOISE:
         return None
@@ -292,4 +308,4 @@ def _repeat_back(lab: np.ndarray, step: int, shape: tuple[int, ...]) -> np.ndarr
     return np.ascontiguousarray(out)
 
 
-__all__ = ["GMRF", "GMRFPosterior", "SAMPLES", "SupervoxelGraph"]
+__all__ = ["GMRF", "GMRFPosterior", "SAMPLES", "SupervoxelGraph", "white_noise_variance"]
