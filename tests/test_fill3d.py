@@ -1,8 +1,8 @@
 """Issue 27's target for a click that fills its object, on generated volumes (a benchmark, run on purpose:
-``pytest -m benchmark tests/test_fill3d.py -s``, under the default settings and ``configs/fill_organ.yaml``).  One positive click at the object's deepest point and one
-negative click outside: Dice >= 0.95, clicked voxels keep their labels, and a same-intensity neighbour
-across a 2-voxel dark gap stays out.  The shapes are drawn here, with their own sizes and noise (the
-settings were not tuned on them)."""
+``pytest -m benchmark tests/test_fill3d.py -s``, under the default settings and ``configs/fill_organ.yaml``).
+One positive click at the object's deepest point and one negative click outside: Dice >= 0.95, clicked
+voxels keep their labels, and a same-intensity neighbour across a 2-voxel dark gap stays out.  The shapes
+are drawn here, with their own sizes and noise (the settings were not tuned on them)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -89,7 +89,8 @@ def test_one_click_fills_the_object(case, config):
     mask = s.mask() == 1
     assert mask[inside] and not mask[outside]
     d = dice(obj, mask)
-    print(f"{name} ({'default' if config is None else config.name}): Dice {d:.3f}" + (f", neighbour {float(mask[other].mean()):.3f} in" if other is not None else ""))
+    neighbour = "" if other is None else f", neighbour {float(mask[other].mean()):.3f} in"
+    print(f"{name} ({'default' if config is None else config.name}): Dice {d:.3f}{neighbour}")
     assert d >= 0.95
     if other is not None:
         assert mask[other].mean() < 0.01

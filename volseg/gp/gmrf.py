@@ -9,8 +9,8 @@ The image is cut into supervoxels (SLIC); each is a node of a graph, and the fie
 with B the signed incidence matrix of adjacent supervoxels, V their volumes (mm^3), g their mean
 intensities (channels standardised), m the median of the nonzero |g_a - g_b|^2 over the edges (the
 typical step inside tissue; at least ``NOISE_STEPS`` times the median noise of the two means, the
-image's white-noise variance over each one's voxel count, so that flat tissue's noise is not read as edges), area their contact (mm^2) and dist the distance of their
-centroids (mm).
+image's white-noise variance over each one's voxel count, so that flat tissue's noise is not read as
+edges), area their contact (mm^2) and dist the distance of their centroids (mm).
 The covariance spreads through neighbours that look alike, up to the image's edges, and decays over
 ``range`` mm where nothing stops it.  K alone as the precision (a first-order field, the random
 walker's) has a covariance that in 3D falls like 1/r from a spike at the node itself: a click would
