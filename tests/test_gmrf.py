@@ -4,11 +4,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage as ndi
 
 from volseg import Session
 from volseg.config import GPConfig
 from volseg.errors import InputError
-from volseg.gp.gmrf import GMRF, GMRFPosterior, SupervoxelGraph, white_noise_variance
+from volseg.gp.gmrf import GMRF, GMRFPosterior, SupervoxelGraph, image_noise
 from volseg.gp.reach import block_boxes, moved_weights
 from volseg.metrics import dice
 
@@ -67,19 +68,43 @@ def test_white_noise_in_flat_tissue_is_not_read_as_edges():
     assert np.median(latent[obj]) > 0.8  # the click's label carries across the object (0.55 without the floor)
 
 
-def test_white_noise_variance_is_the_noise_of_an_image_with_edges_and_padding():
+def test_image_noise_is_the_noise_of_an_image_with_edges_and_padding():
     """The estimate sees the noise, not the object's edges, its smooth shading or the flat padding around it;
-    channels add up."""
+    channels add up; white noise has a correlation sum of 1."""
     obj = _ellipsoid()
     vol = _volume(obj, sigma=30.0)
-    assert white_noise_variance(vol[..., None]) == pytest.approx(30.0 ** 2, rel=0.1)
+    noise = image_noise(vol[..., None])
+    assert noise.variance == pytest.approx(30.0 ** 2, rel=0.1)
+    assert noise.correlation_sum == pytest.approx(1.0, abs=0.25)  # the edges add a little
     two = np.stack([vol, 0.5 * vol], -1)
-    assert white_noise_variance(two) == pytest.approx(1.25 * 30.0 ** 2, rel=0.1)
+    assert image_noise(two).variance == pytest.approx(1.25 * 30.0 ** 2, rel=0.1)
     # a head in flat padding, shaded: its edges are a large part of so small a volume, and still a minority
     shading = np.linspace(0.0, 60.0, SHAPE[0])[:, None, None]
     head = np.where(_ellipsoid(radii=(19.0, 17.0, 17.0)), vol + shading, 0.0)
-    assert white_noise_variance(head[..., None]) == pytest.approx(30.0 ** 2, rel=0.35)
-    assert white_noise_variance(np.zeros((8, 8, 1))) == 0.0  # nothing but padding: no noise to measure
+    assert image_noise(head[..., None]).variance == pytest.approx(30.0 ** 2, rel=0.35)
+    assert image_noise(np.zeros((8, 8, 1))) == (0.0, 1.0)  # nothing but padding: no noise to measure
+
+
+def test_image_noise_of_smoothed_noise_predicts_the_noise_of_block_means():
+    """Noise smoothed as a reconstruction kernel or a resampling smooths it: its block means vary far more
+    than white noise of the same variance would let them, and the estimate says by how much."""
+    noise = np.random.default_rng(1).normal(0.0, 30.0, (64, 64, 48))
+    smooth = ndi.gaussian_filter(noise, 0.7)
+    est = image_noise(smooth[..., None])
+    assert est.variance == pytest.approx(float(smooth.var()), rel=0.15)
+    assert 8.0 < est.correlation_sum < 20.0
+    blocks = smooth.reshape(8, 8, 8, 8, 6, 8).mean((1, 3, 5))
+    assert est.of_means(np.array([512.0]))[0] == pytest.approx(float(blocks.var()), rel=0.35)
+    assert est.of_means(np.array([1.0]))[0] == pytest.approx(est.variance)  # never above a voxel's own
+
+
+def test_smooth_anatomy_is_not_taken_for_correlated_noise():
+    """A smooth ramp under faint white noise: the differences grow with the lag as a signal's do, so the
+    noise stays white and faint."""
+    ramp = np.indices((40, 40, 30)).sum(0).astype(np.float64) * 5.0
+    vol = ramp + np.random.default_rng(2).normal(0.0, 0.5, ramp.shape)
+    est = image_noise(vol[..., None])
+    assert est.correlation_sum == 1.0 and est.variance < 30.0
 
 
 def test_contacts_inside_a_noisy_object_conduct_with_small_supervoxels():
@@ -94,6 +119,22 @@ def test_contacts_inside_a_noisy_object_conduct_with_small_supervoxels():
                                                                                      graph.n) > 0.99
     both = inside[graph.pairs[:, 0]] & inside[graph.pairs[:, 1]]
     assert np.median(graph.openness[both]) > 0.1
+
+
+def test_the_demo_lesion_in_smoothed_noise_fills_from_the_demo_clicks():
+    """`volseg demo`'s generated volume is smoothed, as a reconstruction kernel smooths a scan's noise.  Taken
+    as white, that noise left its small supervoxels' means looking like edges to one another, and the
+    default's mask stopped short of the lesion's edges; with the noise's correlation measured, it fills."""
+    from volseg.demo import synthetic_volume
+    from volseg.image import Image
+
+    vol, lesion = synthetic_volume()
+    s = Session().set_image(Image.from_array(vol, spacing=(0.9, 0.9, 2.5)))
+    centre = np.argwhere(lesion).mean(0).round().astype(int)
+    for position, positive in ((centre, True), ((10, 48, 20), False), (centre + [0, 0, 5], True),
+                               ((48, 20, 20), False)):
+        s.add_click(tuple(int(v) for v in position), positive=positive)
+    assert dice(lesion, s.mask() == 1) > 0.85
 
 
 def test_variance_is_positive_and_smallest_at_the_clicks():

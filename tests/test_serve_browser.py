@@ -273,9 +273,8 @@ def test_the_demo_volume_with_the_demo_clicks(browser, outdir, tmp_path):
     for position, positive in clicks:
         session.add_click(position, positive)
     assert (mask == (session.mask() > 0)).mean() > 0.999
-    # and it found the lesion; how much of it the default fills on this phantom is a number the README
-    # reports (its smoothed noise reads as edges between the small supervoxels), not this test's concern
-    assert 2 * (mask & lesion).sum() / (mask.sum() + lesion.sum()) > 0.5
+    # and it filled the lesion
+    assert 2 * (mask & lesion).sum() / (mask.sum() + lesion.sum()) > 0.8
 
 
 def test_video_click_propagate_and_correct(browser, outdir, tmp_path):

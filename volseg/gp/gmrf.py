@@ -8,8 +8,8 @@ The image is cut into supervoxels (SLIC); each is a node of a graph, and the fie
 
 with B the signed incidence matrix of adjacent supervoxels, V their volumes (mm^3), g their mean
 intensities (channels standardised), m the median of the nonzero |g_a - g_b|^2 over the edges (the
-typical step inside tissue; at least ``NOISE_STEPS`` times the median noise of the two means, the
-image's white-noise variance over each one's voxel count, so that flat tissue's noise is not read as
+typical step inside tissue; at least ``NOISE_STEPS`` times the median noise of the two means, from the
+image's noise and each one's voxel count (:func:`image_noise`), so that flat tissue's noise is not read as
 edges), area their contact (mm^2) and dist the distance of their centroids (mm).
 The covariance spreads through neighbours that look alike, up to the image's edges, and decays over
 ``range`` mm where nothing stops it.  K alone as the precision (a first-order field, the random
@@ -36,9 +36,12 @@ Works for any number of spatial axes; the image's channels are the intensities c
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import scipy.sparse as sp
 from scipy import ndimage as ndi
+from scipy.optimize import brentq
 from scipy.sparse.linalg import splu
 from skimage.segmentation import slic
 
@@ -55,9 +58,9 @@ SLIC_SIGMA = 0.0
 # everywhere (a 24x28x20 volume under the default 15000 nodes: a click filled nothing; from about 3 voxels a
 # node down it degenerates, so 6 keeps a margin)
 MIN_NODE_VOXELS = 6
-# the typical step is at least this many times the median noise of a contact's two means.  In flat tissue
-# with white noise the steps are that noise alone, and their median would make every other contact inside
-# an object an edge; real volumes' steps are larger (texture, correlated noise), so there it rarely binds
+# the typical step is at least this many times the median noise of a contact's two means (image_noise).  In
+# flat tissue the steps are that noise alone, and their median would make every other contact inside an
+# object an edge; real volumes' steps are mostly larger (texture, anatomy), so there it rarely binds
 # (benchmarks/README.md, 3D: chosen on the tune part from 10 and 30)
 NOISE_STEPS = 10.0
 
@@ -99,9 +102,9 @@ class SupervoxelGraph:
         centroids = np.stack([np.bincount(lab.ravel(), np.broadcast_to(
             (np.arange(size) * v).reshape([-1 if j == i else 1 for j in range(lab.ndim)]), lab.shape).ravel(), n)
             for i, (size, v) in enumerate(zip(lab.shape, voxel))], 1) / counts[:, None]
-        # each node mean's variance under the image's white noise (not its voxels' spread: SLIC groups
-        # voxels of like intensity, so that spread understates the noise)
-        mean_noise = white_noise_variance(coarse) / counts
+        # each node mean's variance under the image's noise (not its voxels' spread: SLIC groups voxels of
+        # like intensity, so that spread understates the noise)
+        mean_noise = image_noise(coarse).of_means(counts)
         pairs, areas = _contacts(lab, voxel)
         d2 = ((means[pairs[:, 0]] - means[pairs[:, 1]]) ** 2).sum(1)
         # the typical step inside tissue; flat padding (a skull-stripped MR's zeros) has steps of exactly 0
@@ -251,19 +254,72 @@ class GMRFPosterior:
         return (F * F).mean(1)
 
 
-def white_noise_variance(image: np.ndarray) -> float:
-    """The variance of an image's white noise, summed over channels: from the median absolute difference of
-    neighbouring voxels along each axis (``median |d| = 0.6745 sqrt(2) sigma`` for white noise), so edges
-    and smooth trends, a minority of the differences, do not count.  Differences of exactly 0 in every channel
-    (flat padding, such as a skull-stripped MR's zeros) hold no noise and are left out.  ``image``:
-    (*spatial, channels)."""
-    variances = []
-    for axis in range(image.ndim - 1):
-        d = np.abs(np.diff(image, axis=axis)).reshape(-1, image.shape[-1])
-        d = d[d.any(1)]
-        if len(d):
-            variances.append(float((np.median(d, 0) ** 2).sum()) / (2 * 0.6745 ** 2))
-    return float(np.mean(variances)) if variances else 0.0
+class ImageNoise(NamedTuple):
+    """An image's noise: its variance (summed over channels) and the sum of its correlation over the voxel
+    lattice (1 for white noise).  The mean of n voxels has a noise variance ``variance * min(correlation_sum,
+    n) / n``: correlated noise averages out over fewer independent voxels."""
+    variance: float
+    correlation_sum: float
+
+    def of_means(self, counts: np.ndarray) -> np.ndarray:
+        """The noise variance of the means of ``counts`` voxels each."""
+        counts = np.asarray(counts, np.float64)
+        return self.variance * np.minimum(self.correlation_sum, counts) / counts
+
+
+def image_noise(image: np.ndarray) -> ImageNoise:
+    """The noise of an n-D image (``(*spatial, channels)``), from its robust variogram at lags 1 and 2 along
+    each axis.
+
+    Along an axis, ``median |x[i + h] - x[i]|^2 = 0.6745^2 2 sigma^2 (1 - rho(h))``: medians, so that edges and
+    shading, a minority of the differences, do not count; windows that touch flat padding (a skull-stripped
+    MR's zeros, the air outside a CT's field of view) are left out.  The noise's correlation is taken as
+    Gaussian, ``rho(k) = q^(k^2)``, so the ratio of the two lags, ``1 + q + q^2 + q^3``, gives q (0: white
+    noise; a reconstruction kernel or a resampling makes it larger), then sigma^2, and the axis's correlation
+    sum ``sum_k q^(k^2)``.  An axis whose ratio exceeds that of a correlation 1 voxel wide is dominated by
+    smooth anatomy, not noise, and is left out; with every axis left out the noise is taken as white."""
+    spatial = image.ndim - 1
+    variances, correlation_sum = [], 1.0
+    for axis in range(spatial):
+        lag1, lag2 = (_median_square_difference(image, axis, h) for h in (1, 2))
+        if lag1 is None or lag2 is None or lag1 <= 0:
+            continue
+        ratio = max(lag2 / lag1, 1.0)
+        if ratio > _lag_ratio(WIDEST_NOISE_Q):
+            continue
+        q = brentq(lambda x: _lag_ratio(x) - ratio, 0.0, WIDEST_NOISE_Q) if ratio > 1.0 else 0.0
+        variances.append(lag1 / (2 * 0.6745 ** 2 * (1.0 - q)))
+        correlation_sum *= 1.0 + 2.0 * sum(q ** (k * k) for k in range(1, 16))
+    if variances:
+        return ImageNoise(float(np.mean(variances)), correlation_sum)
+    white = [v for v in (_median_square_difference(image, axis, 1) for axis in range(spatial)) if v is not None]
+    return ImageNoise(float(np.mean(white)) / (2 * 0.6745 ** 2) if white else 0.0, 1.0)
+
+
+# the widest noise correlation told apart from anatomy: rho(1) of a Gaussian correlation 1 voxel wide
+WIDEST_NOISE_Q = float(np.exp(-0.25))
+
+
+def _lag_ratio(q: float) -> float:
+    """``(1 - rho(2)) / (1 - rho(1))`` for ``rho(k) = q^(k^2)``."""
+    return 1.0 + q + q * q + q ** 3
+
+
+def _median_square_difference(image: np.ndarray, axis: int, lag: int) -> float | None:
+    """``median |x[i + lag] - x[i]|^2`` along ``axis``, summed over channels, over the windows that touch no
+    flat padding (None: no window left).  A voxel equal to a neighbour along the axis in every channel is
+    padding: its own differences hold no noise, and those across padding's edge are an edge's, which a
+    longer lag would count more often than a shorter one."""
+    n = image.shape[axis]
+    if n <= lag:
+        return None
+    same = np.all(np.take(image, range(1, n), axis=axis) == np.take(image, range(0, n - 1), axis=axis), axis=-1)
+    flat = np.zeros(image.shape[:-1], bool)
+    flat[tuple(slice(1, None) if a == axis else slice(None) for a in range(flat.ndim))] |= same
+    flat[tuple(slice(0, -1) if a == axis else slice(None) for a in range(flat.ndim))] |= same
+    clear = np.logical_and.reduce([~np.take(flat, range(k, n - lag + k), axis=axis) for k in range(lag + 1)])
+    d = np.abs(np.take(image, range(lag, n), axis=axis) - np.take(image, range(0, n - lag), axis=axis))[clear]
+    return float((np.median(d, 0) ** 2).sum()) if len(d) else None
 
 
 def _halve_where_lost(noise: np.ndarray, lost: np.ndarray) -> np.ndarray | None:
@@ -308,4 +364,4 @@ def _repeat_back(lab: np.ndarray, step: int, shape: tuple[int, ...]) -> np.ndarr
     return np.ascontiguousarray(out)
 
 
-__all__ = ["GMRF", "GMRFPosterior", "SAMPLES", "SupervoxelGraph", "white_noise_variance"]
+__all__ = ["GMRF", "GMRFPosterior", "SAMPLES", "ImageNoise", "SupervoxelGraph", "image_noise"]
