@@ -63,6 +63,8 @@ MIN_NODE_VOXELS = 6
 # object an edge; real volumes' steps are mostly larger (texture, anatomy), so there it rarely binds
 # (benchmarks/README.md, 3D: chosen on the tune part from 10 and 30)
 NOISE_STEPS = 10.0
+# image_noise: the widest noise correlation told apart from anatomy, rho(1) of a Gaussian correlation 1 voxel wide
+WIDEST_NOISE_Q = float(np.exp(-0.25))
 
 
 class SupervoxelGraph:
@@ -296,8 +298,6 @@ def image_noise(image: np.ndarray) -> ImageNoise:
     return ImageNoise(float(np.mean(white)) / (2 * 0.6745 ** 2) if white else 0.0, 1.0)
 
 
-# the widest noise correlation told apart from anatomy: rho(1) of a Gaussian correlation 1 voxel wide
-WIDEST_NOISE_Q = float(np.exp(-0.25))
 
 
 def _lag_ratio(q: float) -> float:
@@ -313,12 +313,19 @@ def _median_square_difference(image: np.ndarray, axis: int, lag: int) -> float |
     n = image.shape[axis]
     if n <= lag:
         return None
-    same = np.all(np.take(image, range(1, n), axis=axis) == np.take(image, range(0, n - 1), axis=axis), axis=-1)
+
+    def part(start: int, stop: int | None, a=None):  # a view of a (default: the image) along the axis
+        a = image if a is None else a
+        return a[tuple(slice(start, stop) if k == axis else slice(None) for k in range(a.ndim))]
+
+    same = (part(1, None) == part(0, -1)).all(-1)
     flat = np.zeros(image.shape[:-1], bool)
-    flat[tuple(slice(1, None) if a == axis else slice(None) for a in range(flat.ndim))] |= same
-    flat[tuple(slice(0, -1) if a == axis else slice(None) for a in range(flat.ndim))] |= same
-    clear = np.logical_and.reduce([~np.take(flat, range(k, n - lag + k), axis=axis) for k in range(lag + 1)])
-    d = np.abs(np.take(image, range(lag, n), axis=axis) - np.take(image, range(0, n - lag), axis=axis))[clear]
+    part(1, None, flat)[...] |= same
+    part(0, -1, flat)[...] |= same
+    clear = ~part(0, n - lag, flat)
+    for k in range(1, lag + 1):
+        clear &= ~part(k, n - lag + k, flat)
+    d = np.abs(part(lag, None)[clear] - part(0, n - lag)[clear])
     return float((np.median(d, 0) ** 2).sum()) if len(d) else None
 
 
