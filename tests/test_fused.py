@@ -246,3 +246,18 @@ def test_multiscale_mean_in_two_fused_passes_matches_the_kernel(shape, box):
         ref, _ = _exact(post, inputs, box, m0)
         np.testing.assert_allclose(mean[(slice(None),) + box].numpy(), ref.numpy(), atol=2e-5)
         assert (mean == 7.0).sum() == 2 * (np.prod(shape) - n)  # nothing outside the box is written
+
+
+@needs_fused
+def test_spatial_factor_is_the_numpy_formula():
+    """The video GP's spatial factor in one compiled pass equals the numpy gathers it replaces."""
+    rng = np.random.default_rng(3)
+    n, N, H, W = 300, 37, 20, 30
+    k = rng.random((n, N), dtype=np.float32)
+    e_row, e_col = rng.random((H, N), dtype=np.float32), rng.random((W, N), dtype=np.float32)
+    rows, cols = rng.integers(0, H, n), rng.integers(0, W, n)
+    expected = k * (0.3 + e_row[rows] * e_col[cols])
+    fused.spatial_factor(k, e_row, e_col, rows, cols, 0.3)
+    np.testing.assert_allclose(k, expected, rtol=1e-6)
+    with pytest.raises(ValueError):
+        fused.spatial_factor(k, e_row, e_col, rows[:-1], cols, 0.3)

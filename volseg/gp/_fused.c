@@ -548,6 +548,20 @@ int volseg_posterior_region(int64_t n_boxes, const int64_t *starts, const int64_
     return r.rc;
 }
 
+/* The video GP's separable spatial factor, in place (volseg/video/gp.py): row i of the (n, N) block k is
+ * multiplied by wg + e_row[rows[i]] * e_col[cols[i]], element by element.  As numpy ops this is two gathers
+ * of (n, N) copies and three passes over them; here it is one pass over k. */
+void volseg_spatial_factor(float *restrict k, int64_t n, int64_t N, const float *restrict e_row,
+                           const float *restrict e_col, const int64_t *rows, const int64_t *cols, float wg) {
+    for (int64_t i = 0; i < n; ++i) {
+        float *restrict ki = k + i * N;
+        const float *restrict er = e_row + rows[i] * N;
+        const float *restrict ec = e_col + cols[i] * N;
+        for (int64_t j = 0; j < N; ++j)
+            ki[j] *= wg + er[j] * ec[j];
+    }
+}
+
 /* An importable module, so the build and the package find it like any extension; the work is
  * done through ctypes (volseg/gp/fused.py), which needs no Python objects and drops the GIL. */
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_fused", "Fused posterior evaluation (see fused.py).", -1,

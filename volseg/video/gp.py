@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtr
 
+from ..gp.fused import spatial_factor
 from ..gp.kernels import EXP_FLOOR, squared_distance
 from ..gp.linalg import MIN_NOISE, solve_keeping_labels
 
@@ -116,10 +117,7 @@ class MemoryPosterior:
             np.clip(k, EXP_FLOOR, 0.0, out=k)  # -|d|^2/2 <= 0 up to rounding; floored so exp stays normal
             np.exp(k, out=k)
             if self.wg < 1.0:
-                ks = e_row[rows[a:a + self.chunk]]
-                ks *= e_col[cols[a:a + self.chunk]]
-                ks += self.wg
-                k *= ks
+                spatial_factor(k, e_row, e_col, rows[a:a + self.chunk], cols[a:a + self.chunk], self.wg)
             out[a:a + self.chunk] += k @ self.alpha
         return out
 
