@@ -261,3 +261,5 @@ def test_spatial_factor_is_the_numpy_formula():
     np.testing.assert_allclose(k, expected, rtol=1e-6)
     with pytest.raises(ValueError):
         fused.spatial_factor(k, e_row, e_col, rows[:-1], cols, 0.3)
+    with pytest.raises(ValueError):
+        fused.spatial_factor(k, e_row, e_col, rows + H, cols, 0.3)

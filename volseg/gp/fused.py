@@ -87,6 +87,8 @@ def spatial_factor(k: np.ndarray, e_row: np.ndarray, e_col: np.ndarray, rows: np
     if len(rows) != k.shape[0] or len(cols) != k.shape[0] or e_row.shape[1] != k.shape[1] \
             or e_col.shape[1] != k.shape[1]:
         raise ValueError("spatial_factor: k, the tables and the indices do not match")
+    if len(rows) and (min(rows.min(), cols.min()) < 0 or rows.max() >= len(e_row) or cols.max() >= len(e_col)):
+        raise ValueError("spatial_factor: an index outside its table")  # the C pass reads without checking
     _SPATIAL(k.ctypes.data, k.shape[0], k.shape[1], e_row.ctypes.data, e_col.ctypes.data, rows.ctypes.data,
              cols.ctypes.data, float(wg))
 

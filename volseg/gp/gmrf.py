@@ -298,8 +298,6 @@ def image_noise(image: np.ndarray) -> ImageNoise:
     return ImageNoise(float(np.mean(white)) / (2 * 0.6745 ** 2) if white else 0.0, 1.0)
 
 
-
-
 def _lag_ratio(q: float) -> float:
     """``(1 - rho(2)) / (1 - rho(1))`` for ``rho(k) = q^(k^2)``."""
     return 1.0 + q + q * q + q ** 3
@@ -314,18 +312,17 @@ def _median_square_difference(image: np.ndarray, axis: int, lag: int) -> float |
     if n <= lag:
         return None
 
-    def part(start: int, stop: int | None, a=None):  # a view of a (default: the image) along the axis
-        a = image if a is None else a
+    def along(a: np.ndarray, start: int, stop: int | None) -> np.ndarray:  # a view, sliced along the axis
         return a[tuple(slice(start, stop) if k == axis else slice(None) for k in range(a.ndim))]
 
-    same = (part(1, None) == part(0, -1)).all(-1)
+    same = (along(image, 1, None) == along(image, 0, -1)).all(-1)
     flat = np.zeros(image.shape[:-1], bool)
-    part(1, None, flat)[...] |= same
-    part(0, -1, flat)[...] |= same
-    clear = ~part(0, n - lag, flat)
+    along(flat, 1, None)[...] |= same
+    along(flat, 0, -1)[...] |= same
+    clear = ~along(flat, 0, n - lag)
     for k in range(1, lag + 1):
-        clear &= ~part(k, n - lag + k, flat)
-    d = np.abs(part(lag, None)[clear] - part(0, n - lag)[clear])
+        clear &= ~along(flat, k, n - lag + k)
+    d = np.abs(along(image, lag, None)[clear] - along(image, 0, n - lag)[clear])
     return float((np.median(d, 0) ** 2).sum()) if len(d) else None
 
 
