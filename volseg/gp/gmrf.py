@@ -280,22 +280,26 @@ def image_noise(image: np.ndarray) -> ImageNoise:
     noise; a reconstruction kernel or a resampling makes it larger), then sigma^2, and the axis's correlation
     sum ``sum_k q^(k^2)``.  An axis whose ratio exceeds that of a correlation 1 voxel wide is dominated by
     smooth anatomy, not noise, and is left out; with every axis left out the noise is taken as white."""
-    spatial = image.ndim - 1
-    variances, correlation_sum = [], 1.0
-    for axis in range(spatial):
-        lag1, lag2 = (_median_square_difference(image, axis, h) for h in (1, 2))
+    variances, correlation_sum, lag1s = [], 1.0, []
+    for axis in range(image.ndim - 1):
+        lag1, lag2 = _variogram(image, axis)
+        lag1s.append(lag1)
         if lag1 is None or lag2 is None or lag1 <= 0:
             continue
         ratio = max(lag2 / lag1, 1.0)
         if ratio > _lag_ratio(WIDEST_NOISE_Q):
             continue
         q = brentq(lambda x: _lag_ratio(x) - ratio, 0.0, WIDEST_NOISE_Q) if ratio > 1.0 else 0.0
-        variances.append(lag1 / (2 * 0.6745 ** 2 * (1.0 - q)))
+        variances.append(lag1 / (WHITE_SQUARE_MEDIAN * (1.0 - q)))
         correlation_sum *= 1.0 + 2.0 * sum(q ** (k * k) for k in range(1, 16))
     if variances:
         return ImageNoise(float(np.mean(variances)), correlation_sum)
-    white = [v for v in (_median_square_difference(image, axis, 1) for axis in range(spatial)) if v is not None]
-    return ImageNoise(float(np.mean(white)) / (2 * 0.6745 ** 2) if white else 0.0, 1.0)
+    white = [v for v in lag1s if v is not None]
+    return ImageNoise(float(np.mean(white)) / WHITE_SQUARE_MEDIAN if white else 0.0, 1.0)
+
+
+# median |d|^2 of neighbouring voxels' difference d, per unit of white noise variance: (0.6745 sqrt(2))^2
+WHITE_SQUARE_MEDIAN = 2 * 0.6745 ** 2
 
 
 def _lag_ratio(q: float) -> float:
@@ -303,27 +307,33 @@ def _lag_ratio(q: float) -> float:
     return 1.0 + q + q * q + q ** 3
 
 
-def _median_square_difference(image: np.ndarray, axis: int, lag: int) -> float | None:
-    """``median |x[i + lag] - x[i]|^2`` along ``axis``, summed over channels, over the windows that touch no
-    flat padding (None: no window left).  A voxel equal to a neighbour along the axis in every channel is
-    padding: its own differences hold no noise, and those across padding's edge are an edge's, which a
-    longer lag would count more often than a shorter one."""
+def _variogram(image: np.ndarray, axis: int) -> tuple[float | None, float | None]:
+    """``median |x[i + lag] - x[i]|^2`` along ``axis`` at lags 1 and 2, summed over channels, over the windows
+    that touch no flat padding (None: no window left).  A voxel equal to a neighbour along the axis in every
+    channel is padding: its own differences hold no noise, and those across padding's edge are an edge's,
+    which a longer lag would count more often than a shorter one."""
     n = image.shape[axis]
-    if n <= lag:
-        return None
 
     def along(a: np.ndarray, start: int, stop: int | None) -> np.ndarray:  # a view, sliced along the axis
         return a[tuple(slice(start, stop) if k == axis else slice(None) for k in range(a.ndim))]
 
+    if n < 2:
+        return None, None
     same = (along(image, 1, None) == along(image, 0, -1)).all(-1)
     flat = np.zeros(image.shape[:-1], bool)
     along(flat, 1, None)[...] |= same
     along(flat, 0, -1)[...] |= same
-    clear = ~along(flat, 0, n - lag)
-    for k in range(1, lag + 1):
-        clear &= ~along(flat, k, n - lag + k)
-    d = np.abs(along(image, lag, None)[clear] - along(image, 0, n - lag)[clear])
-    return float((np.median(d, 0) ** 2).sum()) if len(d) else None
+    lags: list[float | None] = []
+    for lag in (1, 2):
+        if n <= lag:
+            lags.append(None)
+            continue
+        clear = ~along(flat, 0, n - lag)
+        for k in range(1, lag + 1):
+            clear &= ~along(flat, k, n - lag + k)
+        d = np.abs(along(image, lag, None)[clear] - along(image, 0, n - lag)[clear])
+        lags.append(float((np.median(d, 0) ** 2).sum()) if len(d) else None)
+    return lags[0], lags[1]
 
 
 def _halve_where_lost(noise: np.ndarray, lost: np.ndarray) -> np.ndarray | None:
