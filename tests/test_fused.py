@@ -12,7 +12,7 @@ import torch
 from volseg.gp import fused
 from volseg.gp.evaluate import evaluate_boxes
 from volseg.gp.inputs import InputMap
-from volseg.gp.kernels import make_kernel
+from volseg.gp.kernels import EXP_FLOOR, make_kernel
 from volseg.gp.posterior import ExactPosterior
 
 needs_fused = pytest.mark.skipif(not fused.available(), reason="fused extension not built (no C compiler at install)")
@@ -249,17 +249,25 @@ def test_multiscale_mean_in_two_fused_passes_matches_the_kernel(shape, box):
 
 
 @needs_fused
-def test_spatial_factor_is_the_numpy_formula():
-    """The video GP's spatial factor in one compiled pass equals the numpy gathers it replaces."""
+@pytest.mark.parametrize("spatial", [True, False])
+def test_video_kernel_is_the_numpy_formula(spatial):
+    """The video GP's kernel values in one compiled pass (clip, exp and the separable spatial factor) equal
+    the numpy passes they replace, on rows whose length is not a multiple of the vector width, exponents
+    beyond the floor and rounding above 0 included."""
     rng = np.random.default_rng(3)
     n, N, H, W = 300, 37, 20, 30
-    k = rng.random((n, N), dtype=np.float32)
+    h = -rng.random((n, N), dtype=np.float32) * 50.0
+    h[0, :3] = (1e-6, 0.0, EXP_FLOOR - 5.0)
     e_row, e_col = rng.random((H, N), dtype=np.float32), rng.random((W, N), dtype=np.float32)
     rows, cols = rng.integers(0, H, n), rng.integers(0, W, n)
-    expected = k * (0.3 + e_row[rows] * e_col[cols])
-    fused.spatial_factor(k, e_row, e_col, rows, cols, 0.3)
-    np.testing.assert_allclose(k, expected, rtol=1e-6)
-    with pytest.raises(ValueError):
-        fused.spatial_factor(k, e_row, e_col, rows[:-1], cols, 0.3)
-    with pytest.raises(ValueError):
-        fused.spatial_factor(k, e_row, e_col, rows + H, cols, 0.3)
+    expected = np.exp(np.clip(h, EXP_FLOOR, 0.0))
+    if spatial:
+        expected *= 0.3 + e_row[rows] * e_col[cols]
+    k = h.copy()
+    fused.video_kernel(k, *((e_row, e_col) if spatial else (None, None)), rows, cols, 0.3)
+    np.testing.assert_allclose(k, expected, rtol=1e-6, atol=0)
+    if spatial:
+        with pytest.raises(ValueError, match="do not match"):
+            fused.video_kernel(h.copy(), e_row, e_col, rows[:-1], cols, 0.3)
+        with pytest.raises(ValueError, match="outside its table"):
+            fused.video_kernel(h.copy(), e_row, e_col, rows + H, cols, 0.3)

@@ -453,6 +453,33 @@ def test_a_small_object_gets_a_finer_working_grid():
             assert iou(exact.labels(t) == 1, coarse_to_fine[t] == 1) > 0.97
 
 
+def test_far_from_the_memory_the_lattice_values_stand():
+    """Far from every memory point the GP adds nothing to the prior mean, so the latent is m0 = +-prior_strength.
+    The default band lies inside that, so only the coarse lattice is evaluated there; a band wider than the
+    prior strength would evaluate every cell exactly."""
+    from volseg.video.step import latent
+
+    class FarFromTheMemory:
+        def __init__(self):
+            self.evaluated = 0
+
+        def latent(self, F, rows, cols, row_coords, col_coords, M0):
+            self.evaluated += len(rows)
+            return np.zeros_like(M0)
+
+    h, w, unit = 120, 160, 4
+    rows, cols = np.divmod(np.arange(h * w), w)
+    config = VideoConfig()
+    m0 = np.where((rows - 60) ** 2 + (cols - 80) ** 2 < 30 ** 2, 1.0, -1.0)[:, None] * config.prior_strength
+    lattice = len({*range(0, h, unit), h - 1}) * len({*range(0, w, unit), w - 1})  # every 4th row, column; the last
+    for band, exact in [(config.fine_band, 0), (1.0, h * w)]:
+        gp = FarFromTheMemory()
+        out = latent(gp, np.zeros((h, w, 3), np.float32), (0, 0), rows, cols, rows / 10.0, cols / 10.0,
+                     m0.astype(np.float32), feature_lengthscale=1.0, unit=float(unit), fine_band=band)
+        np.testing.assert_allclose(out, m0)
+        assert gp.evaluated == lattice + exact
+
+
 def test_region_of_interest_level_decides_between_frame_and_warped_mask():
     from volseg.video.step import region_of_interest
 

@@ -97,19 +97,41 @@ def sparse_edge_weights(channels: np.ndarray, known: np.ndarray, spacing: Sequen
     the array: ``channels`` need only be filled where ``known`` is true (the band and its neighbours), and
     beta is the mean squared face difference over the pairs of known locations."""
     ndim = channels.ndim - 1
+    # one flat plane per channel: a pair's difference is then two 1-D gathers per channel, several times
+    # faster than gathering (n, C) rows by index tuples
+    planes = [np.ascontiguousarray(channels[..., c]).ravel() for c in range(channels.shape[-1])]
+    strides = np.cumprod((1,) + channels.shape[ndim - 1:0:-1])[::-1]  # elements per step along each axis
+
+    def squared_differences(one: np.ndarray, other: np.ndarray) -> np.ndarray:
+        d = np.zeros(len(one), np.float32)
+        for plane in planes:
+            t = plane[one] - plane[other]
+            t *= t
+            d += t
+        return d
+
+    known_flat = known.ravel()
+    where = np.flatnonzero(known_flat)
+    coords = np.unravel_index(where, known.shape)
     means = []
     for a in range(ndim):  # per axis, as edge_weights averages them: with every location known, the same weights
-        first, second = pair_slices(tuple(int(i == a) for i in range(ndim)))
-        both = known[first] & known[second]
-        if both.any():
-            means.append(np.square(channels[first][both] - channels[second][both]).sum(-1).mean(dtype=np.float64))
+        one = where[coords[a] < known.shape[a] - 1]
+        one = one[known_flat[one + strides[a]]]
+        if one.size:
+            means.append(squared_differences(one, one + strides[a]).mean(dtype=np.float64))
     beta = max(float(np.mean(means)) if means else 0.0, 1e-12)
 
     def weight(offset, g):
+        step = int(np.dot(offset, strides))
+        scale = np.float32(-0.5 / beta)
+
         def at(first):
-            second = tuple(c + o for c, o in zip(first, offset))
-            d = np.square(channels[first] - channels[second]).sum(-1, dtype=np.float32)
-            return np.exp(d * np.float32(-0.5 / beta)) * np.float32(g)
+            one = sum(c * int(s) for c, s in zip(first, strides))
+            d = squared_differences(one, one + step)
+            d *= scale
+            np.exp(d, out=d)
+            d *= np.float32(g)
+            return d
         return at
 
     return [(o, weight(o, g)) for o, g in pair_geometry(ndim, spacing, connectivity)]
@@ -156,25 +178,32 @@ def cut(latent: np.ndarray, weights: list[tuple[tuple[int, ...], np.ndarray]], *
     # source side: so the foreground is the sink tree, the locations that reach the foreground
     # terminal in the residual graph.  That is the unique smallest minimum-cut foreground, the same
     # set whichever max-flow algorithm found the flow.
-    graph = maxflow.GraphInt()
+    # at most one edge per free location and offset: reserving them up front saves the graph's reallocations,
+    # which otherwise cost more than adding the edges
+    graph = maxflow.GraphInt(n, n * len(weights))
     graph.add_nodes(n)
     # the graph is built from the free locations alone (the band), not from every pair of the image
     ids = np.arange(n)
     at = np.nonzero(free)
     coords, shape = np.stack(at), np.asarray(latent.shape)[:, None]
+    lowest, highest = coords.min(1, keepdims=True), coords.max(1, keepdims=True)
     for offset, w in weights:
         origin = [s.start or 0 for s in pair_slices(offset)[0]]  # w[i] is the pair (i + origin, i + origin + offset)
         # each free location as the pair's first end, then as its second
         for sign in (1, -1):
-            other = coords + sign * np.asarray(offset)[:, None]
-            inside = ((other >= 0) & (other < shape)).all(0)
-            mine, theirs = ids[inside], other[:, inside]
+            step = sign * np.asarray(offset)[:, None]
+            other = coords + step
+            if (lowest + step >= 0).all() and (highest + step < shape).all():  # no neighbour off the array
+                mine, theirs = ids, other
+            else:
+                inside = ((other >= 0) & (other < shape)).all(0)
+                mine, theirs = ids[inside], other[:, inside]
             partner = node[tuple(theirs)]
             if sign == -1:  # a pair of two free ends was added from its first end already
                 keep = partner < 0
                 mine, theirs, partner = mine[keep], theirs[:, keep], partner[keep]
             theirs = tuple(theirs)
-            first = tuple(a[mine] for a in at) if sign == 1 else theirs
+            first = (at if mine is ids else tuple(a[mine] for a in at)) if sign == 1 else theirs
             pairs = w(first) if callable(w) else w[tuple(c - o for c, o in zip(first, origin))]
             wa = strength * pairs.astype(np.float64)
             if sign == 1:  # two free ends: one edge, added from its first end

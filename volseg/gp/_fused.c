@@ -25,6 +25,7 @@
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define LANES 16
 #define MAX_DIM 8
@@ -548,17 +549,31 @@ int volseg_posterior_region(int64_t n_boxes, const int64_t *starts, const int64_
     return r.rc;
 }
 
-/* The video GP's separable spatial factor, in place (volseg/video/gp.py): row i of the (n, N) block k is
- * multiplied by wg + e_row[rows[i]] * e_col[cols[i]], element by element.  As numpy ops this is two gathers
- * of (n, N) copies and three passes over them; here it is one pass over k. */
-void volseg_spatial_factor(float *restrict k, int64_t n, int64_t N, const float *restrict e_row,
-                           const float *restrict e_col, const int64_t *rows, const int64_t *cols, float wg) {
+/* The video GP's kernel values from their exponents, in place (volseg/video/gp.py): k holds h = -d^2/2 for
+ * an (n, N) block; each becomes exp(h clipped to [floor, 0]), multiplied, where e_row is given, by the
+ * separable spatial factor wg + e_row[rows[i]] * e_col[cols[i]].  As numpy ops this is a clip, an exp,
+ * two gathers of (n, N) copies and three passes over them; here it is one pass over k. */
+VECTOR_CLONES
+void volseg_video_kernel(float *restrict k, int64_t n, int64_t N, const float *restrict e_row,
+                         const float *restrict e_col, const int64_t *rows, const int64_t *cols, float wg,
+                         float floor) {
+    const int64_t body = N - N % LANES;
     for (int64_t i = 0; i < n; ++i) {
         float *restrict ki = k + i * N;
-        const float *restrict er = e_row + rows[i] * N;
-        const float *restrict ec = e_col + cols[i] * N;
-        for (int64_t j = 0; j < N; ++j)
-            ki[j] *= wg + er[j] * ec[j];
+        const float *er = e_row ? e_row + rows[i] * N : NULL;
+        const float *ec = e_row ? e_col + cols[i] * N : NULL;
+        for (int64_t j = 0; j < N; j += LANES) {
+            const int64_t m = j < body ? LANES : N - j;  /* the row's tail: a partly filled vector */
+            vf h = splat(0.0f), a = splat(0.0f), b = splat(0.0f);
+            memcpy(&h, ki + j, m * sizeof(float));
+            vf v = vexp(vmax(vmin(h, splat(0.0f)), splat(floor)));
+            if (er) {
+                memcpy(&a, er + j, m * sizeof(float));
+                memcpy(&b, ec + j, m * sizeof(float));
+                v *= wg + a * b;
+            }
+            memcpy(ki + j, &v, m * sizeof(float));
+        }
     }
 }
 

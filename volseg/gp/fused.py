@@ -1,5 +1,5 @@
 """The posterior over a box in one fused pass on the CPU (the compiled ``_fused`` extension), and the video
-GP's spatial factor (:func:`spatial_factor`).
+GP's kernel values (:func:`video_kernel`).
 
 A click's work per location is a few dozen multiply-adds and exps against at most a few dozen
 clicks: as separate torch ops (build z, |z|^2, a skinny GEMM, exp, a second GEMM) it is bound by
@@ -48,14 +48,14 @@ def _load():
     takes.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_int]  # ndim, inputs, K, half
     lib.volseg_fused_simd.restype = ctypes.c_int
     lib.volseg_fused_simd.argtypes = [ctypes.c_int]
-    spatial = getattr(lib, "volseg_spatial_factor", None)  # absent from an extension built before it
-    if spatial is not None:
-        spatial.restype = None
-        spatial.argtypes = [_P, ctypes.c_int64, ctypes.c_int64, _P, _P, _P, _P, ctypes.c_float]
-    return fn, takes, lib.volseg_fused_simd, spatial
+    video = getattr(lib, "volseg_video_kernel", None)  # absent from an extension built before it
+    if video is not None:
+        video.restype = None
+        video.argtypes = [_P, ctypes.c_int64, ctypes.c_int64, _P, _P, _P, _P, ctypes.c_float, ctypes.c_float]
+    return fn, takes, lib.volseg_fused_simd, video
 
 
-_FN, _TAKES, _SIMD, _SPATIAL = _load() or (None, None, None, None)
+_FN, _TAKES, _SIMD, _VIDEO = _load() or (None, None, None, None)
 
 
 def simd(want: int | None = None) -> int:
@@ -71,26 +71,36 @@ def available() -> bool:
     return _FN is not None
 
 
-def spatial_factor(k: np.ndarray, e_row: np.ndarray, e_col: np.ndarray, rows: np.ndarray, cols: np.ndarray,
-                   wg: float) -> None:
-    """``k[i] *= wg + e_row[rows[i]] * e_col[cols[i]]`` in place, in one pass (the video GP's spatial factor,
-    :meth:`volseg.video.gp.MemoryPosterior.latent`): k (n, N), e_row (H, N), e_col (W, N) float32; rows, cols
-    (n,) indices into them.  Through numpy where the extension is not built."""
-    if _SPATIAL is None or not (k.flags.c_contiguous and k.dtype == np.float32):
-        ks = e_row[rows]
-        ks *= e_col[cols]
-        ks += wg
-        k *= ks
+def video_kernel(k: np.ndarray, e_row: np.ndarray | None, e_col: np.ndarray | None, rows: np.ndarray,
+                 cols: np.ndarray, wg: float) -> None:
+    """The video GP's kernel values from their exponents, in place and in one pass
+    (:meth:`volseg.video.gp.MemoryPosterior.latent`): k (n, N) float32 holds h = -|d|^2 / 2 and becomes
+    ``exp(clip(h, EXP_FLOOR, 0))``, times the separable spatial factor ``wg + e_row[rows[i]] * e_col[cols[i]]``
+    where ``e_row`` is given (e_row (H, N), e_col (W, N) float32; rows, cols (n,) indices into them; both
+    tables None: no spatial factor).
+    Through numpy where the extension is not built."""
+    spatial = e_row is not None
+    if _VIDEO is None or not (k.flags.c_contiguous and k.dtype == np.float32):
+        np.clip(k, EXP_FLOOR, 0.0, out=k)  # -|d|^2/2 <= 0 up to rounding; floored so exp stays normal
+        np.exp(k, out=k)
+        if spatial:
+            ks = e_row[rows]
+            ks *= e_col[cols]
+            ks += wg
+            k *= ks
         return
-    e_row, e_col = (np.ascontiguousarray(e, np.float32) for e in (e_row, e_col))
-    rows, cols = (np.ascontiguousarray(v, np.int64) for v in (rows, cols))
-    if len(rows) != k.shape[0] or len(cols) != k.shape[0] or e_row.shape[1] != k.shape[1] \
-            or e_col.shape[1] != k.shape[1]:
-        raise ValueError("spatial_factor: k, the tables and the indices do not match")
-    if len(rows) and (min(rows.min(), cols.min()) < 0 or rows.max() >= len(e_row) or cols.max() >= len(e_col)):
-        raise ValueError("spatial_factor: an index outside its table")  # the C pass reads without checking
-    _SPATIAL(k.ctypes.data, k.shape[0], k.shape[1], e_row.ctypes.data, e_col.ctypes.data, rows.ctypes.data,
-             cols.ctypes.data, float(wg))
+    if spatial:
+        e_row, e_col = (np.ascontiguousarray(e, np.float32) for e in (e_row, e_col))
+        rows, cols = (np.ascontiguousarray(v, np.int64) for v in (rows, cols))
+        if len(rows) != k.shape[0] or len(cols) != k.shape[0] or e_row.shape[1] != k.shape[1] \
+                or e_col.shape[1] != k.shape[1]:
+            raise ValueError("video_kernel: k, the tables and the indices do not match")
+        if len(rows) and (min(rows.min(), cols.min()) < 0 or rows.max() >= len(e_row) or cols.max() >= len(e_col)):
+            raise ValueError("video_kernel: an index outside its table")  # the C pass reads without checking
+        tables = (e_row.ctypes.data, e_col.ctypes.data, rows.ctypes.data, cols.ctypes.data)
+    else:
+        tables = (None, None, None, None)
+    _VIDEO(k.ctypes.data, k.shape[0], k.shape[1], *tables, float(wg), float(EXP_FLOOR))
 
 
 def _kind(kernel) -> int | None:

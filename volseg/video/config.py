@@ -51,8 +51,10 @@ class VideoConfig:
     lost_fraction: float = 0.1         # an object whose warped mask has less than this fraction of its annotated area
                                        # is lost: searched for in the whole frame from the annotated frames' memory
                                        # (0: never; the frames it counts as lost are in VideoSegmenter.stats["lost"])
-    fine_band: float = 1.0             # on a grid finer than `scale`: exact GP only where |latent| < this;
-                                       # 0: everywhere
+    fine_band: float = 0.4             # on a grid finer than `scale`: exact GP only where |latent| < this;
+                                       # 0: everywhere.  Below prior_strength, because far from every memory
+                                       # point the latent is the background's m0 = -prior_strength: a wider
+                                       # band is refined everywhere
     noise_propagated: float = 0.05     # noise of propagated frames' samples at distance 0 (annotated: noise_annotated)
     prior_mode: str = "linear"         # m0 = s (2p - 1) ("linear") or s Phi^-1(p) ("probit")
     components: bool = True            # drop object parts not touching the previous frame's mask

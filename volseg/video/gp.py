@@ -31,7 +31,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import ndtr
 
-from ..gp.fused import spatial_factor
+from ..gp.fused import video_kernel
 from ..gp.kernels import EXP_FLOOR, squared_distance
 from ..gp.linalg import MIN_NOISE, solve_keeping_labels
 
@@ -108,16 +108,15 @@ class MemoryPosterior:
         X = np.concatenate([self.F, -0.5 * self._F2[:, None], np.full((self.n, 1), -0.5, np.float32)], 1).T.copy()
         grid_rows = np.asarray(row_coords, np.float32)[:, None]
         grid_cols = np.asarray(col_coords, np.float32)[:, None]
-        e_row = ((1.0 - self.wg) * np.exp(-0.5 * (grid_rows - self.P[None, :, 0]) ** 2)).astype(np.float32)
-        e_col = np.exp(-0.5 * (grid_cols - self.P[None, :, 1]) ** 2).astype(np.float32)
+        e_row = e_col = None  # wg 1: no spatial factor
+        if self.wg < 1.0:
+            e_row = ((1.0 - self.wg) * np.exp(-0.5 * (grid_rows - self.P[None, :, 0]) ** 2)).astype(np.float32)
+            e_col = np.exp(-0.5 * (grid_cols - self.P[None, :, 1]) ** 2).astype(np.float32)
         for a in range(0, n, self.chunk):
             f = F[a:a + self.chunk].astype(np.float32, copy=False) - self.center
             fa = np.concatenate([f, np.ones((f.shape[0], 1), np.float32), (f * f).sum(1, keepdims=True)], 1)
             k = fa @ X
-            np.clip(k, EXP_FLOOR, 0.0, out=k)  # -|d|^2/2 <= 0 up to rounding; floored so exp stays normal
-            np.exp(k, out=k)
-            if self.wg < 1.0:
-                spatial_factor(k, e_row, e_col, rows[a:a + self.chunk], cols[a:a + self.chunk], self.wg)
+            video_kernel(k, e_row, e_col, rows[a:a + self.chunk], cols[a:a + self.chunk], self.wg)
             out[a:a + self.chunk] += k @ self.alpha
         return out
 
