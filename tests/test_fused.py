@@ -252,8 +252,8 @@ def test_multiscale_mean_in_two_fused_passes_matches_the_kernel(shape, box):
 @pytest.mark.parametrize("spatial", [True, False])
 def test_video_kernel_is_the_numpy_formula(spatial):
     """The video GP's kernel values in one compiled pass (clip, exp and the separable spatial factor) equal
-    the numpy passes they replace, on rows whose length is not a multiple of the vector width, exponents
-    beyond the floor and rounding above 0 included."""
+    the numpy passes they replace (taken where the compiled pass does not apply), on rows whose length is not
+    a multiple of the vector width, exponents beyond the floor and rounding above 0 included."""
     rng = np.random.default_rng(3)
     n, N, H, W = 300, 37, 20, 30
     h = -rng.random((n, N), dtype=np.float32) * 50.0
@@ -263,8 +263,12 @@ def test_video_kernel_is_the_numpy_formula(spatial):
     expected = np.exp(np.clip(h, EXP_FLOOR, 0.0))
     if spatial:
         expected *= 0.3 + e_row[rows] * e_col[cols]
+    tables = (e_row, e_col) if spatial else (None, None)
     k = h.copy()
-    fused.video_kernel(k, *((e_row, e_col) if spatial else (None, None)), rows, cols, 0.3)
+    fused.video_kernel(k, *tables, rows, cols, 0.3)
+    np.testing.assert_allclose(k, expected, rtol=1e-6, atol=0)
+    k = np.asfortranarray(h)  # not C-contiguous: the numpy passes
+    fused.video_kernel(k, *tables, rows, cols, 0.3)
     np.testing.assert_allclose(k, expected, rtol=1e-6, atol=0)
     if spatial:
         with pytest.raises(ValueError, match="do not match"):
