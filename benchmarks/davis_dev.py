@@ -12,7 +12,9 @@ the HELD_OUT group is never used to choose anything and is reported separately e
 whole set.  ``--group tune`` runs only the tune group (for choosing settings).
 
 Threads: BLAS/OpenMP/OpenCV thread counts are set before numpy loads (``--threads``).  On a shared,
-oversubscribed machine 1 thread per process is faster than 2 (OpenBLAS threads spin).
+oversubscribed machine 1 thread per process is faster than 2 (OpenBLAS threads spin).  A fixed workload is
+timed before and after the sequences (``machine reference`` in the header): compare two runs' frames/s only
+where those agree.
 """
 from __future__ import annotations
 
@@ -84,6 +86,29 @@ with VideoSegmenter(src, VideoConfig.from_dict(opts)) as seg:
 """
 
 
+# A fixed single-thread workload of the kinds a propagation step does (a skinny matmul, an exp, Gaussian
+# filtering), timed in a child before and after the sequences: frames/s of two runs compare only where these
+# agree, since a shared machine's speed can move by 2x within an hour.
+MACHINE_REFERENCE = """
+import time, cv2, numpy as np
+rng = np.random.default_rng(0)
+a, b = rng.random((4096, 64), dtype=np.float32), rng.random((64, 1024), dtype=np.float32)
+img = rng.random((480, 854), dtype=np.float32)
+t0 = time.perf_counter()
+for _ in range(60):
+    np.exp(-(a @ b))
+    cv2.GaussianBlur(img, (0, 0), 4.0)
+print(time.perf_counter() - t0)
+"""
+
+
+def machine_reference(env: dict) -> float:
+    """Seconds of :data:`MACHINE_REFERENCE` in a child process under ``env`` (lower: a faster moment)."""
+    out = subprocess.run([sys.executable, "-c", MACHINE_REFERENCE], env=env, capture_output=True, text=True,
+                         check=True, cwd=REPO)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", default=str(REPO / ".." / "shared" / "data" / "dev" / "video" / "davis2016"))
@@ -111,6 +136,7 @@ def main(argv=None) -> int:
         print(f"none of the {args.group} sequences are in {root}", file=sys.stderr)
         return 1
     opts = sum((["--option", o] for o in args.option), [])
+    reference = [machine_reference(env)]
     rows, load = [], []
     for mode in args.modes:
         for seq in seqs:
@@ -128,10 +154,13 @@ def main(argv=None) -> int:
     from volseg.eval.run_video import evaluate
     from volseg.video.config import read_video_config as video_config
 
+    reference.append(machine_reference(env))
     config = video_config(None, args.option)
     md = [f"# DAVIS-2016 dev: tune {', '.join(TUNE)}; held out {', '.join(HELD_OUT)}", "",
           f"threads per process: {args.threads}; load average at the starts: {min(load):.1f}-{max(load):.1f} "
-          f"on {os.cpu_count()} CPUs", "", f"config: `{json.dumps(config.to_dict())}`", ""]
+          f"on {os.cpu_count()} CPUs; machine reference before / after the sequences: {reference[0]:.2f} / "
+          f"{reference[1]:.2f} s (a fixed workload; frames/s of two runs compare where these agree)", "",
+          f"config: `{json.dumps(config.to_dict())}`", ""]
     for mode in args.modes:
         s = evaluate(root, out / mode, mode=mode, names=seqs, config=config, rounds=args.rounds, progress=False)
         results = [json.loads((out / mode / f"{n}_{mode}.json").read_text()) for n in seqs]
