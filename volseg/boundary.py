@@ -126,7 +126,7 @@ def sparse_edge_weights(channels: np.ndarray, known: np.ndarray, spacing: Sequen
         scale = np.float32(-0.5 / beta)
 
         def at(first):
-            one = sum(c * int(s) for c, s in zip(first, strides))
+            one = np.ravel_multi_index(first, known.shape)
             d = squared_differences(one, one + step)
             d *= scale
             np.exp(d, out=d)

@@ -63,6 +63,8 @@ MIN_NODE_VOXELS = 6
 # object an edge; real volumes' steps are mostly larger (texture, anatomy), so there it rarely binds
 # (benchmarks/README.md, 3D: chosen on the tune part from 10 and 30)
 NOISE_STEPS = 10.0
+# median |d|^2 of neighbouring voxels' difference d, per unit of white noise variance: (0.6745 sqrt(2))^2
+WHITE_SQUARE_MEDIAN = 2 * 0.6745 ** 2
 # image_noise: the widest noise correlation told apart from anatomy, rho(1) of a Gaussian correlation 1 voxel wide
 WIDEST_NOISE_Q = float(np.exp(-0.25))
 
@@ -296,10 +298,6 @@ def image_noise(image: np.ndarray) -> ImageNoise:
         return ImageNoise(float(np.mean(variances)), correlation_sum)
     white = [v for v in lag1s if v is not None]
     return ImageNoise(float(np.mean(white)) / WHITE_SQUARE_MEDIAN if white else 0.0, 1.0)
-
-
-# median |d|^2 of neighbouring voxels' difference d, per unit of white noise variance: (0.6745 sqrt(2))^2
-WHITE_SQUARE_MEDIAN = 2 * 0.6745 ** 2
 
 
 def _lag_ratio(q: float) -> float:
