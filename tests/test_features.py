@@ -114,3 +114,36 @@ def test_equalisation_lookup_table_equals_np_interp():
         expect = np.interp(x, knots, levels).astype(np.float32)
         got = _interp(x, knots, levels)
         assert got.dtype == np.float32 and np.array_equal(got, expect)
+
+
+def test_lab_is_scikit_image_value_for_value():
+    """The lookup-table Lab equals skimage's rgb2lab on the float32 image bit for bit: every value each
+    channel can take, random colours, a float image in 0..1, and a uint8 image of zeros and ones (read
+    as 0..1, as before)."""
+    from skimage.color import rgb2lab
+
+    from volseg.colour import rgb_to_lab
+
+    rng = np.random.default_rng(0)
+    ramp = np.arange(256, dtype=np.uint8)
+    ramps = np.stack([np.stack([ramp if c == k else np.full(256, g, np.uint8) for c in range(3)], -1)
+                      for k in range(3) for g in (0, 97, 255)])
+    images = [ramps, rng.integers(0, 256, (512, 512, 3), dtype=np.uint8),
+              rng.random((64, 64, 3), dtype=np.float32), rng.integers(0, 2, (16, 16, 3), dtype=np.uint8)]
+    for image in images:
+        a = image.astype(np.float32)
+        expected = rgb2lab(np.clip(a / 255.0 if a.max() > 1.5 else a, 0.0, 1.0)).astype(np.float32)
+        lab = rgb_to_lab(image)
+        assert lab.shape == image.shape and lab.dtype == np.float32
+        np.testing.assert_array_equal(lab, expected)
+        assert lab.strides[-1] == lab.itemsize * int(np.prod(image.shape[:-1]))  # one plane per channel
+
+
+def test_raw_features_are_stored_channel_first():
+    """Each feature of a slab is one contiguous plane behind the (*spatial, D) view: written and read
+    plane by plane (an interleaved store strides across every feature on each write)."""
+    img = Image(sample_image((80, 100), 3))
+    bank = FilterBank()
+    f = bank.raw(img.array, img.spacing, bank.prepare(img.array))
+    assert f.shape == (80, 100, bank.n_features(2, 3, 8000))
+    assert f.strides == (100 * 4, 4, 80 * 100 * 4)

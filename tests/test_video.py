@@ -614,3 +614,30 @@ def test_session_features_set_the_clicked_frames_2d_session(shapes):
         assert seg.labels(5)[Click(disk, True, 1, 5).voxel()] == 1
     with VideoSegmenter(ArrayFrames(frames[:8]), config.replace(session_features="filterbank")) as seg:
         assert not isinstance(seg.session_for(5).extractor, StackedFeatures)
+
+
+def test_distance_to_a_mask_is_scipys_exact_transform():
+    """The memory's near-boundary weight reads OpenCV's distance transform with the squared distances
+    rounded back to integers: the same float64 values as scipy's exact transform, up to a frame's diagonal."""
+    from scipy import ndimage as ndi
+
+    from volseg.video.memory import distance_to
+
+    rng = np.random.default_rng(3)
+    for h, w, density in [(480, 854, 1e-5), (120, 214, 1e-3), (37, 5, 0.05)]:
+        mask = rng.random((h, w)) < density
+        mask[rng.integers(h), rng.integers(w)] = True
+        np.testing.assert_array_equal(distance_to(mask), ndi.distance_transform_edt(~mask))
+
+
+def test_one_object_labels_are_the_argmax_with_ties_to_the_background():
+    """A cell at exactly 0.5 is background (the argmax of [1 - p, p] takes the first on a tie): the object's
+    quota comes from its 300 sure cells alone, the background's from the rest, the tied rows included."""
+    p = np.zeros((1, 40, 30), np.float32)
+    p[0, :10] = 0.5
+    p[0, 20:30] = 1.0
+    idx = sample_informative(p, 50, np.random.default_rng(5), min_share=0.5)
+    rows = idx // 30
+    # shares sqrt(300) : sqrt(900), the smaller raised to 0.5, normalised: 22 object points, 28 background
+    assert len(idx) == 50 and np.count_nonzero((rows >= 20) & (rows < 30)) == 22
+    assert np.count_nonzero(rows < 10) > 0

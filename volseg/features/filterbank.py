@@ -131,7 +131,10 @@ class FilterBank(FeatureExtractor):
         first = [tuple(_unit(d, k)) for k in range(d)]
         second = [tuple(int(i == a) + int(i == b) for i in range(d)) for a in range(d) for b in range(a, d)]
         sizes = params.get("superpixels", ())
-        out = np.empty(ch.shape[:-1] + (C * S + G + d * len(self.hessian_scales) + C * len(sizes),), np.float32)
+        D = C * S + G + d * len(self.hessian_scales) + C * len(sizes)
+        # channel-first storage behind the (*spatial, D) view: each feature is written as one contiguous
+        # plane (interleaved, every write strides across all D), and consumers read features plane by plane
+        out = np.moveaxis(np.empty((D,) + ch.shape[:-1], np.float32), 0, -1)
         for c in range(C):
             for i, s in enumerate(self.smoothing_scales):
                 out[..., c * S + i] = ch[..., c] if s == 0 else deriv(c, ch[..., c], s / sp, [zero])[0]

@@ -115,7 +115,9 @@ class FrameFeatures:
             small = self._with_embeddings(frame, small)
         raw = self.raw(small)
         self.n_features = D = raw.shape[-1]
-        flat = raw.reshape(-1, D)
+        # float32 sums over location-major rows: the order the benchmarks were measured with (another
+        # order changes the statistics in their last bits, and the propagation carries that into the masks)
+        flat = np.ascontiguousarray(raw).reshape(-1, D)
         mean, std = flat.mean(0), flat.std(0)
         means, scales, start = [], [], 0
         if self.bank is not None:
