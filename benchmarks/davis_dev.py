@@ -62,6 +62,30 @@ def group_table(results: list[dict], mode: str, rss: dict, rounds=(1, 3, 8)) -> 
     return markdown_table(head, rows).split("\n")
 
 
+def seed_table(per_seed: list[list[dict]], mode: str, rounds=(1, 3, 8)) -> list[str]:
+    """Per group, J&F (semi) or J&F after ``rounds`` (interactive) averaged over seeds, with the lowest and
+    highest seed's value: the spread is what the memory's random sampling alone moves a number by."""
+    from volseg.eval.report import davis_overall, markdown_table
+
+    shown = [k for k in rounds if per_seed[0] and k <= len(per_seed[0][0].get("rounds", []))]
+    keys = [None] if mode == "semi" else shown
+    head = ["group", "sequences"] + ["J&F" if k is None else f"J&F@{k}" for k in keys]
+    rows = []
+    for group, names in GROUPS.items():
+        values = []
+        for results in per_seed:
+            rs = [r for r in results if r["sequence"] in names]
+            values.append([50 * sum(davis_overall(rs, k)) for k in keys] if rs else None)
+        if any(v is None for v in values):
+            continue
+        cells = []
+        for i in range(len(keys)):
+            v = [x[i] for x in values]
+            cells.append(f"{sum(v) / len(v):.1f} ({min(v):.1f}-{max(v):.1f})")
+        rows.append([group, str(sum(r["sequence"] in names for r in per_seed[0]))] + cells)
+    return markdown_table(head, rows).split("\n")
+
+
 def run_child(cmd: list[str], env: dict, log: Path) -> tuple[int, float, float]:
     """(exit code, seconds, peak RSS MiB) of a child process."""
     t0 = time.perf_counter()
@@ -120,6 +144,8 @@ def main(argv=None) -> int:
     ap.add_argument("--option", action="append", default=[])
     ap.add_argument("--group", choices=sorted(GROUPS), default="all", help="which sequences to run (default all)")
     ap.add_argument("--long", nargs="*", type=int, default=[100, 400], help="frame counts of the long 480p video")
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0],
+                    help="memory-sampling seeds (the `seed` option); several: each seed's tables, then their mean")
     args = ap.parse_args(argv)
     root, out = Path(args.root), Path(args.out)
     if not root.is_dir():
@@ -135,44 +161,60 @@ def main(argv=None) -> int:
     if not seqs:
         print(f"none of the {args.group} sequences are in {root}", file=sys.stderr)
         return 1
+    if any(o.split("=", 1)[0].strip() == "seed" for o in args.option):
+        print("give seeds with --seeds, not --option seed=...", file=sys.stderr)
+        return 1
     opts = sum((["--option", o] for o in args.option), [])
+    # one folder per mode, and per seed where there are several
+    runs = [(mode, seed, out / mode if len(args.seeds) == 1 else out / mode / f"seed{seed}")
+            for mode in args.modes for seed in args.seeds]
     reference = [machine_reference(env)]
     rows, load = [], []
-    for mode in args.modes:
+    for mode, seed, folder in runs:
         for seq in seqs:
             cmd = [sys.executable, "-m", "volseg", "eval-video", "--root", str(root), "--sequences", seq,
-                   "--mode", mode, "--out", str(out / mode), "--overwrite", "--rounds", str(args.rounds),
-                   "--clicks-per-round", str(args.clicks_per_round), *opts]
+                   "--mode", mode, "--out", str(folder), "--overwrite", "--rounds", str(args.rounds),
+                   "--clicks-per-round", str(args.clicks_per_round), *opts, "--option", f"seed={seed}"]
             load.append(os.getloadavg()[0])
             rc, sec, rss = run_child(cmd, env, log)
-            if rc == 0 and not (out / mode / f"{seq}_{mode}.json").is_file():
+            if rc == 0 and not (folder / f"{seq}_{mode}.json").is_file():
                 rc = 1  # a child that wrote nothing did not run the evaluation (its RSS would be an import's)
-            rows.append({"mode": mode, "sequence": seq, "rc": rc, "seconds": sec, "peak_rss_mib": rss})
-            print(f"{mode:12s} {seq:12s} rc={rc} {sec:6.1f}s peak RSS {rss:6.0f} MiB", flush=True)
+            rows.append({"mode": mode, "seed": seed, "sequence": seq, "rc": rc, "seconds": sec, "peak_rss_mib": rss})
+            print(f"{mode:12s} seed {seed} {seq:12s} rc={rc} {sec:6.1f}s peak RSS {rss:6.0f} MiB", flush=True)
     # tables over all sequences from the per-sequence JSON files just written
     sys.path.insert(0, str(REPO))
     from volseg.eval.run_video import evaluate
     from volseg.video.config import read_video_config as video_config
 
     reference.append(machine_reference(env))
-    config = video_config(None, args.option)
+    config = video_config(None, args.option + [f"seed={args.seeds[0]}"])
     md = [f"# DAVIS-2016 dev: tune {', '.join(TUNE)}; held out {', '.join(HELD_OUT)}", "",
           f"threads per process: {args.threads}; load average at the starts: {min(load):.1f}-{max(load):.1f} "
           f"on {os.cpu_count()} CPUs; machine reference before / after the sequences: {reference[0]:.2f} / "
           f"{reference[1]:.2f} s (a fixed workload; frames/s of two runs compare where these agree)", "",
           f"config: `{json.dumps(config.to_dict())}`", ""]
     for mode in args.modes:
-        s = evaluate(root, out / mode, mode=mode, names=seqs, config=config, rounds=args.rounds, progress=False)
-        results = [json.loads((out / mode / f"{n}_{mode}.json").read_text()) for n in seqs]
-        rss = {r["sequence"]: r["peak_rss_mib"] for r in rows if r["mode"] == mode}
-        md += [f"## {mode}", ""] + group_table(results, mode, rss) + ["", s["table"], ""]
-        if mode == "interactive":
-            md += ["| round | J | F | J&F |", "|---|---|---|---|"]
-            md += [f"| {r['round']} | {100 * r['J']:.1f} | {100 * r['F']:.1f} | {100 * r['JF']:.1f} |"
-                   for r in s["rounds"]]
-            md += [""]
-    md += ["## peak RSS per process", "", "| mode | sequence | seconds | peak RSS MiB |", "|---|---|---|---|"]
-    md += [f"| {r['mode']} | {r['sequence']} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} |" for r in rows]
+        per_seed = []
+        for _, seed, folder in [r for r in runs if r[0] == mode]:
+            s = evaluate(root, folder, mode=mode, names=seqs, config=config.replace(seed=seed), rounds=args.rounds,
+                         progress=False)
+            results = [json.loads((folder / f"{n}_{mode}.json").read_text()) for n in seqs]
+            per_seed.append(results)
+            rss = {r["sequence"]: r["peak_rss_mib"] for r in rows if r["mode"] == mode and r["seed"] == seed}
+            title = f"## {mode}" + (f", seed {seed}" if len(args.seeds) > 1 else "")
+            md += [title, ""] + group_table(results, mode, rss) + ["", s["table"], ""]
+            if mode == "interactive":
+                md += ["| round | J | F | J&F |", "|---|---|---|---|"]
+                md += [f"| {r['round']} | {100 * r['J']:.1f} | {100 * r['F']:.1f} | {100 * r['JF']:.1f} |"
+                       for r in s["rounds"]]
+                md += [""]
+        if len(per_seed) > 1:
+            md += [f"## {mode}, mean over seeds {', '.join(map(str, args.seeds))}", ""]
+            md += seed_table(per_seed, mode) + [""]
+    md += ["## peak RSS per process", "", "| mode | seed | sequence | seconds | peak RSS MiB |",
+           "|---|---|---|---|---|"]
+    md += [f"| {r['mode']} | {r['seed']} | {r['sequence']} | {r['seconds']:.1f} | {r['peak_rss_mib']:.0f} |"
+           for r in rows]
     if args.long:
         md += ["", "## generated 480p video, memory against length", "",
                "| frames | seconds | fps (incl. labels) | memory bank peak | peak RSS MiB |", "|---|---|---|---|---|"]

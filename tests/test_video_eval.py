@@ -156,3 +156,28 @@ def test_davis_dev_semi_blackswan():
 
     r = run_semi(DavisSequence(root, "blackswan"))
     assert r["JF"] > 0.8
+
+
+def test_davis_dev_reports_each_seed_and_their_mean(tmp_path):
+    """benchmarks/davis_dev.py with two seeds: each seed's group table, then the mean with its spread."""
+    import importlib.util
+
+    root = make_davis(tmp_path / "davis", layout_480p=False, n=6)  # the dev data's layout
+    for old, new in (("shapes-a", "blackswan"), ("shapes-b", "cows")):  # two of the script's tune sequences
+        for kind in ("JPEGImages", "Annotations"):
+            (root / kind / old).rename(root / kind / new)
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "davis_dev.py"
+    spec = importlib.util.spec_from_file_location("davis_dev", path)
+    davis_dev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(davis_dev)
+    out = tmp_path / "out"
+    assert davis_dev.main(["--root", str(root), "--out", str(out), "--modes", "semi", "--group", "tune",
+                           "--seeds", "0", "1", "--long"]) == 0
+    md = (out / "benchmark.md").read_text()
+    assert "## semi, seed 0" in md and "## semi, seed 1" in md and "## semi, mean over seeds 0, 1" in md
+    mean_row = md.split("mean over seeds 0, 1")[1].splitlines()[4]
+    assert mean_row.startswith("| tune | 2 |") and "(" in mean_row  # mean (lowest-highest seed)
+    for seed in (0, 1):
+        per = json.loads((out / "semi" / f"seed{seed}" / "cows_semi.json").read_text())
+        assert per["frames"] == 6
+    assert davis_dev.main(["--root", str(root), "--out", str(out), "--option", "seed=3", "--long"]) == 1
