@@ -532,11 +532,13 @@ def test_the_edge_cut_puts_a_blurred_mask_back_on_the_frame_edges():
     frame = np.clip(frame, 0, 255).astype(np.uint8)
     coarse = ndi.gaussian_filter(np.roll(truth, 3, axis=1).astype(np.float32), 4.0)  # no arm left above 0.5
     prob = np.clip(0.05 + 0.9 * coarse / coarse.max(), 0, 1)[None]
-    cut = cut_to_edges(prob, frame, strength=15.0, reach=35.0)  # the arm reaches 40 px beyond the disc
-    assert cut.shape == prob.shape
-    before, after = iou(prob[0] > 0.5, truth), iou(cut[0] > 0.5, truth)
-    assert after > before + 0.05 and after > 0.95
-    assert (cut[0] > 0.5)[60, 100:130].mean() > 0.9  # the arm is back
+    before = iou(prob[0] > 0.5, truth)
+    for connectivity in (1, 2):  # the default 4-neighbourhood and the 2D session's 8-neighbourhood
+        cut = cut_to_edges(prob, frame, strength=15.0, reach=35.0, connectivity=connectivity)  # the arm: 40 px out
+        assert cut.shape == prob.shape
+        after = iou(cut[0] > 0.5, truth)
+        assert after > before + 0.05 and after > 0.95
+        assert (cut[0] > 0.5)[60, 100:130].mean() > 0.9  # the arm is back
 
 
 def test_the_fast_config_turns_the_edge_cut_off_for_a_segmenter():
@@ -557,6 +559,8 @@ def test_the_fast_config_turns_the_edge_cut_off_for_a_segmenter():
             assert iou(masks[name] > 0, labels[3] > 0) > 0.8
     with pytest.raises(InputError, match="edge_step"):
         VideoConfig(edge_step=0)
+    with pytest.raises(InputError, match="edge_connectivity must be 1 or 2"):
+        VideoConfig(edge_connectivity=3)
 
 
 @pytest.mark.parametrize("threads", [0, 1, 2])

@@ -36,6 +36,8 @@ class VideoConfig:
                                        # cut at full resolution (volseg.boundary; 0: the guided filter alone)
     edge_reach: float = 20.0           # ... within this many frame pixels of the mask's boundary
     edge_step: int = 1                 # ... on the frame shrunk this many times (1: full resolution)
+    edge_connectivity: int = 1         # ... its graph's pairs: 1 the 4-neighbourhood, 2 the 8-neighbourhood (the 2D
+                                       # session's; in video it costs speed for no gain: benchmarks/README.md)
     smoothing_scales: tuple = (0.0, 1.0, 2.0, 4.0, 8.0)  # filter bank on the working grid
     gradient_scales: tuple = (1.0, 3.0)
     hessian_scales: tuple = (2.0,)
@@ -94,6 +96,7 @@ class VideoConfig:
             (self.label_threads >= 0, "label_threads must be 0 or more"),
             (self.edge_strength >= 0 and self.edge_reach > 0 and self.edge_step >= 1,
              "edge_strength must be 0 or more, edge_reach positive, edge_step 1 or more"),
+            (self.edge_connectivity in (1, 2), "edge_connectivity must be 1 or 2"),
             (self.learned_long_side >= 0, "learned_long_side must be 0 or more"),
             (0 <= self.lost_fraction < 1, "lost_fraction must be in [0, 1)"),
             (0 < self.roi_level < 1, "roi_level must be in (0, 1)"),

@@ -217,7 +217,7 @@ class VideoSegmenter:
         up = upsample(self.probability(t), frame, radius=radius, eps=self.config.refine_eps)
         if self.config.edge_strength > 0:
             up = cut_to_edges(up, frame, strength=self.config.edge_strength, reach=self.config.edge_reach,
-                              step=self.config.edge_step)
+                              step=self.config.edge_step, connectivity=self.config.edge_connectivity)
         return to_labels(up, self.objects)
 
     def label_maps(self, frames: Sequence[int], *, propagate: Sequence[int] = ()) -> Iterator[tuple[int, np.ndarray]]:

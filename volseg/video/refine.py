@@ -74,11 +74,12 @@ def upsample(prob: np.ndarray, frame: np.ndarray, *, radius: int = 8, eps: float
 
 
 def cut_to_edges(prob: np.ndarray, frame: np.ndarray, *, strength: float, band: float = 1.5, reach: float = 20.0,
-                 appearance_weight: float = 0.5, step: int = 1, colour_stride: int = 4) -> np.ndarray:
+                 appearance_weight: float = 0.5, step: int = 1, colour_stride: int = 4,
+                 connectivity: int = 1) -> np.ndarray:
     """(K, H, W) full-resolution probabilities, each object's moved onto the frame's edges by a minimum cut
     (the probability's probit is the cut's latent); returns a copy with the cut's foreground above 0.5 and
     its background below.  ``reach`` in pixels of the frame; ``step`` > 1 cuts on the frame shrunk that
-    many times.
+    many times; ``connectivity`` 1: the 4-neighbourhood's pairs, 2: the 8-neighbourhood's.
 
     A video's probabilities are soft nearly everywhere, so the band is also limited to ``reach`` of the
     0.5 level, and every per-pixel step runs on that ring alone: its colours in Lab, the edge weights of
@@ -108,7 +109,7 @@ def cut_to_edges(prob: np.ndarray, frame: np.ndarray, *, strength: float, band: 
         known = cv2.dilate(free.astype(np.uint8), np.ones((3, 3), np.uint8)) > 0
         channels = np.zeros(known.shape + (3,), np.float32)
         channels[known] = boundary.contrast_channels(image[box][known][None])[0]
-        weights = boundary.sparse_edge_weights(channels, known, (1.0, 1.0), connectivity=2)
+        weights = boundary.sparse_edge_weights(channels, known, (1.0, 1.0), connectivity=connectivity)
         appearance = None
         if appearance_weight > 0:  # refitted to this frame's mask, as the 2D session refits it to its GP's
             sample = (slice(None, None, colour_stride),) * 2
