@@ -30,8 +30,9 @@ _LINEAR_UINT8 = _linear_rgb(np.arange(256, dtype=np.float32) / 255.0)
 
 def rgb_to_lab(array: np.ndarray) -> np.ndarray:
     """CIE Lab (L in 0..100), float32, of RGB in 0..255 or 0..1: scikit-image's ``rgb2lab`` on the float32
-    image, value for value (tested on every uint8 colour), at half its cost.  Stored channel-first
-    behind the (..., 3) view, so a consumer reads each channel as one contiguous plane."""
+    image, value for value (tested), with a table lookup in place of its per-pixel power for uint8 input and
+    no boolean scatters.  Stored channel-first behind the (..., 3) view, so a consumer reads each channel
+    as one contiguous plane."""
     if array.dtype == np.uint8 and array.max(initial=0) > 1:
         linear = _LINEAR_UINT8[array]
     else:
