@@ -72,17 +72,14 @@ def seed_table(per_seed: list[list[dict]], mode: str, rounds=(1, 3, 8)) -> list[
     head = ["group", "sequences"] + ["J&F" if k is None else f"J&F@{k}" for k in keys]
     rows = []
     for group, names in GROUPS.items():
-        values = []
-        for results in per_seed:
-            rs = [r for r in results if r["sequence"] in names]
-            values.append([50 * sum(davis_overall(rs, k)) for k in keys] if rs else None)
-        if any(v is None for v in values):
+        count = sum(r["sequence"] in names for r in per_seed[0])  # every seed ran the same sequences
+        if not count:
             continue
         cells = []
-        for i in range(len(keys)):
-            v = [x[i] for x in values]
+        for k in keys:
+            v = [50 * sum(davis_overall([r for r in results if r["sequence"] in names], k)) for results in per_seed]
             cells.append(f"{sum(v) / len(v):.1f} ({min(v):.1f}-{max(v):.1f})")
-        rows.append([group, str(sum(r["sequence"] in names for r in per_seed[0]))] + cells)
+        rows.append([group, str(count)] + cells)
     return markdown_table(head, rows).split("\n")
 
 
