@@ -1,4 +1,5 @@
-"""The GMRF on supervoxels (volseg.gp.gmrf), alone and as the Session's latent, on generated volumes."""
+"""The GMRF on supervoxels (volseg.gp.gmrf), alone and summed with the GP as the Session's latent, on generated
+volumes."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +10,7 @@ from scipy import ndimage as ndi
 from volseg import Session
 from volseg.config import GPConfig
 from volseg.errors import InputError
-from volseg.gp.gmrf import GMRF, GMRFPosterior, SupervoxelGraph, image_noise
+from volseg.gp.gmrf import GMRF, SupervoxelGraph, image_noise
 from volseg.gp.reach import block_boxes, moved_weights
 from volseg.metrics import dice
 
@@ -26,10 +27,18 @@ def _volume(obj, seed=0, contrast=250.0, sigma=30.0):
     return (40.0 + contrast * obj + np.random.default_rng(seed).normal(0.0, sigma, obj.shape)).astype(np.float32)
 
 
-def _posterior(vol, spacing=SPACING, n_nodes=1500):
+def _field(vol, spacing=SPACING, n_nodes=1500):
     graph = SupervoxelGraph(vol[..., None], spacing, n_nodes=n_nodes,
                             range_mm=0.5 * float(np.linalg.norm(np.asarray(vol.shape) * spacing)), contrast=4.0)
-    return graph, GMRFPosterior(GMRF(graph), noise=0.1)
+    return graph, GMRF(graph)
+
+
+def _conditioned(field, nodes, y, m0=-0.5, noise=0.1):
+    """The field alone conditioned on clicks at ``nodes`` with labels ``y``: its posterior mean per node (the
+    tests' instrument for what the field carries; the Session sums it with the GP)."""
+    nodes = np.asarray(nodes, np.int64)
+    C = np.stack([field.column(int(v)) for v in nodes], 1)
+    return m0 + C @ np.linalg.solve(C[nodes] + noise * np.eye(len(nodes)), np.asarray(y, np.float64) - m0)
 
 
 def _centre(shape=SHAPE):
@@ -38,9 +47,8 @@ def _centre(shape=SHAPE):
 
 def test_a_click_fills_a_bright_ellipsoid():
     obj = _ellipsoid()
-    graph, post = _posterior(_volume(obj))
-    post.fit(np.array([graph.labels[_centre()]]), np.array([[1.0]]), -0.5)
-    latent = post.mean()[:, 0][graph.labels]
+    graph, field = _field(_volume(obj))
+    latent = _conditioned(field, [graph.labels[_centre()]], [1.0])[graph.labels]
     assert dice(obj, latent > 0) > 0.9
     assert np.median(latent[obj]) > 0.3 and np.median(latent[~obj]) < -0.3
 
@@ -50,9 +58,8 @@ def test_flat_padding_does_not_cut_every_edge():
     obj = _ellipsoid(radii=(8.0, 6.0, 7.0))
     head = _ellipsoid(radii=(14.0, 11.0, 12.0))
     vol = np.where(head, _volume(obj), 0.0).astype(np.float32)
-    graph, post = _posterior(vol)
-    post.fit(np.array([graph.labels[_centre()]]), np.array([[1.0]]), -0.5)
-    assert dice(obj, post.mean()[:, 0][graph.labels] > 0) > 0.9
+    graph, field = _field(vol)
+    assert dice(obj, _conditioned(field, [graph.labels[_centre()]], [1.0])[graph.labels] > 0) > 0.9
 
 
 def test_white_noise_in_flat_tissue_is_not_read_as_edges():
@@ -62,8 +69,7 @@ def test_white_noise_in_flat_tissue_is_not_read_as_edges():
     vol = _volume(obj)
     graph = SupervoxelGraph(vol[..., None], SPACING, n_nodes=4000, range_mm=30.0,
                             contrast=GPConfig().gmrf_contrast)
-    post = GMRFPosterior(GMRF(graph), noise=0.1).fit(np.array([graph.labels[_centre()]]), np.array([[1.0]]), -0.5)
-    latent = post.mean()[:, 0][graph.labels]
+    latent = _conditioned(GMRF(graph), [graph.labels[_centre()]], [1.0])[graph.labels]
     assert dice(obj, latent > 0) > 0.95
     assert np.median(latent[obj]) > 0.8  # the click's label carries across the object (0.55 without the floor)
 
@@ -137,29 +143,6 @@ def test_the_demo_lesion_in_smoothed_noise_fills_from_the_demo_clicks():
     assert dice(lesion, s.mask() == 1) > 0.85
 
 
-def test_variance_is_positive_and_smallest_at_the_clicks():
-    obj = _ellipsoid()
-    graph, post = _posterior(_volume(obj))
-    prior = post.variance()
-    click = graph.labels[_centre()]
-    post.fit(np.array([click]), np.array([[1.0]]), -0.5)
-    var = post.variance()
-    assert (var > 0).all() and (prior > 0).all()
-    assert var[click] < 0.2 * np.median(prior)
-    assert var[click] < np.median(var[graph.labels[~obj]])
-
-
-def test_conflicting_clicks_on_one_node_lower_the_noise_until_both_keep_their_labels():
-    obj = _ellipsoid()
-    graph, post = _posterior(_volume(obj))
-    a, b = graph.labels[_centre()], graph.labels[(_centre()[0] + 3,) + _centre()[1:]]
-    post.fit(np.array([a, b]), np.array([[1.0], [-1.0]]), -0.5)
-    mean = post.mean()[:, 0]
-    if a != b:
-        assert mean[a] > 0 > mean[b]
-    assert (post.point_noise <= 0.1).all()
-
-
 def test_a_second_negative_click_cuts_a_leak():
     """Two same-intensity blobs joined by a bright bridge: the positive click floods both; a negative
     click in the second takes it out again."""
@@ -168,12 +151,10 @@ def test_a_second_negative_click_cuts_a_leak():
     right = _ellipsoid(shape, spacing, (8.0, 8.0, 8.0), (36.0, 15.0, 12.0))
     bridge = np.zeros(shape, bool)
     bridge[12:36, 11:19, 8:16] = True
-    graph, post = _posterior(_volume(left | right | bridge, seed=1), spacing)
+    graph, field = _field(_volume(left | right | bridge, seed=1), spacing)
     pos, neg = graph.labels[12, 15, 12], graph.labels[36, 15, 12]
-    post.fit(np.array([pos]), np.array([[1.0]]), -0.5)
-    flooded = post.mean()[:, 0][graph.labels] > 0
-    post.fit(np.array([pos, neg]), np.array([[1.0], [-1.0]]), -0.5)
-    cut = post.mean()[:, 0][graph.labels] > 0
+    flooded = _conditioned(field, [pos], [1.0])[graph.labels] > 0
+    cut = _conditioned(field, [pos, neg], [1.0, -1.0])[graph.labels] > 0
     assert flooded[right].mean() > 0.5
     assert cut[right].mean() < 0.1 and cut[left].mean() > 0.9
 
@@ -183,29 +164,27 @@ def test_works_on_a_2d_image():
     obj[15:45, 20:40] = True
     img = _volume(obj)
     graph = SupervoxelGraph(img, (1.0, 1.0), n_nodes=300, range_mm=40.0, contrast=4.0, channel_axis=None)
-    post = GMRFPosterior(GMRF(graph), noise=0.1).fit(np.array([graph.labels[30, 30]]), np.array([[1.0]]), -0.5)
-    assert dice(obj, post.mean()[:, 0][graph.labels] > 0) > 0.9
+    assert dice(obj, _conditioned(GMRF(graph), [graph.labels[30, 30]], [1.0])[graph.labels] > 0) > 0.9
 
 
-@pytest.mark.parametrize("latent, share, fills", [("gmrf", 1.0, 0.85), ("gp+gmrf", 1.0, 0.85), ("sum", 2.0, 0.8)])
-def test_session_with_a_gmrf_latent_keeps_clicks_and_undoes(latent, share, fills):
+def test_session_with_the_sum_latent_keeps_clicks_and_undoes():
     obj = _ellipsoid()
-    s = Session(config={"latent": latent, "gmrf_nodes": 1500, "gmrf_share": share}).set_image(_volume(obj))
+    s = Session(config={"latent": "sum", "gmrf_nodes": 1500, "gmrf_share": 2.0}).set_image(_volume(obj))
     s.add_click(_centre(), positive=True)
     s.add_click((0, 0, 0), positive=False)
     s.add_click((_centre()[0] + 2,) + _centre()[1:], positive=False)  # a conflicting click inside the object
     mask = s.mask()
     assert mask[_centre()] == 1 and mask[0, 0, 0] == 0 and mask[(_centre()[0] + 2,) + _centre()[1:]] == 0
     s.undo()
-    assert dice(obj, s.mask() == 1) > fills
+    assert dice(obj, s.mask() == 1) > 0.8
     unc = s.uncertainty()
     assert unc.shape == SHAPE and (unc > 0).all()
     assert 0.0 <= s.probability().min() and s.probability().max() <= 1.0
 
 
 def test_correlation_evens_out_the_prior_variance():
-    graph, post = _posterior(_volume(_ellipsoid()))
-    prior, node = post.prior, int(graph.labels[_centre()])
+    graph, prior = _field(_volume(_ellipsoid()))
+    node = int(graph.labels[_centre()])
     rho = prior.correlation(node)
     assert rho[node] == pytest.approx(1.0, rel=0.3)  # the prior variance is an estimate from samples
     other = int(graph.labels[2, 3, 4])
@@ -220,8 +199,7 @@ def test_correlation_evens_out_the_prior_variance():
 def test_appearance_multiplies_the_correlation_by_an_rbf_on_node_means():
     """GPConfig.gmrf_appearance: the sum's GMRF correlation times an RBF on the supervoxels' mean intensities,
     1 at the node itself, smaller for look-unalike nodes, and still a kernel (its Gram matrix is PSD)."""
-    graph, post = _posterior(_volume(_ellipsoid()))
-    plain = post.prior
+    graph, plain = _field(_volume(_ellipsoid()))
     gated = GMRF(graph, appearance=16.0)
     inside, outside = int(graph.labels[_centre()]), int(graph.labels[2, 3, 4])
     sim = graph.similarity(inside, 16.0)
@@ -248,11 +226,12 @@ def test_sum_latent_is_the_gp_on_the_summed_kernel(anchor):
         s.add_click(c, positive=positive)
     X = np.array([c for c, _ in clicks])
     y = torch.tensor([[1.0 if p else -1.0] for _, p in clicks], dtype=torch.float64)
-    labels = s.field.graph.labels
+    field = s.field_share.field
+    labels = field.graph.labels
     nodes = labels[tuple(X.T)]
-    a = np.sqrt(0.7 + (anchor - 0.7) * np.clip(s.field.correlation(int(nodes[0])), 0, 1)) if anchor else \
-        np.full(s.field.n, 0.7 ** 0.5)
-    rho = np.stack([s.field.correlation(int(v)) * a * a[v] for v in nodes], 1)
+    a = np.sqrt(0.7 + (anchor - 0.7) * np.clip(field.correlation(int(nodes[0])), 0, 1)) if anchor else \
+        np.full(field.n, 0.7 ** 0.5)
+    rho = np.stack([field.correlation(int(v)) * a * a[v] for v in nodes], 1)
     Z = s.inputs.at(X).double()
     A = s.kernel(Z, Z) + torch.from_numpy(0.5 * (rho[nodes] + rho[nodes].T)) + torch.diag(s.posterior.point_noise())
     alpha = torch.linalg.solve(A, y + 0.5)
@@ -369,7 +348,9 @@ def test_the_latent_setting_is_checked_and_resolved_by_dimension():
     with pytest.raises(InputError, match="latent"):
         GPConfig(latent="random-walker")
     assert GPConfig().latent_for(2) == "gp"
-    assert GPConfig(latent="gmrf").latent_for(2) == "gmrf"
+    with pytest.raises(InputError, match="gp, sum or null"):
+        GPConfig(latent="gmrf")  # the GMRF alone lost to the sum (benchmarks/README.md) and was taken out
+    assert GPConfig(latent="sum").latent_for(2) == "sum"
     # volumes take the sum, but a whole CT whose features come on demand keeps the GP unless asked
     cfg = GPConfig()
     assert cfg.latent_for(3, 10 ** 6) == "sum" and cfg.latent_for(3, cfg.on_demand_features_above + 1) == "gp"

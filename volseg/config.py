@@ -25,11 +25,11 @@ BY_DIMENSION = {
     "latent": ("gp", "sum"),
 }
 
-# what carries a click's label over the image (GPConfig.latent): the GP alone, a Gaussian Markov random
-# field on supervoxels alone (volseg.gp.gmrf), the GMRF's posterior mean as the GP's prior mean, or the
-# two as one latent, their sum (its kernel the sum of theirs): the GMRF carries a label across its
-# supervoxels, the GP corrects inside them
-LATENTS = ("gp", "gmrf", "gp+gmrf", "sum")
+# what carries a click's label over the image (GPConfig.latent): the GP alone, or the GP and a Gaussian Markov
+# random field on supervoxels (volseg.gp.gmrf) as one latent, their sum (its kernel the sum of theirs): the
+# GMRF carries a label across its supervoxels, the GP corrects inside them.  (The GMRF alone and the GMRF's
+# posterior mean as the GP's prior mean lost to the sum on the dev volumes: benchmarks/README.md)
+LATENTS = ("gp", "sum")
 
 
 def by_dimension(name: str, ndim: int):
@@ -68,8 +68,8 @@ class GPConfig:
     seed_similarity: float = 0.6          # ... whose feature kernel to the click is at least this
     seed_spacing: float = 0.5             # ... spaced at least this many spatial lengthscales apart
     seed_noise: float = 0.5               # ... as weak labels with this much extra noise (clicks override them)
-    latent: str | None = None             # gp | gmrf | gp+gmrf | sum (LATENTS); None: BY_DIMENSION
-    gmrf_nodes: int = 15000               # gmrf: about this many supervoxels (the sparse factor grows with them)
+    latent: str | None = None             # gp | sum (LATENTS); None: BY_DIMENSION
+    gmrf_nodes: int = 15000               # sum: about this many supervoxels (the sparse factor grows with them)
     gmrf_range: float = 0.5               # ... prior range, as a fraction of the image diagonal, where no edge stops it
     gmrf_contrast: float = 0.1            # ... an edge between supervoxels whose intensity step is this many times the
                                           # typical one (squared) conducts e^-1 of a step inside tissue

@@ -29,22 +29,18 @@ from .features import FilterBank, get_extractor
 from .features.base import learned_settings
 from .features.tiles import TiledFeatures
 from .gp.evaluate import Box, evaluate_boxes, slabs
-from .gp.gmrf import GMRF, GMRFPosterior, SupervoxelGraph
+from .gp.field_share import FieldShare
+from .gp.gmrf import GMRF, SupervoxelGraph
 from .gp.inputs import InputMap
 from .gp.kernels import make_kernel
 from .gp.likelihood import probit
-from .gp.linalg import LABEL_MARGIN
 from .gp.posterior import ExactPosterior
-from .gp.reach import ball_boxes, block_boxes, box_size, influence_radii, merge_boxes, moved_weights
+from .gp.reach import ball_boxes, box_size, influence_radii, merge_boxes, moved_weights
 from .gp.sampling import PathwiseSampler
 from .image import Image
 from .io import read_image, write_mask
 from .mask import MaskStage, label_dtype, threshold
 from .seeds import homogeneous_points
-
-# the side in voxels of the blocks in which a supervoxel field's change is brought onto the maps: small
-# enough to follow the supervoxels, large enough that the boxes stay few
-FIELD_BLOCK = 16
 
 # the smallest image segmented: MIN_SIDE locations along at least two axes (a volume of one slice is
 # a 2D image; a line of pixels or a single one is not an image to segment)
@@ -145,7 +141,7 @@ class Session:
                               else torch.as_tensor(np.asarray(head, dtype=np.float32), device=self.device))
         d_f = int(feats.shape[-1])
         cfg = self.config
-        # a prior mask is a prior mean the GP refines; the GMRF's prior mean is the background's
+        # a prior mask is a prior mean the GP refines; the sum's prior mean is the background's
         self.latent = "gp" if prior is not None else cfg.latent_for(img.ndim, int(np.prod(img.shape)))
         self.kernel = make_kernel(cfg.kernel_for(img.ndim), cfg.outputscale, spatial_dims=img.ndim,
                                   ratio=cfg.short_ratio, share=cfg.short_share_for(self.latent))
@@ -162,14 +158,16 @@ class Session:
                                spatial_lengthscale=self.spatial_lengthscale,
                                ensure=self.feature_tiles.ensure if lazy else None)
         self._set_prior(prior)
-        self.field = None
-        if self.latent != "gp":  # the supervoxel graph and its factor, once per image
+        self.field_share = None
+        if self.latent == "sum":  # the supervoxel graph and its factor, once per image
             graph = SupervoxelGraph(img.array, img.spacing, n_nodes=cfg.gmrf_nodes, range_mm=cfg.gmrf_range * extent,
                                     contrast=cfg.gmrf_contrast)
-            # the sum's correlation is normalised by sampled prior variances: taken with the factor, so the
-            # first click does not wait for them
-            self.field = GMRF(graph, cfg.outputscale, correlation=self.latent == "sum",
-                              appearance=cfg.gmrf_appearance if self.latent == "sum" else 0.0)
+            # the correlation is normalised by sampled prior variances: taken with the factor, so the first
+            # click does not wait for them
+            field = GMRF(graph, cfg.outputscale, correlation=True, appearance=cfg.gmrf_appearance)
+            self.field_share = FieldShare(field, share=cfg.gmrf_share * cfg.outputscale,
+                                          anchor_share=cfg.gmrf_anchor_share * cfg.outputscale,
+                                          background=cfg.background_mean)
         self._masks = MaskStage(img, self.config)
         self.reset()
         return self
@@ -241,11 +239,8 @@ class Session:
         if self._prior_labels is None:
             if self._learned_mean is not None:
                 return self._learned_mean[box].reshape(n, 1).expand(n, len(objects)).clone()
-            if self._field_nodes is not None:  # gp+gmrf: the GMRF's posterior mean; sum: its share of the mean
-                bg = np.full(self.field.n, self.config.background_mean, np.float32)
-                return self._on_voxels(np.stack([self._field_nodes[:, self._field_objects.index(o)]
-                                                 if o in self._field_objects else bg for o in objects], 1),
-                                       box).reshape(len(objects), n).T
+            if self.field_share is not None and self.field_share.shown is not None:  # the field's share of the mean
+                return self.field_share.prior_mean(objects, box, self.device)
             return torch.full((1, len(objects)), self.config.background_mean, device=self.device)  # broadcast
         lab = self._prior_labels[box].reshape(n, 1)
         ids = torch.as_tensor(objects, device=self.device)[None, :]
@@ -286,10 +281,8 @@ class Session:
         self.posterior = ExactPosterior(self.kernel, self.config.noise, self.device,
                                         per_point=self.config.noise_per_point_for(self.image.ndim))
         self._objects_fitted = list(self.objects)
-        self._field_post = GMRFPosterior(self.field, self.config.noise) if self.field is not None else None
-        # the field's values per node, (nodes, K) float32, as the maps hold them (None: the background mean)
-        self._field_nodes, self._field_objects, self._field_var = None, [], None
-        self._sum_columns = np.zeros((self.field.n, 0)) if self.field is not None else None
+        if self.field_share is not None:
+            self.field_share.reset()
         self._evaluate_all()
 
     @staticmethod
@@ -352,9 +345,6 @@ class Session:
         train = self._training_set(clicks)
         points = self._points_for(train)
         voxels = np.array([p.voxel for p in points], dtype=np.int64).reshape(len(points), -1)
-        if self.latent in ("gmrf", "gp+gmrf"):
-            self._apply_field(clicks, train, points, voxels, objects)
-            return
         old = self._points
         if not old and self.posterior.n == 0 and objects != self._objects_fitted:
             # the first click of a session adds its object: the maps become the prior of the new object
@@ -396,38 +386,6 @@ class Session:
         self._evaluate_boxes(boxes)
         self.last_region = boxes
 
-    def _apply_field(self, clicks: list[Click], train: list[Click], points: list[TrainingPoint], voxels: np.ndarray,
-                     objects: list[int]) -> None:
-        """The GMRF conditioned on the clicks (:mod:`volseg.gp.gmrf`); the latent is its posterior mean
-        (``gmrf``), or the GP's whose prior mean that is (``gp+gmrf``: the GP corrects within supervoxels).
-        Either way the whole map moves, so it is re-evaluated whole."""
-        fit_objects = objects or [0]
-        targets = self._targets(points, fit_objects)
-        post = self._field_post.fit(self._nodes_at(voxels), targets.numpy(), self.config.background_mean)
-        self._commit(clicks, train, points, objects)
-        self._field_var = None
-        if self.latent == "gmrf":
-            mean = self._on_voxels(post.mean())
-            t0 = time.perf_counter()
-            for c in train:  # a click shares its supervoxel's value: where clicks disagree there, each keeps its own
-                v = c.voxel()
-                if c.positive:
-                    k = fit_objects.index(c.object)
-                    mean[(k,) + v] = max(float(mean[(k,) + v]), LABEL_MARGIN)
-                    for j in range(len(fit_objects)):
-                        if j != k:
-                            mean[(j,) + v] = min(float(mean[(j,) + v]), float(mean[(k,) + v]) - LABEL_MARGIN)
-                else:
-                    mean[(slice(None),) + v] = mean[(slice(None),) + v].clamp(max=-LABEL_MARGIN)
-            self._mean = mean
-            self.last_region = tuple(slice(0, n) for n in self.image.shape)
-            self.last_update = {"locations": int(np.prod(self.image.shape)), "seconds": time.perf_counter() - t0}
-            self._masks.invalidate(None)
-            return
-        self._field_nodes, self._field_objects = post.mean().astype(np.float32), list(fit_objects)
-        self._refit(points, voxels, fit_objects, targets)
-        self._evaluate_all()
-
     def _apply_sum(self, clicks: list[Click], train: list[Click], points: list[TrainingPoint], voxels: np.ndarray,
                    objects: list[int]) -> None:
         """The latent is the sum of the GP and the GMRF, one GP on the sum of their kernels: the GP's
@@ -436,45 +394,22 @@ class Session:
         evaluated is the GP share's (its prior variance less what the clicks explain of it).  Every click
         refits every weight, but the maps move only where either share does (:meth:`_update_sum`)."""
         fit_objects = objects or [0]
-        nodes = self._nodes_at(voxels)
-        correlations = [self.field.correlation(int(v)) for v in nodes]
-        amplitude = self._field_amplitude(points, correlations)
-        columns = np.stack([rho * amplitude * amplitude[v] for rho, v in zip(correlations, nodes)], 1) \
-            if len(nodes) else np.zeros((self.field.n, 0))
-        at_clicks = columns[nodes]
+        anchors, seen = [], set()  # each object's first positive point: where an anchored share is centred
+        for i, p in enumerate(points):
+            if p.positive and p.object not in seen:
+                seen.add(p.object)
+                anchors.append(i)
+        gram = torch.from_numpy(self.field_share.gram(voxels, anchors))
         local = objects == self._objects_fitted
         before = self._weights() if local else None  # A^-1 and the weights, for what the refit moves
         # the clicks' targets are taken against the background mean, the sum's prior mean
         background = torch.full((len(points), len(fit_objects)), self.config.background_mean, dtype=torch.float64)
-        self._refit(points, voxels, fit_objects, self._targets(points, fit_objects),
-                    torch.from_numpy(0.5 * (at_clicks + at_clicks.T)), prior=background)
+        self._refit(points, voxels, fit_objects, self._targets(points, fit_objects), gram, prior=background)
         self._commit(clicks, train, points, objects)
-        self._sum_columns = columns
         if not local or not self.posterior.n:
             self._evaluate_all()
             return
         self._update_sum(before)
-
-    def _field_amplitude(self, points: list[TrainingPoint], correlations: list[np.ndarray]) -> np.ndarray:
-        """The GMRF share's prior standard deviation on every node, (nodes,): ``sqrt(gmrf_share)``, or with
-        ``gmrf_anchor_share`` blended towards ``sqrt(gmrf_anchor_share)`` by each node's correlation with its
-        object's first positive click (the largest over objects).  A kernel times ``a(x) a(y)`` is still a
-        kernel: the region the first click's field reaches carries its label with a larger share (the click
-        fills its object), while a later click outside that region keeps the smaller one."""
-        cfg = self.config
-        low = cfg.gmrf_share * cfg.outputscale
-        if cfg.gmrf_anchor_share <= 0:
-            return np.full(self.field.n, low ** 0.5)
-        near, anchored = np.zeros(self.field.n), set()
-        for point, rho in zip(points, correlations):  # each point's correlation with every node
-            if point.positive and point.object not in anchored:
-                anchored.add(point.object)
-                near = np.maximum(near, np.clip(rho, 0.0, 1.0))
-        return np.sqrt(low + (cfg.gmrf_anchor_share * cfg.outputscale - low) * near)
-
-    def _sum_field(self) -> np.ndarray:
-        """The GMRF's share of the sum's mean on the nodes, plus the background: (nodes, K) float64."""
-        return self.config.background_mean + self._sum_columns @ self.posterior.alpha.numpy()
 
     def _weights(self) -> tuple[list, np.ndarray, np.ndarray]:
         """The posterior's training points (their voxels), weights alpha (N, K) and ``A^-1`` (N, N)."""
@@ -489,47 +424,26 @@ class Session:
         never adds up over clicks).  The GP share moves by ``sum_i d alpha_i k(x, x_i)`` and its variance
         by ``A^-1``'s change (:func:`volseg.gp.reach.moved_weights`): within each point's ball it is
         re-evaluated, on the new field."""
-        img, tol = self.image, 0.5 * self.config.tolerance
-        field = self._sum_field()
-        shown = np.full_like(field, self.config.background_mean) if self._field_nodes is None \
-            else self._field_nodes.astype(np.float64)
-        delta = field - shown
-        moved = np.abs(delta).max(1) > tol
-        lo, hi = self.field.graph.bounds
-        field_boxes = block_boxes(lo[moved], hi[moved], img.shape, FIELD_BLOCK)
-        self._add_field(np.where(moved[:, None], delta, 0.0), field_boxes)
-        shown[moved] = field[moved]
-        self._field_nodes, self._field_objects = shown.astype(np.float32), list(self.objects or [0])
+        img, tol, share = self.image, 0.5 * self.config.tolerance, self.field_share
+        delta, moved = share.catch_up(self.posterior.alpha.numpy(), list(self.objects or [0]), tol)
+        field_boxes = share.blocks(moved, img.shape)
+        self._add_field(delta, field_boxes)
         keys, mean_weights, var_weights = moved_weights(*before, *self._weights())
         radii = influence_radii(self.kernel, mean_weights, var_weights, tol)
         centres = np.asarray(keys, np.float64).reshape(-1, img.ndim)
         gp_boxes = ball_boxes(centres, radii[:, None] / self.inputs.pos_scale[None, :], img.shape)
         # the mask is redone once over both regions (they overlap much), on the grid of the field's boxes
-        region = block_boxes(np.concatenate([lo[moved], [[b.start for b in box] for box in gp_boxes]]),
-                             np.concatenate([hi[moved], [[b.stop for b in box] for box in gp_boxes]]),
-                             img.shape, FIELD_BLOCK) if gp_boxes else field_boxes
+        region = share.blocks(moved, img.shape, (np.array([[b.start for b in box] for box in gp_boxes]),
+                                                 np.array([[b.stop for b in box] for box in gp_boxes]))) \
+            if gp_boxes else field_boxes
         self._evaluate_boxes(gp_boxes, region)
         self.last_region = region
         self.last_update["field_locations"] = sum(box_size(b) for b in field_boxes)
 
     def _add_field(self, node_values: np.ndarray, boxes: list[Box]) -> None:
-        """Add a supervoxel field's (nodes, K) values to the mean map over the boxes."""
+        """Add the supervoxel field's (nodes, K) values to the mean map over the boxes."""
         for box in boxes:
-            self._mean[(slice(None),) + box] += self._on_voxels(node_values, box)
-
-    def _nodes_at(self, voxels: np.ndarray) -> np.ndarray:
-        """The supervoxel of each voxel, (N,)."""
-        return self.field.graph.labels[tuple(voxels.T)] if len(voxels) else np.zeros(0, np.int64)
-
-    def _on_voxels(self, node_values: np.ndarray, box: Box | None = None) -> torch.Tensor:
-        """(nodes, K) values of the supervoxel field at the voxels of ``box`` (default: all), as a
-        (K, *box) float32 map on the session's device."""
-        labels = self.field.graph.labels if box is None else self.field.graph.labels[box]
-        # one object at a time, straight into the box's shape: a flattened copy of a strided box and one
-        # (n, K) gather took twice as long
-        values = np.asarray(node_values, dtype=np.float32)
-        per_object = np.stack([np.take(values[:, k], labels) for k in range(values.shape[1])])
-        return torch.from_numpy(per_object).to(self.device)
+            self._mean[(slice(None),) + box] += self.field_share.on_voxels(node_values, box, self.device)
 
     def _refit(self, points: list[TrainingPoint], voxels: np.ndarray, fit_objects: list[int],
                targets: torch.Tensor, gram: torch.Tensor | None = None, prior: torch.Tensor | None = None) -> None:
@@ -559,9 +473,8 @@ class Session:
         box = tuple(slice(0, n) for n in img.shape)
         self.last_region = box
         self._masks.invalidate(None)
-        if self.latent == "sum":  # the GMRF's share, exactly, on every node
-            self._field_nodes = self._sum_field().astype(np.float32) if self.posterior.n else None
-            self._field_objects = list(self.objects or [0])
+        if self.field_share is not None:  # the field's share, exactly, on every node
+            self.field_share.show(self.posterior.alpha.numpy(), list(self.objects or [0]))
         if self.posterior.n == 0:  # no clicks: the prior everywhere, and no kernel to evaluate
             self._mean.view(K, -1).copy_(self._prior_mean(box, self.objects or [0]).T.expand(K, -1))
             self._var.fill_(self.kernel.outputscale)
@@ -599,7 +512,7 @@ class Session:
         t0 = time.perf_counter()
         # the sum's prior mean is the GMRF's share, per voxel: evaluated on the background, one row for all
         # locations (a prior mean per location is gathered and copied chunk by chunk), then added after
-        field = self._field_nodes if self.latent == "sum" else None
+        field = None if self.field_share is None else self.field_share.shown
         prior = (lambda b: self._prior_mean(b, objects)) if field is None else \
             (lambda b: torch.full((1, len(objects)), self.config.background_mean, device=self.device))
         evaluate_boxes(self.posterior, self.inputs, prior, boxes, self._mean, None, max_bytes=self._max_bytes())
@@ -615,11 +528,6 @@ class Session:
 
     def _variance(self) -> torch.Tensor:
         """The posterior variance map, brought up to date over the regions clicks have changed."""
-        if self.latent == "gmrf":
-            if self._field_var is None:
-                var = self._field_post.variance().astype(np.float32)[self.field.graph.labels]
-                self._field_var = torch.from_numpy(var).to(self.device)
-            return self._field_var
         evaluate_boxes(self.posterior, self.inputs, None, self._stale_var, None, self._var, max_bytes=self._max_bytes())
         self._stale_var = []
         return self._var
@@ -676,8 +584,6 @@ class Session:
                 box: Box | None = None) -> np.ndarray:
         """Pathwise posterior samples of the latent f for ``object``: (n, *box shape), float32."""
         img = self._require_image()
-        if self.latent == "gmrf":
-            raise VolsegError("posterior samples are drawn from the GP; this session's latent is the GMRF's")
         if not self.posterior.n:
             raise ClickError("posterior samples need at least one click")
         box = box or tuple(slice(0, s) for s in img.shape)

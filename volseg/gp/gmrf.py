@@ -17,15 +17,9 @@ walker's) has a covariance that in 3D falls like 1/r from a spike at the node it
 label its own supervoxel and little else; the squared operator has a finite, smooth covariance.
 The covariance is scaled so the median prior variance is the outputscale, as the stationary kernels have it.
 
-The posterior given clicks is the GP's on that kernel: a click on node x brings the column
-``K^-1 V K^-1 e_x`` (two solves with the factor of K made once per image, cached per node), and with
-``A = K_XX + diag(s2)``, ``mean = m0 + Sigma E_X A^-1 (y - m0_X)``; the noise is lowered where a
-click would lose its label, as in :func:`volseg.gp.linalg.solve_keeping_labels`.  The variance is
-estimated from pathwise samples (``SAMPLES`` of them): exact prior samples ``K^-1 V^(1/2) e`` (e white),
-conditioned on noisy observations at the clicks.  It is an estimate (relative error about
-``sqrt(2 / SAMPLES)`` per node), positive, and near the noise at the clicks.
-
-Summed with the stationary GP (the Session's ``latent: sum``) the kernel is the correlation
+A click on node x brings the kernel's column ``K^-1 V K^-1 e_x`` (two solves with the factor of K made
+once per image, cached per node).  The field is used summed with the stationary GP, as one GP on the sum of
+the two kernels (the Session's ``latent: sum``; :mod:`volseg.gp.field_share`), where the kernel is the correlation
 ``k(a, b) / sqrt(k(a, a) k(b, b))``: the prior variance of the SPDE field varies by orders of magnitude
 from node to node, and a node whose variance dwarfs the GP's would take every click for itself.  It is
 multiplied by an RBF on the nodes' mean intensities (``GPConfig.gmrf_appearance``): the SPDE field correlates
@@ -45,9 +39,7 @@ from scipy.optimize import brentq
 from scipy.sparse.linalg import splu
 from skimage.segmentation import slic
 
-from .linalg import MIN_NOISE, cholesky_solve, solve_keeping_labels
-
-SAMPLES = 32            # pathwise samples for the variance estimate
+SAMPLES = 32            # prior samples for the covariance's scale (its median prior variance)
 PRIOR_SAMPLES = 256     # prior samples for each node's prior variance (relative error about sqrt(2 / this))
 SLIC_VOXELS = 4_000_000  # SLIC runs on a strided copy of larger images (its labels are then repeated back)
 SLIC_ITERATIONS = 5
@@ -166,7 +158,7 @@ class SupervoxelGraph:
 
 class GMRF:
     """The prior: K factorised once, the covariance scaled so the median prior variance is ``outputscale``;
-    the kernel columns of clicked nodes (cached), and exact prior samples for the variance estimate."""
+    the kernel columns of clicked nodes (cached), and their correlations."""
 
     def __init__(self, graph: SupervoxelGraph, outputscale: float = 1.0, seed: int = 0, *,
                  correlation: bool = False, appearance: float = 0.0) -> None:
@@ -179,7 +171,6 @@ class GMRF:
                         options={"SymmetricMode": True})
         samples = self._lu.solve(graph.white_noise(np.random.default_rng(seed), SAMPLES))
         self.scale = outputscale / float(np.median((samples * samples).mean(1)))  # of the covariance
-        self.samples = (samples * np.sqrt(self.scale)).astype(np.float32)
         self._seed = seed
         self._prior_variance: np.ndarray | None = None
         self._columns: dict[int, np.ndarray] = {}
@@ -221,41 +212,6 @@ class GMRF:
         sd = np.sqrt(self.prior_variance)
         out = self.column(node) / (sd[node] * sd)
         return out * self.graph.similarity(node, self.appearance) if self.appearance > 0 else out
-
-
-class GMRFPosterior:
-    """The GMRF conditioned on clicks: ``fit`` then ``mean`` (nodes, K) and ``variance`` (nodes,)."""
-
-    def __init__(self, prior: GMRF, noise: float = 0.1) -> None:
-        self.prior, self.noise = prior, float(noise)
-        self.fit(np.zeros(0, np.int64), np.zeros((0, 1)), 0.0)
-
-    def fit(self, nodes: np.ndarray, Y: np.ndarray, m0: float) -> "GMRFPosterior":
-        """Clicks on ``nodes`` (N,) with targets ``Y`` (N, K) +-1 under a constant prior mean ``m0``."""
-        nodes = np.asarray(nodes, np.int64)
-        self.nodes, self.m0, K = nodes, float(m0), Y.shape[1]
-        self.C = np.stack([self.prior.column(int(v)) for v in nodes], 1) if len(nodes) else np.zeros((self.prior.n, 0))
-        if not len(nodes):
-            self.alpha, self._factor, self.point_noise = np.zeros((0, K)), None, np.zeros(0)
-            return self
-        KXX = self.C[nodes]
-        KXX = 0.5 * (KXX + KXX.T)
-        self._factor, self.alpha, self.point_noise = solve_keeping_labels(
-            KXX, np.asarray(Y, np.float64) - self.m0, np.full(len(nodes), self.noise), np.ones(len(nodes), bool),
-            _halve_where_lost)
-        return self
-
-    def mean(self) -> np.ndarray:
-        """Posterior mean at every node, (nodes, K)."""
-        return self.m0 + self.C @ self.alpha
-
-    def variance(self, seed: int = 1) -> np.ndarray:
-        """Pathwise estimate of the posterior variance at every node, (nodes,)."""
-        F = self.prior.samples.astype(np.float64)
-        if len(self.nodes):
-            eps = np.random.default_rng(seed).standard_normal((len(self.nodes), F.shape[1]))
-            F = F - self.C @ cholesky_solve(self._factor, F[self.nodes] + eps * np.sqrt(self.point_noise)[:, None])
-        return (F * F).mean(1)
 
 
 class ImageNoise(NamedTuple):
@@ -334,14 +290,6 @@ def _variogram(image: np.ndarray, axis: int) -> tuple[float | None, float | None
     return lags[0], lags[1]
 
 
-def _halve_where_lost(noise: np.ndarray, lost: np.ndarray) -> np.ndarray | None:
-    if float(noise[lost].min()) <= MIN_NOISE:
-        return None
-    noise = noise.copy()
-    noise[lost] *= 0.5
-    return noise
-
-
 def _relabel(lab: np.ndarray) -> np.ndarray:
     """Consecutive labels 0..n-1 (SLIC may skip some)."""
     _, inverse = np.unique(lab, return_inverse=True)
@@ -376,4 +324,4 @@ def _repeat_back(lab: np.ndarray, step: int, shape: tuple[int, ...]) -> np.ndarr
     return np.ascontiguousarray(out)
 
 
-__all__ = ["GMRF", "GMRFPosterior", "SAMPLES", "ImageNoise", "SupervoxelGraph", "image_noise"]
+__all__ = ["GMRF", "SAMPLES", "ImageNoise", "SupervoxelGraph", "image_noise"]
