@@ -405,6 +405,60 @@ def test_10_out_paths(work, capfd):
                    work / "new" / "deeper" / "m.nii.gz", message="outside")
 
 
+@pytest.fixture
+def refusing_folder(work, monkeypatch):
+    """A folder that exists but refuses new files, as a read-only or virtual file system (/proc) does: the
+    tests run as any user, and root may write where permission bits say no, so the refusal is simulated."""
+    import tempfile
+
+    locked = work / "locked"
+    locked.mkdir()
+    real = tempfile.mkdtemp
+
+    def mkdtemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == locked:
+            raise PermissionError(13, "Permission denied")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    return locked
+
+
+@pytest.mark.parametrize("command", ["segment", "demo", "propagate", "eval-video", "eval", "serve", "train"])
+def test_10_an_output_folder_that_refuses_files_is_refused_before_any_work(work, capfd, refusing_folder, command):
+    out = refusing_folder / "new" / "m.png"
+    frames = work / "frames"
+    frames.mkdir()
+    PILImage.open(work / "img.png").save(frames / "00000.png")
+    PILImage.open(work / "img.png").save(frames / "00001.png")
+    (work / "v.json").write_text(json.dumps([{"position": [10, 10], "positive": True, "frame": 0}]))
+    argv = {"segment": ("segment", work / "img.png", "--clicks", work / "c2.json", "--out", out),
+            "demo": ("demo", "--out", out.parent),
+            "propagate": ("propagate", frames, "--clicks", work / "v.json", "--out", out.parent),
+            "eval-video": ("eval-video", "--root", work, "--out", out.parent),
+            "eval": ("eval", "--dataset", "GrabCut", "--root", work, "--method", "gp", "--out", out.parent),
+            "serve": ("serve", work, "--out", out.parent),
+            "train": ("train", "--config", REPO / "configs" / "train_smoke.yaml", "--out", out.parent)}[command]
+    err = assert_refused(capfd, work, *argv, message="does not take new files")
+    assert str(refusing_folder) in err and "Permission denied" in err
+
+
+def test_10_a_write_that_fails_midway_names_the_output_and_leaves_nothing(work):
+    """A full disk (or any error of the operating system) while an output is written: one error naming it,
+    and neither a temporary file nor a partial output is left."""
+    import errno
+
+    from volseg.errors import OutputError
+    from volseg.io.atomic import atomic_files, atomic_path
+
+    target = work / "out" / "m.nii.gz"
+    for writer in (atomic_path, atomic_files):
+        with pytest.raises(OutputError, match="m.nii.gz: No space left on device"):
+            with writer(target):
+                raise OSError(errno.ENOSPC, "No space left on device")
+        assert list((work / "out").iterdir()) == []
+
+
 # -- 11: no leftovers; fsync; .mhd commit order ---------------------------------------------------------
 
 def test_11_temp_files_of_dead_processes_are_removed(work, capfd):

@@ -16,7 +16,7 @@ from PIL import Image as PILImage
 from scipy.spatial.transform import Rotation
 
 from volseg import provenance
-from volseg.errors import GeometryError, InputError, OutputExistsError
+from volseg.errors import GeometryError, InputError, OutputError, OutputExistsError
 from volseg.image import Image
 from volseg.io import read_image, read_mask, write_mask, write_probability
 from volseg.io.raster import davis_palette
@@ -446,7 +446,7 @@ def test_failing_writer_leaves_nothing(tmp_path, monkeypatch, suffix):
     monkeypatch.setattr(sitk, "WriteImage", boom)
     monkeypatch.setattr(PILImage.Image, "save", lambda self, *a, **k: boom(*a, **k))
     monkeypatch.setattr(np, "save", boom)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match=f"mask{suffix}: disk full"):  # one line naming the output
         write_mask(np.ones((5, 6), np.uint8), img, tmp_path / "out" / f"mask{suffix}")
     assert files_in(tmp_path / "out") == []
 

@@ -17,7 +17,7 @@ from scipy.ndimage import gaussian_filter
 from skimage import data
 
 from .clicks import Click
-from .io import write_mask, write_probability
+from .io import check_folder_path, write_mask, write_probability
 from .segment import segment_file
 from .session import Session
 
@@ -79,6 +79,7 @@ def _report(name: str, session: Session, extra: str = "") -> None:
 
 def run_demo(out: str | Path = "volseg-demo", *, device: str = "cpu", overwrite: bool = True) -> dict:
     out = Path(out)
+    check_folder_path(out, f"the demo into {out}")
     out.mkdir(parents=True, exist_ok=True)
     results = {}
 

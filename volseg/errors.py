@@ -25,6 +25,10 @@ class OutputExistsError(VolsegError):
     """An output already exists and --overwrite was not given, or an output would replace an input."""
 
 
+class OutputError(VolsegError):
+    """An output that could not be written: its folder refused the file, or the disk filled up mid-write."""
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM, raised where Ctrl-C raises KeyboardInterrupt so that the same cleanup runs (a batch
     writes its report, temporary files and claims are removed)."""

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..config import GPConfig
 from ..errors import InputError
+from ..io import check_folder_path
 from .baselines import GrabCutMethod, RandomWalkerMethod
 from .datasets import READERS, dataset_name, load_samples
 from .methods import method_names
@@ -101,6 +102,7 @@ def handler(args: argparse.Namespace) -> int:
     if args.config and "gp" in options:
         options["gp"]["config"] = GPConfig.from_yaml(args.config)
 
+    check_folder_path(args.out, f"results into --out {args.out}")
     samples = load_samples(ds, args.root, split=args.split, max_instances=args.max_instances)
     summaries = []
     for m in methods:

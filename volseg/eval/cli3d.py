@@ -27,7 +27,7 @@ import re
 from pathlib import Path
 
 from ..errors import InputError, OutputExistsError
-from ..io import ITK_SUFFIXES, NIFTI_SUFFIXES, RASTER_SUFFIXES
+from ..io import ITK_SUFFIXES, NIFTI_SUFFIXES, RASTER_SUFFIXES, check_folder_path
 from ..metrics import DEFAULT_TOLERANCE_MM
 from ..session_options import command_parser, gp_options, session_settings
 from .run3d import EvalCase, EvalOptions, format_table, parse_label_ids, run_eval
@@ -154,6 +154,7 @@ def _handler(args: argparse.Namespace) -> int:
         raise InputError(f"--tolerance must be 0 mm or more, got {args.tolerance}")
     cases = find_cases(args)
     out = Path(args.out)
+    check_folder_path(out, f"results into --out {out}")
     if (out / "summary.json").exists() and not args.overwrite:
         raise OutputExistsError(f"{out} already holds evaluation results (use --overwrite to replace them)")
 

@@ -11,7 +11,9 @@ Array axes follow :mod:`volseg.image`: (row, col) for rasters, ITK index order (
 from __future__ import annotations
 
 import contextlib
+import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -169,11 +171,18 @@ def check_output_path(path: str | Path, what: str = "output") -> Path:
 
 
 def check_folder_path(folder: str | Path, what: str) -> None:
-    """A folder volseg writes into must be a folder, or makeable: no file on its path."""
+    """A folder volseg writes into must be a folder, or makeable: no file on its path, and its nearest
+    existing folder must take new entries (tried, not guessed from permission bits: a read-only file system
+    or a virtual one such as /proc refuses what the bits allow)."""
     for p in (Path(folder), *Path(folder).parents):
         if p.exists():
             if not p.is_dir():
                 raise InputError(f"cannot write {what}: {p} is a file, not a folder")
+            try:
+                os.rmdir(tempfile.mkdtemp(prefix=".volseg-probe.", dir=p))
+            except OSError as e:
+                raise InputError(f"cannot write {what}: folder {p} does not take new files ({e.strerror or e})") \
+                    from None
             return
 
 

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
-from ..errors import OutputExistsError
+from ..errors import OutputError, OutputExistsError
 from ..faults import fault_point
 
 # .NAME.PID.XXXXXXXX.tmp[.suffix]: mkstemp/mkdtemp's 8 random characters after our prefix
@@ -157,13 +157,15 @@ def _temp_prefix(p: Path) -> str:
 def atomic_path(path: str | Path) -> Iterator[str]:
     """Yield a temporary path in the target's folder; on success rename it onto ``path``."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(p), suffix=".tmp" + _suffix(p), dir=p.parent)
+    with output_errors(p):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(p), suffix=".tmp" + _suffix(p), dir=p.parent)
     os.close(fd)
     try:
-        yield tmp
-        _share_like_a_new_file(tmp)
-        _fsync(tmp)
+        with output_errors(p):
+            yield tmp
+            _share_like_a_new_file(tmp)
+            _fsync(tmp)
         fault_point("mid-write", p)
         stage = _STAGE.get()
         if stage is not None:
@@ -178,6 +180,16 @@ def atomic_path(path: str | Path) -> Iterator[str]:
 
 
 @contextlib.contextmanager
+def output_errors(p: Path) -> Iterator[None]:
+    """An operating-system error while writing ``p`` (a folder that refuses files, a full disk) becomes one
+    error line naming the output, not a traceback; the caller's cleanup still runs."""
+    try:
+        yield
+    except OSError as e:
+        raise OutputError(f"cannot write {p}: {e.strerror or e}") from e
+
+
+@contextlib.contextmanager
 def atomic_files(path: str | Path) -> Iterator[Path]:
     """Like ``atomic_path`` for formats that write companion files (``.mhd`` + ``.zraw``).
 
@@ -186,15 +198,17 @@ def atomic_files(path: str | Path) -> Iterator[Path]:
     itself last, so the header never names data that is not there yet.
     """
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(p), suffix=".tmp", dir=p.parent))
+    with output_errors(p):
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(p), suffix=".tmp", dir=p.parent))
     staged = False
     try:
-        yield tmp
-        files = sorted(tmp.iterdir(), key=lambda f: f.name == p.name)
-        for f in files:
-            _share_like_a_new_file(f)
-            _fsync(f)
+        with output_errors(p):
+            yield tmp
+            files = sorted(tmp.iterdir(), key=lambda f: f.name == p.name)
+            for f in files:
+                _share_like_a_new_file(f)
+                _fsync(f)
         fault_point("mid-write", p)
         renames = [(f, p.parent / f.name) for f in files]
         stage = _STAGE.get()

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from ..errors import OutputExistsError
-from .atomic import pid_alive, remove_stale_temps
+from .atomic import output_errors, pid_alive, remove_stale_temps
 
 
 def lock_path(output: str | Path) -> Path:
@@ -35,9 +35,10 @@ def claim(outputs: Iterable[str | Path]) -> Iterator[None]:
         for out in outputs:
             folder = Path(out).parent
             missing = [d for d in (folder, *folder.parents) if not d.exists()]
-            folder.mkdir(parents=True, exist_ok=True)
-            made += reversed(missing)
-            held.append(_acquire(Path(out)))
+            made += reversed(missing)  # removed again if left empty, even if making them fails half-way
+            with output_errors(Path(out)):
+                folder.mkdir(parents=True, exist_ok=True)
+                held.append(_acquire(Path(out)))
             remove_stale_temps(folder)
         yield
     finally:

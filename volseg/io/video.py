@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import InputError, OutputExistsError
 from ..image import Image
-from . import write_mask
+from . import check_folder_path, write_mask
 from .atomic import atomic_path, check_output
 from .raster import davis_palette
 
@@ -154,6 +154,7 @@ class MaskWriter:
         if self.out.resolve() == Path(source.path).resolve():
             raise OutputExistsError(f"output folder {self.out} is the input frame folder; "
                                     "masks would mix with the frames")
+        check_folder_path(self.out, f"masks into {self.out}")
         self.out.mkdir(parents=True, exist_ok=True)
         self.source, self.overwrite = source, overwrite
         # only the shape of ``like`` is used: a zero-stride view costs no memory

@@ -7,6 +7,7 @@ import sys
 
 from ..config import read_section
 from ..errors import InputError
+from ..io import check_folder_path
 from ..session_options import gp_options, session_settings
 from ..video.config import VideoConfig
 
@@ -40,6 +41,7 @@ def is_loopback(host: str) -> bool:
 def handler(args: argparse.Namespace) -> int:
     from .app import create_app  # noqa: PLC0415 -- Starlette app; only `volseg serve` loads it
 
+    check_folder_path(args.out, f"saved masks into --out {args.out}")
     if not 0 < args.port < 65536:
         raise InputError(f"--port {args.port} is not a port number")
     if args.idle_timeout <= 0 or args.max_sessions < 1:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..io import check_folder_path
 from .loop import train
 
 HELP = "train a MONAI backbone end to end through the GP posterior (writes OUT/model.ckpt)"
@@ -26,6 +27,8 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def handler(args: argparse.Namespace) -> int:
+    if args.out is not None:
+        check_folder_path(args.out, f"the model into --out {args.out}")
     path = train(args.config, args.out, resume=args.resume, max_steps=args.steps, max_minutes=args.max_minutes,
                  quiet=args.quiet, exclude_like=args.exclude_like, init=args.init)
     print(f"wrote {path}")

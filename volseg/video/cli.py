@@ -7,6 +7,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..eval.run_video import evaluate
+from ..io import check_folder_path
 from ..propagate import propagate_video
 from .config import VideoConfig, read_video_config
 
@@ -84,6 +85,7 @@ def eval_handler(args: argparse.Namespace) -> int:
     config = video_config(args)
     if args.rounds < 1 or args.clicks_per_round < 1:
         raise InputError("--rounds and --clicks-per-round must be 1 or more")
+    check_folder_path(args.out, f"results into --out {args.out}")
     summary = evaluate(args.root, args.out, mode=args.mode, names=args.sequences, config=config,
                        rounds=args.rounds, clicks_per_round=args.clicks_per_round, overwrite=args.overwrite)
     print(summary["table"])
