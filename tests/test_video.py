@@ -243,6 +243,17 @@ def test_propagate_job_checks_its_inputs_before_any_work(tmp_path, shapes):
         propagate_video(video, tmp_path / "none")
     with pytest.raises(InputError, match="the video has 20 frames"):
         propagate_video(video, tmp_path / "late", masks=[(25, first)])
+    # object ids a palette PNG cannot hold, and a 16-bit grey image given as a mask: refused before the
+    # propagation, with no output folder made
+    grey = tmp_path / "grey16.png"
+    PILImage.fromarray((np.arange(64 * 96).reshape(64, 96) * 10).astype(np.uint16)).save(grey)
+    with pytest.raises(InputError, match="object id 61430: .* object ids 1-255 \\(is it a label map"):
+        propagate_video(video, tmp_path / "grey", masks=[(0, grey)])
+    clicks = tmp_path / "big_id.json"
+    clicks.write_text(json.dumps([{"position": [10, 10], "positive": True, "frame": 2, "object": 300}]))
+    with pytest.raises(InputError, match="click on frame 2 has object id 300"):
+        propagate_video(video, tmp_path / "big", clicks=clicks)
+    assert not (tmp_path / "grey").exists() and not (tmp_path / "big").exists()
     out = tmp_path / "masks"
     out.mkdir()
     (out / "00003.png").write_bytes(b"")  # a mask already there: refused without overwrite, nothing computed

@@ -43,15 +43,15 @@ def propagate_video(video: str | Path, out: str | Path, *, clicks: str | Path | 
     for t, p in masks:
         if not 0 <= t < T:
             raise InputError(f"--mask for frame {t}: the video has {T} frames")
-    writer = MaskWriter(out, src, overwrite=overwrite)
-    writer.check()
-    over = OverlayWriter(overlay, src.shape, src.fps, overwrite=overwrite) if overlay else None
-
     t0 = time.perf_counter()
     with VideoSegmenter(src, config) as seg:
+        # every input is read and checked (by the annotations it becomes) before any output is made
         for t, p in masks:
             seg.set_mask(t, read_mask(p), propagate=False)
         seg.add_clicks(click_list, propagate=False)
+        writer = MaskWriter(out, src, overwrite=overwrite)
+        writer.check()
+        over = OverlayWriter(overlay, src.shape, src.fps, overwrite=overwrite) if overlay else None
         for t, labels in seg.label_maps(range(T), propagate=sorted(seg.annotations)):
             writer.write(t, labels)
             if over is not None:
