@@ -142,6 +142,21 @@ def test_nan_is_read_and_reported_by_check_finite(tmp_path):
         img.check_finite()
 
 
+def test_complex_and_non_numeric_images_are_refused_not_truncated(tmp_path):
+    """A complex NIfTI (an MR reconstruction, say) read as float32 would lose its imaginary part without a
+    word; volseg names the type and asks for the magnitude.  The same holds for arrays given to a Session."""
+    from volseg import Session
+
+    vol = (np.ones((6, 5, 4)) * (1 + 2j)).astype(np.complex64)
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), tmp_path / "c.nii.gz")
+    with pytest.raises(InputError, match="stores complex64 values.*magnitude"):
+        read_image(tmp_path / "c.nii.gz")
+    for bad in (vol, np.full((6, 5), "a")):
+        with pytest.raises(InputError, match="real intensities"):
+            Session().set_image(bad)
+    Session().set_image(np.zeros((6, 5), bool))  # a binary image is a real one
+
+
 def test_mask_like_nifti_keeps_header_affine_and_codes(tmp_path):
     path, data, affine = make_nifti(tmp_path / "ct.nii.gz")
     img = read_image(path)

@@ -36,6 +36,9 @@ class Image:
         a = np.asarray(self.array)
         if a.ndim < 2:
             raise InputError(f"an image needs at least 2 spatial axes plus channels, got shape {a.shape}")
+        if a.dtype != bool and not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+            raise InputError(f"image values of type {a.dtype}: volseg segments real intensities (for a complex "
+                             "image give its magnitude)")
         self.array = a
         d = a.ndim - 1
         self.spacing = tuple(float(s) for s in (self.spacing if self.spacing is not None else (1.0,) * d))

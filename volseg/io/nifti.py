@@ -41,6 +41,10 @@ def ras_affine(like: Image) -> np.ndarray:
 
 def read_nifti(path: Path) -> Image:
     img = nib.load(path)
+    stored = np.dtype(img.get_data_dtype())
+    if stored.kind == "c":  # get_fdata would drop the imaginary part silently
+        raise InputError(f"NIfTI {path} stores {stored} values; volseg segments real intensities (for a complex "
+                         "image give its magnitude)")
     data = img.get_fdata(dtype=np.float32)  # applies scl_slope/scl_inter
     if data.ndim == 5 and data.shape[3] == 1:  # NIfTI vector images put components on the 5th dim
         data = data[:, :, :, 0]
