@@ -103,6 +103,11 @@ def test_bad_checkpoints(tmp_path):
         load_backbone(other)
     with pytest.raises(InputError, match="other.ckpt"):
         Session(features=str(other))
+    # a misspelt name is told what the names are; a missing checkpoint path, that the file is missing
+    with pytest.raises(InputError, match="unknown features 'Learned2d': filterbank, learned2d, a checkpoint"):
+        Session(features="filterbank+Learned2d")
+    with pytest.raises(InputError, match="checkpoint .*missing.ckpt does not exist"):
+        Session(features=str(tmp_path / "missing.ckpt"))
 
 
 def test_session_2d_keeps_clicked_labels(ckpt2d):

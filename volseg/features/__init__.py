@@ -45,6 +45,10 @@ def feature_parts(spec, device: str = "cpu") -> list[FeatureExtractor]:
         if name == "filterbank":
             parts.append(FilterBank())
             continue
+        path_like = str(name).endswith(".ckpt") or any(sep in str(name) for sep in "/\\")
+        if name not in PACKAGED_MODELS and not path_like and not Path(name).exists():  # a misspelt name
+            raise InputError(f"unknown features {str(name)!r}: filterbank, {', '.join(PACKAGED_MODELS)}, a checkpoint "
+                             "(.ckpt) path, or several joined by + (learned2d+filterbank)")
         learned = load_backbone(PACKAGED_MODELS.get(str(name), name), device=device)
         parts += [learned] + ([FilterBank()] if "filterbank" in learned.stack else [])
     names = [p.name for p in parts]
