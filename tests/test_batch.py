@@ -135,6 +135,16 @@ def test_manifest_json_paths_and_errors(tmp_path):
         read_manifest(bad, tmp_path / "out")
     with pytest.raises(InputError, match="does not exist"):
         read_manifest(tmp_path / "missing.csv", tmp_path / "out")
+    # spreadsheets and some editors start a file with a byte-order mark: it is not part of the first column
+    excel, bom_json = tmp_path / "excel.csv", tmp_path / "bom.json"
+    excel.write_bytes("image,clicks\na.nrrd,a.json\n".encode("utf-8-sig"))
+    bom_json.write_bytes(json.dumps([{"image": "a.nrrd", "clicks": "a.json"}]).encode("utf-8-sig"))
+    for m in (excel, bom_json):
+        assert read_manifest(m, tmp_path / "out")[0].image == str(tmp_path / "a.nrrd")
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("image,clicks\nscan\xe9.nrrd,a.json\n".encode("latin-1"))
+    with pytest.raises(InputError, match="cannot be parsed"):
+        read_manifest(latin, tmp_path / "out")
 
 
 @pytest.mark.ray

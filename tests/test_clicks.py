@@ -76,6 +76,12 @@ def test_csv_with_byte_order_mark_and_frames(tmp_path):
         validate_clicks([make_click([1, 1])], RASTER.shape, frames=3)
 
 
+def test_json_with_byte_order_mark(tmp_path):
+    path = tmp_path / "bom.json"
+    path.write_bytes(json.dumps([{"position": [5, 6], "label": "positive"}]).encode("utf-8-sig"))
+    assert load_clicks(path, RASTER) == [Click((5.0, 6.0), True, 1, None)]
+
+
 def test_save_load_round_trip(tmp_path):
     clicks = [make_click([1.5, 2, 3], "pos", 1), make_click([4, 5, 6], "neg", 3, frame=2)]
     save_clicks(clicks, tmp_path / "out.json")

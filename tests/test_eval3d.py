@@ -267,6 +267,7 @@ def test_eval3d_cli_msd_layout_each_label_its_own_object(tmp_path):
 
 
 def test_eval3d_pairs_csv_shared_image(tmp_path):
+    from volseg.eval.cli3d import read_pairs_csv
     from volseg.io import write_mask
 
     img, lab = _case(0)
@@ -280,6 +281,12 @@ def test_eval3d_pairs_csv_shared_image(tmp_path):
                      "--label-ids", "nonzero", "--quiet"]) == 0
     names = [o["name"] for o in json.loads((out / "summary.json").read_text())["objects"]]
     assert names == ["organ", "small"]
+    # written by a spreadsheet (a byte-order mark first), or in another encoding than UTF-8
+    (tmp_path / "excel.csv").write_bytes("image,label,name\nct.nii.gz,small_seg.nrrd,small\n".encode("utf-8-sig"))
+    assert [c.name for c in read_pairs_csv(tmp_path / "excel.csv")] == ["small"]
+    (tmp_path / "latin.csv").write_bytes("image,label\nct\xe9.nii.gz,small_seg.nrrd\n".encode("latin-1"))
+    with pytest.raises(InputError, match="cannot be parsed"):
+        read_pairs_csv(tmp_path / "latin.csv")
 
 
 def _write_volume(image: Image, path: Path) -> None:

@@ -118,13 +118,13 @@ def _read_rows(path: Path) -> list[dict]:
         raise InputError(f"manifest {path} does not exist")
     try:
         if path.suffix.lower() == ".csv":
-            with path.open(newline="") as f:
+            with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets start CSVs with a BOM
                 reader = csv.DictReader(f)
                 if not reader.fieldnames:
                     raise InputError(f"manifest {path} is empty")
                 reader.fieldnames = [c.strip().lower() for c in reader.fieldnames]
                 return [{k: (v or "").strip() for k, v in r.items() if k} for r in reader]
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (json.JSONDecodeError, UnicodeDecodeError, csv.Error) as e:
         raise InputError(f"manifest {path} cannot be parsed: {e}") from None
     if isinstance(data, dict):

@@ -148,7 +148,7 @@ def load_clicks(path: str | Path, image=None) -> list[Click]:
 
 
 def _read_json(p: Path) -> tuple[list[dict], str]:
-    data = json.loads(p.read_text())
+    data = json.loads(p.read_text(encoding="utf-8-sig"))  # a BOM, as some editors write, is not an error
     space = "index"
     if isinstance(data, dict):
         space = str(data.get("coordinates", "index"))

@@ -110,22 +110,26 @@ def discover_msd(images: Path, labels: Path | None, label_ids="all") -> list[Eva
 def read_pairs_csv(path: Path, label_ids="all") -> list[EvalCase]:
     if not path.is_file():
         raise InputError(f"pairs CSV {path} does not exist")
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        cols = {c.strip().lower(): c for c in reader.fieldnames or []}
-        if not {"image", "label"} <= set(cols):
-            raise InputError(f"pairs CSV {path} needs a header with columns image,label[,label_ids][,name]")
-        cases = []
-        for n, r in enumerate(reader, 2):
-            def get(k: str) -> str:
-                return (r.get(cols[k]) or "").strip() if k in cols else ""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as f:  # -sig: spreadsheets start CSVs with a BOM
+            reader = csv.DictReader(f)
+            cols = {c.strip().lower(): c for c in reader.fieldnames or []}
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise InputError(f"pairs CSV {path} cannot be parsed: {e}") from None
+    if not {"image", "label"} <= set(cols):
+        raise InputError(f"pairs CSV {path} needs a header with columns image,label[,label_ids][,name]")
+    cases = []
+    for n, r in enumerate(rows, 2):
+        def get(k: str) -> str:
+            return (r.get(cols[k]) or "").strip() if k in cols else ""
 
-            if not get("image") or not get("label"):
-                raise InputError(f"pairs CSV {path} line {n}: image and label are both needed")
-            img, lab = (path.parent / get("image")), (path.parent / get("label"))
-            ids = parse_label_ids(get("label_ids")) if get("label_ids") else label_ids
-            name = get("name") or f"{_strip(_stem(img), _IMAGE_TAGS)}-{_strip(_stem(lab), _LABEL_TAGS)}"
-            cases.append(EvalCase(name, img, lab, ids))
+        if not get("image") or not get("label"):
+            raise InputError(f"pairs CSV {path} line {n}: image and label are both needed")
+        img, lab = (path.parent / get("image")), (path.parent / get("label"))
+        ids = parse_label_ids(get("label_ids")) if get("label_ids") else label_ids
+        name = get("name") or f"{_strip(_stem(img), _IMAGE_TAGS)}-{_strip(_stem(lab), _LABEL_TAGS)}"
+        cases.append(EvalCase(name, img, lab, ids))
     if not cases:
         raise InputError(f"pairs CSV {path} has no rows")
     return cases
