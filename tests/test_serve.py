@@ -199,6 +199,25 @@ def test_bad_inputs_give_a_message_and_leave_other_sessions_alone(client):
     assert client.post("/api/s/nope/click", json={"position": [1, 1]}).status_code == 404
 
 
+def test_a_refused_request_changes_nothing(client):
+    """A click whose views on screen are wrong is refused before it lands: a 400 whose click stayed in the
+    session would show up, unasked, in the next answer."""
+    sid = client.post("/api/open", json={"path": "vol.nii.gz"}).json()["id"]
+    views = [v["name"] for v in client.post("/api/open", json={"path": "vol.nii.gz"}).json()["views"]]
+    ok = client.post(f"/api/s/{sid}/click", json={"position": [18, 16, 10], "shown": {views[0]: 10}})
+    assert ok.status_code == 200 and len(ok.json()["clicks"]) == 1
+    bad = ({"nope": 3}, {views[0]: 999}, {views[0]: "x"}, "x")
+    for shown in bad:
+        r = client.post(f"/api/s/{sid}/click", json={"position": [5, 5, 5], "positive": False, "shown": shown})
+        assert r.status_code == 400, shown
+    r = client.post(f"/api/s/{sid}/click", json={"position": [20, 16, 10], "shown": {}})
+    assert [c["position"] for c in r.json()["clicks"]] == [[18.0, 16.0, 10.0], [20.0, 16.0, 10.0]]
+    for shown in bad:  # nor is an undo with them carried out
+        assert client.post(f"/api/s/{sid}/undo", json={"shown": shown}).status_code == 400, shown
+    r = client.post(f"/api/s/{sid}/undo", json={"shown": {}})
+    assert [c["position"] for c in r.json()["clicks"]] == [[18.0, 16.0, 10.0]]
+
+
 def test_volume_over_the_memory_budget_is_a_message(served):
     app = create_app(served["root"], out=served["out"], settings={"config": GPConfig(memory_budget="100KB")})
     with TestClient(app) as c:

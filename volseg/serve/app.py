@@ -93,14 +93,21 @@ def create_app(root: str | Path, *, out: str | Path = "volseg-serve-out", settin
             raise BadRequest(f"{value!r} is not a finite number")
         return f
 
-    def overlays(state, shown, *, exact: bool) -> dict:
-        """The labels of the views on screen, as data URLs: all a click sends back."""
+    def views_shown(state, shown) -> list[tuple[str, render.View, int | None]]:
+        """The views on screen and their slices, checked before a request changes anything: a click that
+        landed before a bad 'shown' failed the request would stay in the session all the same."""
         if not isinstance(shown, dict):
             raise BadRequest("'shown' must map view names to slice (or frame) indices")
+        views = [(name, view_of(state, name), as_index(index)) for name, index in shown.items()]
+        for _, view, index in views:
+            state.check_index(view, index)
+        return views
+
+    def overlays(state, views, *, exact: bool) -> dict:
+        """The labels of the views on screen (:func:`views_shown`), as data URLs: all a click sends back."""
         result = {}
-        for name, index in shown.items():
-            view = view_of(state, name)
-            labels = state.labels(view, as_index(index), exact=exact)
+        for name, view, index in views:
+            labels = state.labels(view, index, exact=exact)
             encoded = base64.b64encode(render.png(render.colour_labels(labels))).decode()
             result[name] = "data:image/png;base64," + encoded
         return result
@@ -179,10 +186,10 @@ def create_app(root: str | Path, *, out: str | Path = "volseg-serve-out", settin
             raise BadRequest("a click needs a 'position'")
 
         def act(state):
+            views, frame = views_shown(state, data.get("shown", {})), as_index(data.get("frame"), "frame")
             t0 = time.perf_counter()
-            seconds = state.click(data["position"], data.get("positive", True), data.get("object", 1),
-                                  as_index(data.get("frame"), "frame"))
-            shown = overlays(state, data.get("shown", {}), exact=False)
+            seconds = state.click(data["position"], data.get("positive", True), data.get("object", 1), frame)
+            shown = overlays(state, views, exact=False)
             return {"seconds": round(seconds, 4), "server_seconds": round(time.perf_counter() - t0, 4),
                     "overlays": shown, **state.state()}
 
@@ -193,8 +200,9 @@ def create_app(root: str | Path, *, out: str | Path = "volseg-serve-out", settin
             sid, data = request.path_params["sid"], await body(request)
 
             def act(state):
+                views = views_shown(state, data.get("shown", {}))
                 getattr(state, action)()
-                return {"overlays": overlays(state, data.get("shown", {}), exact=False), **state.state()}
+                return {"overlays": overlays(state, views, exact=False), **state.state()}
 
             return JSONResponse(await run(sid, act))
         return handler
@@ -209,8 +217,9 @@ def create_app(root: str | Path, *, out: str | Path = "volseg-serve-out", settin
         def act(state):
             if not isinstance(state, VideoState):
                 raise BadRequest("propagate is for videos")
+            views = views_shown(state, data.get("shown", {}))
             result = state.propagate()
-            return {**result, "overlays": overlays(state, data.get("shown", {}), exact=True), **state.state()}
+            return {**result, "overlays": overlays(state, views, exact=True), **state.state()}
 
         return JSONResponse(await run(sid, act))
 

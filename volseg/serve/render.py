@@ -87,12 +87,19 @@ def views_for(image: Image) -> list[View]:
             view("sagittal", 0, 2, False, 1)]    # superior at the top, anterior on the left
 
 
+def check_slice(view: View, index: int | None, shape) -> None:
+    """IndexError unless ``index`` is a slice of ``view`` on an array of spatial ``shape`` (any index for an
+    unsliced view)."""
+    if view.axis is not None:
+        n = shape[view.axis]
+        if index is None or not 0 <= index < n:
+            raise IndexError(f"slice {index} outside 0..{n - 1} of the {view.name} view")
+
+
 def plane(array: np.ndarray, view: View, index: int | None) -> np.ndarray:
     """The view's slice of ``array`` (spatial axes first, any trailing axes kept), in screen order."""
     if view.axis is not None:
-        n = array.shape[view.axis]
-        if index is None or not 0 <= index < n:
-            raise IndexError(f"slice {index} outside 0..{n - 1} of the {view.name} view")
+        check_slice(view, index, array.shape)
         array = np.take(array, index, axis=view.axis)
         rows = view.rows.axis - (view.rows.axis > view.axis)
         cols = view.cols.axis - (view.cols.axis > view.axis)

@@ -34,7 +34,7 @@ from ..provenance import file_sha256, sidecar_path, versions, write_sidecar
 from ..segment import segment_file
 from ..session import Session
 from ..video import Annotation, VideoConfig, VideoSegmenter
-from .render import Axis, View, auto_window, plane, views_for
+from .render import Axis, View, auto_window, check_slice, plane, views_for
 
 # above this many voxels a click's first answer is the GP's own labels on the visible slices; the
 # whole-volume mask (connected parts, filled holes) follows on the next request, see ImageState.labels
@@ -74,6 +74,10 @@ class ImageState:
 
     def frame_pixels(self, index: int | None) -> np.ndarray:
         return self.image.array
+
+    def check_index(self, view: View, index: int | None) -> None:
+        """IndexError unless ``view`` has the slice ``index``."""
+        check_slice(view, index, self.image.shape)
 
     # -- clicks --------------------------------------------------------------------------------
     def click(self, position, positive: bool, object: int, frame: int | None) -> float:
@@ -148,9 +152,7 @@ def latent_labels(session, view: View, index: int | None) -> np.ndarray | None:
     image = session.image
     box = [slice(0, n) for n in image.shape]
     if view.axis is not None:
-        n = image.shape[view.axis]
-        if index is None or not 0 <= index < n:
-            raise IndexError(f"slice {index} outside 0..{n - 1} of the {view.name} view")
+        check_slice(view, index, image.shape)
         box[view.axis] = slice(index, index + 1)
     # the sliced axis stays, of length 1, so plane() orders rows and columns the same way
     return plane(raw_labels(tuple(box)), view, None if view.axis is None else 0)
@@ -193,9 +195,13 @@ class VideoState:
                 "propagated": self.propagated_version == self.version}
 
     def frame_pixels(self, index: int | None) -> np.ndarray:
+        self.check_index(None, index)
+        return self.source[index]
+
+    def check_index(self, view: View | None, index: int | None) -> None:
+        """IndexError unless ``index`` is a frame (a video's one view is its frames)."""
         if index is None or not 0 <= index < self.T:
             raise IndexError(f"frame {index} outside 0..{self.T - 1}")
-        return self.source[index]
 
     # -- clicks --------------------------------------------------------------------------------
     def _session(self, t: int, clicks: list[Click]):
