@@ -97,6 +97,19 @@ def test_cli_wrong_root_is_a_clear_error(tmp_path, capsys):
     assert "does not look like a Berkeley dataset" in err and "images/" in err
 
 
+def test_cli_bad_pairs_fail_before_their_instance_is_evaluated(berkeley, tmp_path, capsys):
+    """A mask of another size than its image is found from the file headers before any instance runs; an
+    empty mask (no object to click on) before its own instance runs; each is one error line naming it."""
+    mask = berkeley / "masks" / "100a.png"
+    cv2.imwrite(str(mask), np.zeros((H + 2, W), np.uint8))
+    assert run("--dataset", "Berkeley", "--root", berkeley, "--method", "gp", "--out", tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert f"mask {mask} is {H + 2}x{W} pixels, its image" in err and not (tmp_path / "o").exists()
+    cv2.imwrite(str(mask), np.zeros((H, W), np.uint8))
+    assert run("--dataset", "Berkeley", "--root", berkeley, "--method", "gp", "--out", tmp_path / "o") == 2
+    assert "100a.png (instance 100a) has no object pixels" in capsys.readouterr().err
+
+
 def test_cli_unknown_method_and_option(berkeley, tmp_path, capsys):
     assert run("--dataset", "Berkeley", "--root", berkeley, "--method", "snake", "--out", tmp_path / "o") == 2
     assert "unknown method 'snake'" in capsys.readouterr().err

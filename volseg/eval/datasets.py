@@ -247,9 +247,29 @@ def iter_samples(name: str, root: str | Path, *, split: str | None = None) -> It
 
 def load_samples(name: str, root: str | Path, *, split: str | None = None,
                  max_instances: int | None = None) -> list[Sample]:
+    """The samples, each image checked against its mask's size from the file headers (no pixels are
+    decoded), so a mismatched pair fails before the first instance is evaluated."""
     out = []
     for s in iter_samples(name, root, split=split):
         if max_instances is not None and len(out) >= max_instances:
             break
         out.append(s)
+    for s in out:
+        if s.mask_path.suffix.lower() in _IMAGE_SUFFIXES:  # SBD's .mat masks are checked when read
+            check_same_size(name, s.image_path, _size(s.image_path), s.mask_path, _size(s.mask_path))
     return out
+
+
+def _size(path: Path) -> tuple[int, int]:
+    """(height, width) from an image file's header."""
+    try:
+        with PILImage.open(path) as im:
+            return im.height, im.width
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read {path}: {e}") from None
+
+
+def check_same_size(name: str, image: Path, image_size, mask: Path, mask_size) -> None:
+    if tuple(image_size) != tuple(mask_size):
+        raise InputError(f"{name}: mask {mask} is {mask_size[0]}x{mask_size[1]} pixels, its image {image} "
+                         f"{image_size[0]}x{image_size[1]}")

@@ -19,7 +19,7 @@ from ..errors import InputError, OutputExistsError
 from ..io.atomic import atomic_path
 from ..metrics import THRESHOLDS, iou, noc, noic
 from ..robot import Robot
-from .datasets import Sample, dataset_name, load_samples, split_gt
+from .datasets import Sample, check_same_size, dataset_name, load_samples, split_gt
 from .methods import Method, make_method
 from .report import summarize, write_summary
 
@@ -125,8 +125,13 @@ def run_eval(
         path = instance_path(out, ds, tag, s.id)
         rec = _load_done(path, config, overwrite)
         if rec is None:
+            image, gt = s.image, s.gt
+            check_same_size(ds, s.image_path, image.shape[:2], s.mask_path, gt.shape)
+            if not split_gt(gt)[0].any():
+                raise InputError(f"{ds}: mask {s.mask_path} (instance {s.id}) has no object pixels; an instance "
+                                 "needs an object to click on")
             rec = {"id": s.id, "dataset": ds, "method": tag, "image": str(s.image_path), "mask": str(s.mask_path),
-                   **evaluate_sample(m, s.image, s.gt, max_clicks=max_clicks), "config": config}
+                   **evaluate_sample(m, image, gt, max_clicks=max_clicks), "config": config}
             write_json(path, rec)
             computed += 1
         records.append(rec)
