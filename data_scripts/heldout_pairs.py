@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 import csv
 
+from volseg.train.config import load_config
 from volseg.train.data import TrainingData
-from volseg.train.loop import load_config
 
 
 def main() -> int:

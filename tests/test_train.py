@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import re
 from pathlib import Path
 
 import numpy as np
@@ -10,12 +11,14 @@ import pytest
 import torch
 
 from volseg import Session
+from volseg.cli import main
 from volseg.errors import InputError
 from volseg.features import FilterBank, StackedFeatures, get_extractor
 from volseg.features.backbones import load_backbone, normalise_2d, read_checkpoint, rgb_of_input
 from volseg.image import Image
 from volseg.robot import border_distance, deepest_point, ritm_click
-from volseg.train.loop import learning_rate_factor, load_config, stacked_features, train
+from volseg.train.config import load_config
+from volseg.train.loop import learning_rate_factor, stacked_features, train
 from volseg.train.losses import bce, normalized_focal, segmentation_loss, soft_dice
 from volseg.train.simulate import initial_clicks
 from volseg.video.features import frame_extractors
@@ -75,6 +78,27 @@ def test_config_errors(tmp_path):
         load_config(tmp_path / "nope.yaml")
     with pytest.raises(InputError, match="unknown training config"):
         load_config({"modle": {}})
+    # every numeric setting is checked, named with its section: a run that would train nothing (or the
+    # wrong way) does not start
+    for bad, message in [({"optim": {"lr": -1}}, "optim.lr: -1 is not a number above 0"),
+                         ({"optim": {"batch_size": 0}}, "optim.batch_size: 0 is not a whole number at least 1"),
+                         ({"optim": {"steps": 2.5}}, "optim.steps: 2.5 is not a whole number"),
+                         ({"data": {"val_fraction": 0.9}}, "data.val_fraction: 0.9 is not a number at least 0.0 "
+                                                           "and at most 0.5"),
+                         ({"clicks": {"deepest": "half"}}, "clicks.deepest: 'half'"),
+                         ({"gp": {"noise": True}}, "gp.noise: True"),
+                         ({"loss": {"kind": "hinge"}}, "loss.kind: 'hinge'; use nfl or bce"),
+                         ({"optim": "fast"}, "section optim must be a mapping")]:
+        with pytest.raises(InputError, match=re.escape(message)):
+            load_config(bad)
+    (tmp_path / "list.yaml").write_text("[1, 2]\n")
+    with pytest.raises(InputError, match="must be a mapping of sections"):
+        load_config(tmp_path / "list.yaml")
+    (tmp_path / "broken.yaml").write_text("optim: {lr: [\n")
+    with pytest.raises(InputError, match="not valid YAML"):
+        load_config(tmp_path / "broken.yaml")
+    assert main(["train", "--config", str(SMOKE), "--steps", "-3", "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
 
 
 def test_smoke_train_checkpoint_resume_log(tmp_path):

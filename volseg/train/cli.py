@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import InputError
 from ..io import check_folder_path
 from .loop import train
 
@@ -27,6 +28,10 @@ def register(subparsers) -> argparse.ArgumentParser:
 
 
 def handler(args: argparse.Namespace) -> int:
+    if args.steps is not None and args.steps < 1:
+        raise InputError(f"--steps must be 1 or more, got {args.steps}")
+    if args.max_minutes is not None and not args.max_minutes > 0:
+        raise InputError(f"--max-minutes must be above 0, got {args.max_minutes}")
     if args.out is not None:
         check_folder_path(args.out, f"the model into --out {args.out}")
     path = train(args.config, args.out, resume=args.resume, max_steps=args.steps, max_minutes=args.max_minutes,

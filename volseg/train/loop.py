@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from ..errors import InputError
 from ..features import get_extractor
@@ -32,51 +31,11 @@ from ..gp.differentiable import GPHyper, gp_inputs, posterior
 from ..gp.likelihood import probit
 from ..image import Image
 from ..robot import ritm_click
+from .config import load_config
 from .data import TrainingData
 from .decontaminate import check_no_overlap
 from .losses import bce, segmentation_loss
 from .simulate import initial_clicks
-
-DEFAULTS = {
-    "name": "train",
-    "seed": 0,
-    "threads": 1,
-    "device": "cpu",
-    "out": None,
-    "model": {"name": "BasicUNet", "spatial_dims": 2, "embed_dim": 16, "long_side": 160},
-    "gp": {"feature_lengthscale": 0.5, "spatial_fraction": 0.25, "outputscale": 1.0, "noise": 1e-3, "learn": True},
-    "data": {"roots": [], "val_fraction": 0.02, "augment": True},
-    "clicks": {"max_positive": 2, "max_negative": 2, "deepest": 0.5, "iterative": 3},
-    "loss": {"kind": "nfl", "dice_weight": 1.0, "gamma": 2.0, "prior_weight": 0.3},
-    "optim": {"lr": 1e-3, "hyper_lr": 1e-2, "weight_decay": 1e-4, "batch_size": 4, "steps": 1000,
-              "max_minutes": None, "warmup": 50},
-    "log": {"every": 10, "checkpoint_every": 200, "val_every": None, "val_images": 16, "tensorboard": False},
-}
-
-
-def load_config(config: dict | str | Path) -> tuple[dict, Path | None]:
-    """Merge a YAML file (or dict) over the defaults, section by section."""
-    base = None
-    if not isinstance(config, dict):
-        p = Path(config)
-        if not p.is_file():
-            raise InputError(f"training config {p} does not exist")
-        config, base = yaml.safe_load(p.read_text()) or {}, p.resolve().parent
-    unknown = sorted(set(config) - set(DEFAULTS))
-    if unknown:
-        raise InputError(f"unknown training config section(s) {unknown}; known: {sorted(DEFAULTS)}")
-    cfg = copy.deepcopy(DEFAULTS)
-    for k, v in config.items():
-        if isinstance(cfg.get(k), dict) and isinstance(v, dict):
-            cfg[k] = {**cfg[k], **v}
-        else:
-            cfg[k] = v
-    if int(cfg["model"].get("spatial_dims", 2)) not in (2, 3):
-        raise InputError("model.spatial_dims must be 2 or 3")
-    stack = cfg["model"].get("stack") or []
-    if stack and (list(stack) != ["filterbank"] or int(cfg["model"].get("spatial_dims", 2)) != 2):
-        raise InputError(f"model.stack {stack}: a 2D network can be trained beside [filterbank], nothing else")
-    return cfg, base
 
 
 class Trainee(torch.nn.Module):
@@ -378,4 +337,4 @@ def train(config: dict | str | Path, out: str | Path | None = None, *, resume: s
     return path
 
 
-__all__ = ["DEFAULTS", "Trainee", "load_config", "simulate_and_score", "train", "validate"]
+__all__ = ["Trainee", "simulate_and_score", "train", "validate"]
