@@ -248,6 +248,8 @@ def test_video_click_propagate_save(client, served):
     info = client.post("/api/open", json={"path": "clip"}).json()
     sid = info["id"]
     assert info["kind"] == "video" and info["frames"] == 6
+    r = client.post(f"/api/s/{sid}/click", json={"position": [5, 5], "frame": 0, "object": 300})
+    assert r.status_code == 400 and "object ids 1-255" in r.json()["error"]  # a palette PNG could not save it
     labels = served["labels"]
     pos = [int(v) for v in np.argwhere(labels[0] == 1).mean(0).round()]
     r = client.post(f"/api/s/{sid}/click", json={"position": pos, "frame": 0, "shown": {"frame": 0}}).json()

@@ -251,7 +251,7 @@ def test_propagate_job_checks_its_inputs_before_any_work(tmp_path, shapes):
         propagate_video(video, tmp_path / "grey", masks=[(0, grey)])
     clicks = tmp_path / "big_id.json"
     clicks.write_text(json.dumps([{"position": [10, 10], "positive": True, "frame": 2, "object": 300}]))
-    with pytest.raises(InputError, match="click on frame 2 has object id 300"):
+    with pytest.raises(ClickError, match="click 1 has object id 300"):
         propagate_video(video, tmp_path / "big", clicks=clicks)
     assert not (tmp_path / "grey").exists() and not (tmp_path / "big").exists()
     out = tmp_path / "masks"

@@ -89,8 +89,13 @@ def make_click(position: Sequence[float], positive: object = True, object: int =
     return Click(pos, parse_label(positive), obj, fr)
 
 
+# a video's masks are palette PNGs (pixel value = object id): one byte per pixel
+MAX_VIDEO_OBJECT_ID = 255
+
+
 def validate_clicks(clicks: Iterable[Click], shape: Sequence[int], *, frames: int | None = None) -> list[Click]:
-    """Check every click against a spatial shape (and number of frames); return them as a list."""
+    """Check every click against a spatial shape (and, for a video, its number of frames and the object ids its
+    masks can hold); return them as a list."""
     out = list(clicks)
     for n, c in enumerate(out, 1):
         if len(c.position) != len(shape):
@@ -103,6 +108,9 @@ def validate_clicks(clicks: Iterable[Click], shape: Sequence[int], *, frames: in
                 raise ClickError(f"click {n} has no frame index; video clicks need one")
             if not 0 <= c.frame < frames:
                 raise ClickError(f"click {n} is on frame {c.frame}, the video has {frames} frames")
+            if c.object > MAX_VIDEO_OBJECT_ID:
+                raise ClickError(f"click {n} has object id {c.object}: a video's masks are palette PNGs, object ids "
+                                 f"1-{MAX_VIDEO_OBJECT_ID}")
     return out
 
 

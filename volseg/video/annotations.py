@@ -6,19 +6,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from ..clicks import Click
+from ..clicks import MAX_VIDEO_OBJECT_ID, Click
 from ..errors import InputError
-
-# a video's masks are palette PNGs (pixel value = object id): one byte per pixel
-MAX_OBJECT_ID = 255
-
-
-def check_object_ids(ids: Iterable[int], what: str, hint: str = "") -> None:
-    """Refuse object ids a video's masks cannot hold, before any work."""
-    top = max((int(v) for v in ids), default=0)
-    if top > MAX_OBJECT_ID:
-        raise InputError(f"{what} has object id {top}: a video's masks are palette PNGs, object ids 1-"
-                         f"{MAX_OBJECT_ID}{hint}")
 
 
 @dataclass
@@ -52,8 +41,10 @@ class AnnotatedFrames:
             raise InputError(f"mask for frame {frame} has shape {labels.shape}, the video's frames are {self.shape}")
         if not 0 <= frame < self.n_frames:
             raise InputError(f"mask for frame {frame}: the video has {self.n_frames} frames")
-        # a grey or 16-bit image given as a mask shows up here: its values are not object ids
-        check_object_ids(np.unique(labels), f"mask for frame {frame}", " (is it a label map?)")
+        top = int(labels.max(initial=0))
+        if top > MAX_VIDEO_OBJECT_ID:  # a grey or 16-bit image given as a mask: its values are not object ids
+            raise InputError(f"mask for frame {frame} has object id {top}: a video's masks are palette PNGs, object "
+                             f"ids 1-{MAX_VIDEO_OBJECT_ID} (is it a label map?)")
         self.add_objects(np.unique(labels))
         old = self.frames.get(frame)
         self.frames[frame] = Annotation(frame, labels.astype(np.uint8 if labels.max() < 256 else np.uint16),

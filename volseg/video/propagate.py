@@ -63,7 +63,7 @@ from ..clicks import Click, validate_clicks
 from ..config import GPConfig
 from ..errors import ClickError
 from ..session import Session
-from .annotations import AnnotatedFrames, Annotation, check_object_ids, clicks_by_frame
+from .annotations import AnnotatedFrames, Annotation, clicks_by_frame
 from .config import VideoConfig
 from .features import Flow, FrameFeatures, Grid, flow_confidence, frame_extractors, make_bank, warp
 from .gp import MemoryPosterior, probability
@@ -167,8 +167,6 @@ class VideoSegmenter:
         """Clicks (each with a frame): redo each clicked frame's mask with a Session, then propagate.
         Returns the frames whose result was recomputed."""
         clicks = validate_clicks(clicks, self.source.shape, frames=self.T)
-        for c in clicks:
-            check_object_ids([c.object], f"click on frame {c.frame}")
         by_frame = clicks_by_frame(clicks)
         for t, cs in sorted(by_frame.items()):
             old = self.annotations.get(t)
