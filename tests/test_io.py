@@ -241,6 +241,16 @@ def test_dicom_series_geometry_and_order(tmp_path):
     np.testing.assert_array_equal(one_file.array, img.array)
 
 
+def test_dicom_series_with_a_missing_slice_is_refused(tmp_path):
+    """A gap would put every slice after it at the wrong place in the world (the volume has one spacing),
+    and the mask written in that geometry with it: the steps found are named instead."""
+    make_dicom_series(tmp_path / "series", depth=6)
+    files = sorted((tmp_path / "series").glob("*.dcm"))
+    files[2].unlink()
+    with pytest.raises(InputError, match=r"not evenly spaced: steps of [\d.]+, [\d.]+ mm between its 5 slices"):
+        read_image(tmp_path / "series")
+
+
 @pytest.mark.parametrize("out_suffix", [".nrrd", ".nii.gz"])
 def test_mask_like_dicom(tmp_path, out_suffix):
     ref, arr = make_dicom_series(tmp_path / "series")

@@ -92,9 +92,34 @@ def read_dicom(path: Path) -> Image:
     uid, files = _series_files(path)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
-    img = from_sitk(reader.Execute())
+    reader.MetaDataDictionaryArrayUpdateOn()  # each slice's position, for the spacing check
+    volume = reader.Execute()
+    if len(files) > 2:
+        positions = [reader.GetMetaData(i, POSITION) if reader.HasMetaDataKey(i, POSITION) else None
+                     for i in range(len(files))]
+        if None not in positions:
+            check_even_slices(path, [[float(v) for v in p.split("\\")] for p in positions],
+                              np.asarray(volume.GetDirection(), np.float64).reshape(3, 3)[:, 2])
+    img = from_sitk(volume)
     img.meta.update(dicom_series=uid, dicom_files=len(files))
     return img
+
+
+POSITION = "0020|0032"  # DICOM Image Position (Patient): the slice's first voxel, in mm
+SLICE_TOLERANCE = 0.1   # of the median step: more uneven is a missing, doubled or misplaced slice
+
+
+def check_even_slices(path: Path, positions, normal: np.ndarray) -> None:
+    """A series becomes a volume with one spacing per axis: slices must be evenly spaced along the normal.
+    A missing slice (a gap) or a doubled one would put every voxel after it at the wrong place in the world,
+    and the mask written on that grid with it; refused, with the steps found."""
+    steps = np.diff(np.asarray(positions, np.float64) @ normal)
+    step = float(np.median(steps))
+    if step > 0 and np.abs(steps - step).max() <= SLICE_TOLERANCE * step:
+        return
+    found = ", ".join(f"{v:g}" for v in sorted(set(np.round(steps, 3)))[:6])
+    raise InputError(f"DICOM series {path} is not evenly spaced: steps of {found} mm between its {len(steps) + 1} "
+                     "slices (a missing or doubled slice?); volseg needs one spacing per axis to keep the geometry")
 
 
 def write_itk(arr: np.ndarray, like: Image, out: Path) -> None:
