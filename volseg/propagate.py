@@ -45,13 +45,14 @@ def propagate_video(video: str | Path, out: str | Path, *, clicks: str | Path | 
             raise InputError(f"--mask for frame {t}: the video has {T} frames")
     t0 = time.perf_counter()
     with VideoSegmenter(src, config) as seg:
-        # every input is read and checked (by the annotations it becomes) before any output is made
+        # every input is read and checked (a mask by the annotation it becomes) before any output is made,
+        # and every output before the clicked frames' masks are computed
         for t, p in masks:
             seg.set_mask(t, read_mask(p), propagate=False)
-        seg.add_clicks(click_list, propagate=False)
         writer = MaskWriter(out, src, overwrite=overwrite)
         writer.check()
         over = OverlayWriter(overlay, src.shape, src.fps, overwrite=overwrite) if overlay else None
+        seg.add_clicks(click_list, propagate=False)
         for t, labels in seg.label_maps(range(T), propagate=sorted(seg.annotations)):
             writer.write(t, labels)
             if over is not None:
