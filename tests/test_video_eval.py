@@ -141,6 +141,10 @@ def test_eval_video_layout_without_480p_and_errors(tmp_path):
     assert main(["eval-video", "--root", str(root), "--sequences", "shapes-a", "--mode", "semi",
                  "--out", str(tmp_path / "o")]) == 0
     assert main(["eval-video", "--root", str(tmp_path), "--out", str(tmp_path / "o2")]) == 2
+    # a sequence whose frames and annotations do not pair up fails before any output folder is made
+    (root / "Annotations" / "shapes-b" / "00004.png").unlink()
+    assert main(["eval-video", "--root", str(root), "--out", str(tmp_path / "o3")]) == 2
+    assert not (tmp_path / "o2").exists() and not (tmp_path / "o3").exists()
 
 
 @pytest.mark.devdata

@@ -152,14 +152,15 @@ def evaluate(root: str | Path, out: str | Path, *, mode: str = "semi", names: Se
     if mode not in ("semi", "interactive"):
         raise InputError(f"unknown mode {mode!r}: semi or interactive")
     out = Path(out)
+    seqs = [DavisSequence(root, name) for name in sequences(root, names)]  # each checked before out is made
     out.mkdir(parents=True, exist_ok=True)
     results = []
-    for name in sequences(root, names):
+    for seq in seqs:
+        name = seq.name
         path = out / f"{name}_{mode}.json"
         if path.exists() and not overwrite:
             results.append(json.loads(path.read_text()))
             continue
-        seq = DavisSequence(root, name)
         r = run_semi(seq, config) if mode == "semi" else \
             run_interactive(seq, config, rounds=rounds, clicks_per_round=clicks_per_round)
         r["peak_rss_mib"] = peak_rss_mib()
