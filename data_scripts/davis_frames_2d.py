@@ -26,6 +26,10 @@ def main() -> int:
     frames = sorted((a.davis / "JPEGImages").glob("*/*.jpg"))
     if not frames:
         p.error(f"no JPEGImages/<sequence>/<frame>.jpg under {a.davis}")
+    if a.every < 1:
+        p.error(f"--every must be 1 or more, got {a.every}")
+    if a.out.exists() and not a.out.is_dir():
+        p.error(f"{a.out} is a file; give a folder to create")
     (a.out / "img").mkdir(parents=True, exist_ok=True)
     (a.out / "gt").mkdir(parents=True, exist_ok=True)
     n = 0
