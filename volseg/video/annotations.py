@@ -47,8 +47,8 @@ class AnnotatedFrames:
                              f"ids 1-{MAX_VIDEO_OBJECT_ID} (is it a label map?)")
         self.add_objects(np.unique(labels))
         old = self.frames.get(frame)
-        self.frames[frame] = Annotation(frame, labels.astype(np.uint8 if labels.max() < 256 else np.uint16),
-                                        list(old.clicks) if old else [], dense=labels)
+        self.frames[frame] = Annotation(frame, labels.astype(np.uint8), list(old.clicks) if old else [],
+                                        dense=labels)
 
     def annotate(self, frame: int, clicks: Sequence[Click], labels: np.ndarray) -> None:
         """Clicks on ``frame`` and the mask they produced: added to the frame's earlier clicks."""
