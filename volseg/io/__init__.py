@@ -19,7 +19,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ..errors import GeometryError, InputError, VolsegError
+from ..errors import GeometryError, InputError, OutputError, VolsegError
 from ..image import Image
 from .atomic import atomic_path, check_output
 from .raster import read_raster, read_raster_labels, write_raster
@@ -181,7 +181,7 @@ def check_folder_path(folder: str | Path, what: str) -> None:
             try:
                 os.rmdir(tempfile.mkdtemp(prefix=".volseg-probe.", dir=p))
             except OSError as e:
-                raise InputError(f"cannot write {what}: folder {p} does not take new files ({e.strerror or e})") \
+                raise OutputError(f"cannot write {what}: folder {p} does not take new files ({e.strerror or e})") \
                     from None
             return
 
