@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 from scipy import ndimage as ndi
+from scipy.special import ndtr
 
 from volseg import Image, Session
 from volseg.clicks import Click
@@ -27,15 +28,36 @@ def reference_topology(labels, clicks):
     return labels
 
 
-def whole_image_mask(s: Session) -> np.ndarray:
-    """The label map as mask() computed it over the whole image on every call (no local state)."""
+def whole_image_mask(s: Session, raw: np.ndarray | None = None) -> np.ndarray:
+    """The label map as mask() computed it over the whole image on every call (no local state); ``raw``:
+    the labels before the topology step, if not the threshold of the latent."""
     objects = s.objects
     dtype = np.uint8
     if not objects:
         return np.zeros(s.image.shape, dtype)
-    best, arg = s._mean.max(0)
-    labels = np.asarray(objects, dtype)[arg.numpy()] * (best.numpy() > 0)
-    return reference_topology(labels.astype(dtype), s._train_clicks)
+    if raw is None:
+        best, arg = s._mean.max(0)
+        raw = np.asarray(objects, dtype)[arg.numpy()] * (best.numpy() > 0)
+    return reference_topology(raw.astype(dtype), s._train_clicks)
+
+
+def held_reference(s: Session, before: np.ndarray, objects_before: list, clicks_before: int) -> np.ndarray:
+    """Hysteresis over the whole image, written out plainly: the raw labels after the session's last click,
+    from the labels before it (``before``, made by ``clicks_before`` clicks for ``objects_before``)."""
+    ids = np.asarray(s.objects)
+    mean, var = s._mean.numpy(), s._variance().numpy()
+    best, arg = mean.max(0), mean.argmax(0)
+    plain = np.where(best > 0, ids[arg], 0)
+    if clicks_before == 0 or s.objects != objects_before:  # a new object's click: the plain threshold
+        return plain
+    h = s.config.hysteresis_for(s.image.ndim)
+    p = ndtr(mean / np.sqrt(1 + var))
+    options = np.concatenate([np.full((1,) + best.shape, 0.5), p])  # background, then each object
+    options += h * (before[None] == np.concatenate([[0], ids]).reshape((-1,) + (1,) * best.ndim))
+    held = np.concatenate([[0], ids])[options.argmax(0)]
+    for c in s._train_clicks:
+        held[c.voxel()] = plain[c.voxel()]
+    return held
 
 
 def rings_image(shape, period=16, seed=0):
@@ -51,35 +73,50 @@ def rings_image(shape, period=16, seed=0):
     return img.astype(np.float32)
 
 
-@pytest.mark.parametrize("shape, spacing, period, lengthscale, seed",
-                         [((120, 128), (1.0, 1.0), 16, 8.0, 1), ((44, 48, 36), (1.0, 1.0, 1.5), 14, 4.0, 8)])
-def test_local_mask_equals_whole_image_mask_over_random_clicks(shape, spacing, period, lengthscale, seed):
+@pytest.mark.parametrize("shape, spacing, period, lengthscale, seed, hysteresis, n_objects",
+                         [((120, 128), (1.0, 1.0), 16, 8.0, 1, 0.0, 2),
+                          ((44, 48, 36), (1.0, 1.0, 1.5), 14, 4.0, 8, 0.0, 2),
+                          ((44, 48, 36), (1.0, 1.0, 1.5), 14, 4.0, 8, 0.1, 2),
+                          ((44, 48, 36), (1.0, 1.0, 1.5), 14, 4.0, 8, 0.1, 1)])
+def test_local_mask_equals_whole_image_mask_over_random_clicks(shape, spacing, period, lengthscale, seed, hysteresis,
+                                                              n_objects):
     image = rings_image(shape, period)
     # a reach short next to the image, so that clicks update part of it; no edge cut (an image-wide step);
     # the plain RBF, whose one lengthscale leaves the holes and stray parts this test must see
-    s = Session(spatial_lengthscale=lengthscale, edge_strength=0, kernel="rbf", latent="gp").set_image(
-        Image.from_array(image, spacing=spacing))
+    s = Session(spatial_lengthscale=lengthscale, edge_strength=0, kernel="rbf", latent="gp",
+                hysteresis=hysteresis).set_image(Image.from_array(image, spacing=spacing))
     rng = np.random.default_rng(seed)  # a click sequence that drops parts and fills holes
     bright = np.argwhere(image > 0.45)
-    local_updates = dropped = filled = 0
+    local_updates = dropped = filled = held = 0
+    history = [(np.zeros(shape, np.int64), [], 0)]  # held labels: the whole-image reference after each click
     for step in range(24):
         if step % 7 == 6:
             s.undo()
+            if hysteresis:
+                history.pop()
         else:
             positive = not s.clicks or bool(rng.random() < 0.6)  # (a session's first click names an object)
             pos = bright[rng.integers(len(bright))] if positive else rng.integers(0, shape)
-            s.add_click(tuple(int(v) for v in pos), positive=positive, object=int(rng.integers(1, 3)))
+            s.add_click(tuple(int(v) for v in pos), positive=positive, object=int(rng.integers(1, n_objects + 1)))
+            if hysteresis:
+                history.append((held_reference(s, *history[-1]), list(s.objects), len(s.clicks)))
         local_updates += isinstance(s.last_region, list) and s.last_update["locations"] < image.size / 2
         m = s.mask()
-        np.testing.assert_array_equal(m, whole_image_mask(s), err_msg=f"after step {step}")
+        raw = history[-1][0] if hysteresis else None
+        if hysteresis:  # labels the plain threshold would change
+            best, arg = s._mean.max(0)
+            held += bool((np.asarray(s.objects)[arg.numpy()] * (best.numpy() > 0) != raw).any())
+        np.testing.assert_array_equal(m, whole_image_mask(s, raw), err_msg=f"after step {step}")
         for c in s._train_clicks:  # clicked voxels keep their labels
             assert m[c.voxel()] == (c.object if c.positive else 0)
         raw = s._mean.max(0).values.numpy() > 0
         dropped += bool((raw & (m == 0)).any())  # parts not connected to their clicks
         filled += bool((~raw & (m > 0)).any())  # holes
-    # the run exercised what it is meant to: local updates, both objects, dropped parts and filled holes
-    assert local_updates >= 12 and dropped >= 5 and filled >= 5, (local_updates, dropped, filled)
-    assert set(np.unique(s.mask())) == {0, 1, 2}
+    # the run exercised what it is meant to: local updates, both objects, dropped parts and filled holes,
+    # and held labels where the threshold alone would have changed them
+    assert local_updates >= 12 and dropped >= 5 and (filled >= 5 or n_objects == 1), (local_updates, dropped, filled)
+    assert held >= 5 or not hysteresis, held
+    assert set(np.unique(s.mask())) == set(range(n_objects + 1))
 
 
 def test_local_mask_sees_holes_open_and_close():
@@ -89,7 +126,7 @@ def test_local_mask_sees_holes_open_and_close():
     grid = np.indices(shape)
     r = np.sqrt(((grid - 20.0) ** 2).sum(0))
     img = Image.from_array(((r > 12) & (r < 15)).astype(np.float32))
-    s = Session(spatial_lengthscale=60.0, edge_strength=0).set_image(img)
+    s = Session(spatial_lengthscale=60.0, edge_strength=0, hysteresis=0).set_image(img)
     s.add_click((20, 20, 6), True)  # on the shell
     filled = s.mask()
     assert filled[20, 20, 20] == 1  # the inside is a hole of the shell, filled
@@ -172,3 +209,95 @@ def test_mask_stage_cuts_edges_only_where_the_settings_ask():
     assert MaskStage(volume, GPConfig()).edge_cut is None            # volumes: the GP's own mask
     assert MaskStage(flat, GPConfig(edge_strength=0)).edge_cut is None
     assert MaskStage(flat, GPConfig(edge_max_locations=100)).edge_cut is None
+
+
+def test_held_labels_change_only_where_the_posterior_decides():
+    """One object, margin 0.1: after the first click a location joins above 1/2 + 0.1 and leaves below
+    1/2 - 0.1 (the probability with the variance); the first click and clicked locations take the plain
+    threshold; undo restores the labels from before the click."""
+    from scipy.special import ndtri
+
+    from volseg.mask import HeldLabels
+
+    def mean(p, var=0.0):  # the latent whose probability under this variance is p
+        return torch.as_tensor((ndtri(np.asarray(p)) * np.sqrt(1 + var))[None].astype(np.float32))
+
+    no_var = lambda voxels: np.zeros(len(voxels))  # noqa: E731
+    held = HeldLabels((4, 5), 0.1, max_variance=3.0)
+    first = [Click((0.0, 0.0), True, 1)]
+    p0 = np.full((4, 5), 0.3)
+    p0[:2] = 0.55  # barely in: the first click's labels are the plain threshold's
+    held.update(mean(p0), no_var, [1], None, first, 1)
+    np.testing.assert_array_equal(held.state, p0 > 0.5)
+    after_first = held.state.copy()
+
+    p1 = np.array([0.45, 0.35, 0.58, 0.65])[:, None].repeat(5, 1)  # stays in, leaves, stays out, joins
+    p1[0, 0] = 0.6  # the positive click
+    second = first + [Click((0.0, 4.0), False, 1)]  # a negative click where the held label would be 1
+    held.update(mean(p1), no_var, [1], None, second, 2)
+    expected = np.array([1, 0, 0, 1])[:, None].repeat(5, 1)
+    expected[0, 4] = 0
+    np.testing.assert_array_equal(held.state, expected)
+
+    # the variance widens what the margin asks of the latent: 0.35 is p 0.64 alone, 0.57 with variance 3
+    latent = torch.full((1, 4, 5), 0.35)
+    latent[0, 0, 4] = -0.5  # the negative click
+    asked = []
+
+    def variance_3(voxels):
+        asked.append(len(voxels))
+        return np.full(len(voxels), 3.0)
+
+    held.update(latent, variance_3, [1], None, second, 2)
+    np.testing.assert_array_equal(held.state, expected)
+    assert asked == [10]  # the variance only where the threshold disagrees with a held label (rows 1 and 2)
+    held.update(latent * 0.5, variance_3, [1], None, second, 2)  # p <= 0.57 for any variance: none asked
+    assert asked == [10]
+    held.update(latent, no_var, [1], None, second, 2)
+    expected[:] = 1
+    expected[0, 4] = 0
+    np.testing.assert_array_equal(held.state, expected)
+
+    held.undo(2)
+    np.testing.assert_array_equal(held.state, after_first)
+
+
+def test_undo_gives_back_the_mask_before_the_click():
+    """With held labels (the volume default) undo restores the mask exactly, not the threshold's."""
+    image = rings_image((30, 32, 28), 14)
+    s = Session(spatial_lengthscale=4.0, kernel="rbf", latent="gp").set_image(Image.from_array(image))
+    bright = np.argwhere(image > 0.45)
+    masks = []
+    for i in range(6):
+        s.add_click(tuple(int(v) for v in bright[(i * 997) % len(bright)]), positive=i % 3 != 2)
+        masks.append(s.mask())
+    for i in range(5, 0, -1):
+        s.undo()
+        np.testing.assert_array_equal(s.mask(), masks[i - 1], err_msg=f"undo to {i} clicks")
+
+
+def test_clicks_added_together_are_one_step():
+    """add_clicks (a clicks file) moves held labels once: the mask is the threshold's from scratch, in any
+    order; undoing one of them leaves the others as one step too."""
+    image = rings_image((30, 32, 28), 14)
+    bright = np.argwhere(image > 0.45)
+    clicks = [Click(tuple(float(v) for v in bright[(i * 997) % len(bright)]), i % 3 != 2, 1) for i in range(6)]
+
+    def session(**settings):
+        s = Session(spatial_lengthscale=4.0, kernel="rbf", latent="gp", **settings)
+        return s.set_image(Image.from_array(image))
+
+    plain = session(hysteresis=0)
+    plain.add_clicks(clicks)
+    for order in (clicks, clicks[::-1][1:] + clicks[-1:]):  # the same set, the last click the same
+        s = session()
+        s.add_clicks(order)
+        np.testing.assert_array_equal(s.mask(), plain.mask())
+    s.undo()
+    fewer = session(hysteresis=0)
+    fewer.add_clicks(clicks[:-1])
+    np.testing.assert_array_equal(s.mask(), fewer.mask())
+    one_by_one = session()
+    for c in clicks:
+        one_by_one.add_click(c.position, c.positive, c.object)
+    assert (one_by_one.mask() != plain.mask()).any()  # clicked one at a time, labels are held

@@ -40,6 +40,11 @@ def test_tiles_equal_whole_volume_features(spacing):
     computed = tiles.done.sum()
     tiles.ensure([(slice(3, 20), slice(40, 60), slice(5, 25))])  # a tile is computed once
     assert tiles.done.sum() == computed
+    voxels = np.array([[85, 2, 1], [86, 3, 2], [5, 70, 55]])  # points: at least the tiles that hold them
+    holding = tuple((voxels // TILE).T)
+    assert not tiles.done[holding].any()
+    tiles.ensure([], voxels)
+    assert tiles.done[holding].all()
     full = tiles.ensure_all()
     assert tiles.done.all() and np.isfinite(full).all()
     # the standardisation comes from a sample: close to the whole volume's for the smoothed

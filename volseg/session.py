@@ -39,12 +39,13 @@ from .gp.reach import ball_boxes, box_size, influence_radii, merge_boxes, moved_
 from .gp.sampling import PathwiseSampler
 from .image import Image
 from .io import read_image, write_mask
-from .mask import MaskStage, label_dtype, threshold
+from .mask import MaskStage
 from .seeds import homogeneous_points
 
 # the smallest image segmented: MIN_SIDE locations along at least two axes (a volume of one slice is
 # a 2D image; a line of pixels or a single one is not an image to segment)
 MIN_SIDE = 2
+VOXELS_PER_CALL = 65536  # locations whose kernel row to the clicks one variance call holds
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ class Session:
             self.field_share = FieldShare(field, share=cfg.gmrf_share * cfg.outputscale,
                                           anchor_share=cfg.gmrf_anchor_share * cfg.outputscale,
                                           background=cfg.background_mean)
-        self._masks = MaskStage(img, self.config)
+        self._masks = MaskStage(img, self.config, max_variance=self.kernel.outputscale)
         self.reset()
         return self
 
@@ -262,12 +263,16 @@ class Session:
         return dt
 
     def add_clicks(self, clicks: Sequence[Click]) -> None:
-        for c in clicks:
-            self.add_click(c.position, c.positive, c.object)
+        """Add several clicks in order; in a volume the mask takes them as one step (held labels,
+        :class:`volseg.mask.HeldLabels`), so their order does not change it."""
+        with self._masks.one_step():
+            for c in clicks:
+                self.add_click(c.position, c.positive, c.object)
 
     def undo(self) -> None:
         if not self.clicks:
             raise ClickError("nothing to undo: there are no clicks")
+        self._masks.undo(len(self.clicks))
         self._apply(self.clicks[:-1])
         self.timings = self.timings[: len(self.clicks)]
 
@@ -283,6 +288,7 @@ class Session:
         self._objects_fitted = list(self.objects)
         if self.field_share is not None:
             self.field_share.reset()
+        self._masks.forget()
         self._evaluate_all()
 
     @staticmethod
@@ -479,6 +485,7 @@ class Session:
             self._mean.view(K, -1).copy_(self._prior_mean(box, self.objects or [0]).T.expand(K, -1))
             self._var.fill_(self.kernel.outputscale)
             self.last_update = {"locations": 0, "seconds": 0.0}
+            self._masks.moved(None, self._mean, self.objects, self._train_clicks, len(self.clicks), self._variance_at)
             return
         self._evaluate_boxes([box])
 
@@ -524,7 +531,18 @@ class Session:
         self.last_update = {"locations": sum(box_size(b) for b in boxes),
                             "seconds": time.perf_counter() - t0}
         self._stale_var = merge_boxes(self._stale_var + list(boxes))
-        self._masks.invalidate(boxes if changed is None else changed)
+        self._masks.moved(boxes if changed is None else changed, self._mean, self.objects, self._train_clicks,
+                          len(self.clicks), self._variance_at)
+
+    def _variance_at(self, voxels: np.ndarray) -> np.ndarray:
+        """The posterior variance at (n, ndim) voxels, float64 (n,): what the variance map holds there,
+        without bringing the whole map up to date."""
+        out = np.empty(len(voxels))
+        for a in range(0, len(voxels), VOXELS_PER_CALL):
+            z = self.inputs.at(voxels[a:a + VOXELS_PER_CALL])
+            _, var = self.posterior.mean_var(z, z[:, :0], with_mean=False)
+            out[a:a + VOXELS_PER_CALL] = var.cpu().numpy()
+        return out
 
     def _variance(self) -> torch.Tensor:
         """The posterior variance map, brought up to date over the regions clicks have changed."""
@@ -557,12 +575,12 @@ class Session:
 
     def raw_labels(self, box: Box) -> np.ndarray:
         """Labels of ``box`` before the mask's clean-up (connected parts, holes, edge cut): the object
-        with the largest positive latent mean.  Cheap where :meth:`mask` is not: a preview of it on a
-        slice of a large volume, right after a click."""
+        with the largest positive latent mean, or the held labels in a volume.  Cheap where :meth:`mask` is
+        not: a preview of it on a slice of a large volume, right after a click."""
         self._require_image()
         if not self.objects:
             return np.zeros(tuple(s.stop - s.start for s in box), dtype=np.uint8)
-        return threshold(self._mean, self.objects, box, label_dtype(self.objects))
+        return self._masks.raw(self._mean, self.objects, box)
 
     def uncertainty(self) -> np.ndarray:
         """Posterior standard deviation of the latent function, float32 (*spatial)."""

@@ -75,12 +75,15 @@ class TiledFeatures:
         self.initial_seconds = self.seconds  # what making the object took (before any click asked)
 
     # -- public ------------------------------------------------------------------------------------
-    def ensure(self, boxes: Sequence[Box]) -> None:
-        """Compute every tile that meets one of ``boxes`` and is not computed yet."""
+    def ensure(self, boxes: Sequence[Box], voxels: np.ndarray | None = None) -> None:
+        """Compute every tile that meets one of ``boxes`` or holds one of ``voxels`` (n, ndim) and is not
+        computed yet."""
         need = np.zeros(self.grid, dtype=bool)
         for b in boxes:
             if all(s.stop > s.start for s in b):
                 need[tuple(slice(s.start // TILE, -(-s.stop // TILE)) for s in b)] = True
+        if voxels is not None and len(voxels):
+            need[tuple((np.asarray(voxels, np.int64) // TILE).T)] = True
         missing = need & ~self.done
         if not missing.any():
             return

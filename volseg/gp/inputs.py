@@ -17,7 +17,7 @@ import torch
 class InputMap:
     def __init__(self, features: torch.Tensor, spacing: Sequence[float], *, feature_lengthscale: float,
                  spatial_lengthscale: float, compute_dtype: torch.dtype = torch.float32,
-                 ensure: Callable[[list[tuple[slice, ...]]], None] | None = None) -> None:
+                 ensure: Callable[[list[tuple[slice, ...]], np.ndarray | None], None] | None = None) -> None:
         self.features = features  # (*spatial, D), any float dtype, on the evaluation device
         # features computed on demand (volseg.features.tiles): called with the boxes about to be read
         self._ensure = ensure
@@ -37,15 +37,16 @@ class InputMap:
     def dim(self) -> int:
         return self.n_features + self.ndim
 
-    def ensure(self, boxes: list[tuple[slice, ...]]) -> None:
-        """Make the features of these boxes valid before they are read (a no-op unless computed on demand)."""
+    def ensure(self, boxes: list[tuple[slice, ...]], voxels: np.ndarray | None = None) -> None:
+        """Make the features of these boxes (and of these (n, ndim) voxels) valid before they are read (a
+        no-op unless computed on demand)."""
         if self._ensure is not None:
-            self._ensure(boxes)
+            self._ensure(boxes, voxels)
 
     def at(self, voxels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """z at integer voxel indices (n, ndim)."""
         idx = torch.as_tensor(np.asarray(voxels), dtype=torch.long, device=self.device).reshape(-1, self.ndim)
-        self.ensure([tuple(slice(int(v), int(v) + 1) for v in row) for row in idx.tolist()])
+        self.ensure([], idx.cpu().numpy())
         z = torch.empty(idx.shape[0], self.dim, dtype=self.dtype, device=self.device)
         z[:, : self.n_features] = self.features[tuple(idx.T)]
         z[:, self.n_features:] = (idx.to(self.dtype) - self.centre) * self.position_scale
