@@ -301,3 +301,31 @@ def test_clicks_added_together_are_one_step():
     for c in clicks:
         one_by_one.add_click(c.position, c.positive, c.object)
     assert (one_by_one.mask() != plain.mask()).any()  # clicked one at a time, labels are held
+
+
+def test_a_clicks_file_made_one_at_a_time_gives_the_mask_that_was_seen(tmp_path):
+    """`volseg serve` saves its clicks with ``one_at_a_time``: `volseg segment` then applies them in order,
+    labels held, and writes the mask the page showed; a file without it is one step."""
+    import nibabel as nib
+
+    from volseg.clicks import save_clicks
+    from volseg.config import GPConfig
+    from volseg.io import read_image
+    from volseg.segment import segment_file
+
+    path = tmp_path / "rings.nii.gz"
+    nib.save(nib.Nifti1Image(rings_image((30, 32, 28), 14), np.eye(4)), path)
+    img = read_image(path)
+    bright = np.argwhere(img.array[..., 0] > 0.45)
+    clicks = [Click(tuple(float(v) for v in bright[(i * 997) % len(bright)]), i % 3 != 2, 1) for i in range(6)]
+    config = GPConfig(spatial_lengthscale=4.0, kernel="rbf", latent="gp")
+    seen, together = Session(config=config).set_image(img), Session(config=config).set_image(img)
+    for c in clicks:
+        seen.add_click(c.position, c.positive, c.object)
+    together.add_clicks(clicks)
+    assert (seen.mask() != together.mask()).any()
+    for one_at_a_time, session in ((True, seen), (False, together)):
+        clicks_path, out = tmp_path / f"clicks_{one_at_a_time}.json", tmp_path / f"mask_{one_at_a_time}.nii.gz"
+        save_clicks(clicks, clicks_path, one_at_a_time=one_at_a_time)
+        segment_file(path, clicks_path, out, config=config)
+        np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj) > 0, session.mask() > 0)

@@ -7,6 +7,11 @@ JSON::
     {"coordinates": "index",            # or "world" (LPS mm; "world-ras" for RAS mm)
      "clicks": [{"position": [120, 88, 14], "label": "positive", "object": 1, "frame": null}, ...]}
 
+``"one_at_a_time": true`` says the clicks were made one after another, as `volseg serve` saves them: a
+volume then gets them in that order, each one's labels held as a viewer holds them
+(:class:`volseg.mask.HeldLabels`), and the mask is the one that was seen.  Without it a file's clicks act
+as one step, in any order.
+
 A bare list of click objects is accepted too.  ``label`` is ``positive``/``negative``
 (also ``pos``/``neg``, ``fg``/``bg``, ``1``/``0``, ``true``/``false``).
 
@@ -194,6 +199,18 @@ def _read_csv(p: Path) -> tuple[list[dict], str]:
     return rows, space
 
 
-def save_clicks(clicks: Iterable[Click], path: str | Path) -> None:
+def save_clicks(clicks: Iterable[Click], path: str | Path, *, one_at_a_time: bool = False) -> None:
+    """Write a JSON clicks file; ``one_at_a_time``: the clicks were made one after another (module doc)."""
+    data = {"coordinates": "index", **({"one_at_a_time": True} if one_at_a_time else {}),
+            "clicks": [c.to_dict() for c in clicks]}
     with atomic_path(path) as tmp:
-        Path(tmp).write_text(json.dumps({"coordinates": "index", "clicks": [c.to_dict() for c in clicks]}, indent=1))
+        Path(tmp).write_text(json.dumps(data, indent=1))
+
+
+def made_one_at_a_time(path: str | Path) -> bool:
+    """Whether a clicks file (read by :func:`load_clicks` first) says its clicks were made one at a time."""
+    p = Path(path)
+    if p.suffix.lower() == ".csv":
+        return False
+    data = json.loads(p.read_text(encoding="utf-8-sig"))
+    return isinstance(data, dict) and data.get("one_at_a_time") is True

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .clicks import load_clicks
+from .clicks import load_clicks, made_one_at_a_time
 from .config import GPConfig
 from .errors import ClickError
 from .io import check_output_dims, check_output_path, output_files, read_image, read_mask, write_mask, write_probability
@@ -60,7 +60,11 @@ def _segment(image, clicks, named: dict, inputs: tuple, *, prior, device, featur
 
     session = Session(features=features, device=device, config=config, **settings)
     session.set_image(img, prior=prior_mask)
-    session.add_clicks(click_list)  # one step: the file's click order does not change the mask
+    if made_one_at_a_time(clicks):  # as a viewer made them: in order, each one's labels held
+        for c in click_list:
+            session.add_click(c.position, c.positive, c.object)
+    else:  # one step: the file's click order does not change the mask
+        session.add_clicks(click_list)
     mask = session.mask()
     prob_map = session.probability(session.objects[0]) if prob is not None and session.objects else None
     if prob is not None and prob_map is None:

@@ -131,7 +131,7 @@ class ImageState:
         out.mkdir(parents=True, exist_ok=True)
         mask_path = out / default_output_name(self.path)
         clicks_path = mask_path.with_name(mask_path.name.split("_mask")[0] + "_clicks.json")
-        save_clicks(clicks, clicks_path)
+        save_clicks(clicks, clicks_path, one_at_a_time=True)  # the mask they give is the one the page showed
         rec = segment_file(self.path, clicks_path, mask_path, overwrite=True, **self.settings)
         return {"mask": str(mask_path), "sidecar": str(sidecar_path(mask_path)), "clicks": str(clicks_path),
                 "download": mask_path, "voxels_per_label": rec["voxels_per_label"]}
