@@ -43,7 +43,6 @@ def test_the_for_methods_read_the_table(ndim):
     assert cfg.spatial_fraction_for(ndim) == by_dimension("spatial_fraction", ndim)
     assert cfg.noise_per_point_for(ndim) is by_dimension("noise_per_point", ndim)
     assert cfg.edge_strength_for(ndim) == by_dimension("edge_strength", ndim)
-    assert cfg.hysteresis_for(ndim) == by_dimension("hysteresis", ndim)
     assert cfg.replace(kernel="rbf").spatial_fraction_for(ndim) == by_dimension("spatial_fraction_one_scale", ndim)
 
 
@@ -59,9 +58,8 @@ def test_per_dimension_values_are_unchanged():
 
 
 def test_explicit_settings_win_over_the_table():
-    cfg = GPConfig(spatial_fraction=0.2, edge_strength=3.0, noise_per_point=False, kernel="matern32", hysteresis=0.0)
+    cfg = GPConfig(spatial_fraction=0.2, edge_strength=3.0, noise_per_point=False, kernel="matern32")
     assert (cfg.spatial_fraction_for(3), cfg.edge_strength_for(2), cfg.noise_per_point_for(3)) == (0.2, 3.0, False)
-    assert cfg.hysteresis_for(3) == 0.0
     assert cfg.kernel_for(2) == "matern32"
 
 
@@ -102,7 +100,7 @@ def test_an_unknown_setting_is_named_however_it_arrives():
         GPConfig().replace(bogus=1)
 
 
-@pytest.mark.parametrize("value", [-0.1, 0.6, "high"])
+@pytest.mark.parametrize("value", [-0.1, 0.6, "high", None])
 def test_hysteresis_outside_its_range_is_named(value):
     with pytest.raises(InputError, match="hysteresis"):
         GPConfig(hysteresis=value)

@@ -8,7 +8,6 @@ import torch
 from scipy import ndimage as ndi
 
 from volseg import Session
-from volseg.clicks import Click
 from volseg.config import GPConfig
 from volseg.errors import InputError
 from volseg.gp.gmrf import GMRF, SupervoxelGraph, image_noise
@@ -138,9 +137,9 @@ def test_the_demo_lesion_in_smoothed_noise_fills_from_the_demo_clicks():
     vol, lesion = synthetic_volume()
     s = Session().set_image(Image.from_array(vol, spacing=(0.9, 0.9, 2.5)))
     centre = np.argwhere(lesion).mean(0).round().astype(int)
-    clicks = [Click(tuple(float(v) for v in position), positive, 1) for position, positive in
-              ((centre, True), ((10, 48, 20), False), (centre + [0, 0, 5], True), ((48, 20, 20), False))]
-    s.add_clicks(clicks)  # as the demo gives them, through `volseg segment`: one step
+    for position, positive in ((centre, True), ((10, 48, 20), False), (centre + [0, 0, 5], True),
+                               ((48, 20, 20), False)):
+        s.add_click(tuple(int(v) for v in position), positive=positive)
     assert dice(lesion, s.mask() == 1) > 0.85
 
 

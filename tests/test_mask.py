@@ -1,4 +1,6 @@
 """The label map kept up to date box by box equals the one recomputed over the whole image."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,8 @@ from scipy.special import ndtr
 from volseg import Image, Session
 from volseg.clicks import Click
 from volseg.mask import LabelMap, clean_topology
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 def reference_topology(labels, clicks):
@@ -50,7 +54,7 @@ def held_reference(s: Session, before: np.ndarray, objects_before: list, clicks_
     plain = np.where(best > 0, ids[arg], 0)
     if clicks_before == 0 or s.objects != objects_before:  # a new object's click: the plain threshold
         return plain
-    h = s.config.hysteresis_for(s.image.ndim)
+    h = s.config.hysteresis
     p = ndtr(mean / np.sqrt(1 + var))
     options = np.concatenate([np.full((1,) + best.shape, 0.5), p])  # background, then each object
     options += h * (before[None] == np.concatenate([[0], ids]).reshape((-1,) + (1,) * best.ndim))
@@ -126,7 +130,7 @@ def test_local_mask_sees_holes_open_and_close():
     grid = np.indices(shape)
     r = np.sqrt(((grid - 20.0) ** 2).sum(0))
     img = Image.from_array(((r > 12) & (r < 15)).astype(np.float32))
-    s = Session(spatial_lengthscale=60.0, edge_strength=0, hysteresis=0).set_image(img)
+    s = Session(spatial_lengthscale=60.0, edge_strength=0).set_image(img)
     s.add_click((20, 20, 6), True)  # on the shell
     filled = s.mask()
     assert filled[20, 20, 20] == 1  # the inside is a hole of the shell, filled
@@ -263,9 +267,9 @@ def test_held_labels_change_only_where_the_posterior_decides():
 
 
 def test_undo_gives_back_the_mask_before_the_click():
-    """With held labels (the volume default) undo restores the mask exactly, not the threshold's."""
+    """With held labels undo restores the mask exactly, not the threshold's."""
     image = rings_image((30, 32, 28), 14)
-    s = Session(spatial_lengthscale=4.0, kernel="rbf", latent="gp").set_image(Image.from_array(image))
+    s = Session(spatial_lengthscale=4.0, kernel="rbf", latent="gp", hysteresis=0.1).set_image(Image.from_array(image))
     bright = np.argwhere(image > 0.45)
     masks = []
     for i in range(6):
@@ -283,8 +287,8 @@ def test_clicks_added_together_are_one_step():
     bright = np.argwhere(image > 0.45)
     clicks = [Click(tuple(float(v) for v in bright[(i * 997) % len(bright)]), i % 3 != 2, 1) for i in range(6)]
 
-    def session(**settings):
-        s = Session(spatial_lengthscale=4.0, kernel="rbf", latent="gp", **settings)
+    def session(hysteresis=0.1):
+        s = Session(spatial_lengthscale=4.0, kernel="rbf", latent="gp", hysteresis=hysteresis)
         return s.set_image(Image.from_array(image))
 
     plain = session(hysteresis=0)
@@ -318,7 +322,7 @@ def test_a_clicks_file_made_one_at_a_time_gives_the_mask_that_was_seen(tmp_path)
     img = read_image(path)
     bright = np.argwhere(img.array[..., 0] > 0.45)
     clicks = [Click(tuple(float(v) for v in bright[(i * 997) % len(bright)]), i % 3 != 2, 1) for i in range(6)]
-    config = GPConfig(spatial_lengthscale=4.0, kernel="rbf", latent="gp")
+    config = GPConfig(spatial_lengthscale=4.0, kernel="rbf", latent="gp", hysteresis=0.1)
     seen, together = Session(config=config).set_image(img), Session(config=config).set_image(img)
     for c in clicks:
         seen.add_click(c.position, c.positive, c.object)
@@ -329,3 +333,14 @@ def test_a_clicks_file_made_one_at_a_time_gives_the_mask_that_was_seen(tmp_path)
         save_clicks(clicks, clicks_path, one_at_a_time=one_at_a_time)
         segment_file(path, clicks_path, out, config=config)
         np.testing.assert_array_equal(np.asarray(nib.load(out).dataobj) > 0, session.mask() > 0)
+
+
+def test_held_labels_are_opt_in():
+    from volseg.config import GPConfig
+    from volseg.mask import MaskStage
+
+    volume = Image.from_array(np.zeros((8, 30, 40), np.float32))
+    assert MaskStage(volume, GPConfig()).held is None
+    assert MaskStage(volume, GPConfig.from_yaml(CONFIGS / "held_labels.yaml")).held.margin == 0.1
+    flat = Image.from_array(np.zeros((30, 40), np.float32))  # the 2D cut redoes the labels: nothing to hold
+    assert MaskStage(flat, GPConfig(hysteresis=0.1)).held is None

@@ -28,10 +28,10 @@ from volseg.serve import (  # noqa: E402
 from volseg.serve.cli import is_loopback  # noqa: E402
 
 # one wide spatial RBF GP instead of the default (for volumes the GMRF sum, which fills less of a generated
-# shape), its labels not held across clicks: two clicks fill the small generated ellipsoid (these tests are
-# about what the server sends, not about how far a click reaches)
+# shape): two clicks fill the small generated ellipsoid (these tests are about what the server sends, not
+# about how far a click reaches)
 SETTINGS = {"features": "filterbank", "device": "cpu",
-            "config": GPConfig(spatial_fraction=0.3, kernel="rbf", latent="gp", hysteresis=0.0)}
+            "config": GPConfig(spatial_fraction=0.3, kernel="rbf", latent="gp")}
 
 
 def disc_image(shape=(64, 80), seed=0):

@@ -267,11 +267,16 @@ def test_the_demo_volume_with_the_demo_clicks(browser, outdir, tmp_path):
     assert not errors, errors
     # the page shows the library's answer: the same clicks through a Session give the same mask
     from volseg import Session
+    from volseg.clicks import load_clicks
     from volseg.io import read_image
 
+    # the clicks the page made (a slice's screen point lands within a voxel or two of the one aimed at)
+    made = load_clicks(saved.with_name("synthetic_t2_clicks.json"))
+    assert [c.positive for c in made] == [p for _, p in clicks]
+    assert all(np.abs(np.subtract(c.position, p)).max() <= 2 for c, (p, _) in zip(made, clicks))
     session = Session().set_image(read_image(tmp_path / "synthetic_t2.nii.gz"))
-    for position, positive in clicks:
-        session.add_click(position, positive)
+    for c in made:  # one at a time, as the page got them: in a volume each click's labels are held
+        session.add_click(c.position, c.positive)
     assert (mask == (session.mask() > 0)).mean() > 0.999
     # and it filled the lesion
     assert 2 * (mask & lesion).sum() / (mask.sum() + lesion.sum()) > 0.8

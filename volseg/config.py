@@ -23,7 +23,6 @@ BY_DIMENSION = {
     "noise_per_point": (False, True),
     "edge_strength": (15.0, 0.0),
     "latent": ("gp", "sum"),
-    "hysteresis": (0.0, 0.1),
 }
 
 # what carries a click's label over the image (GPConfig.latent): the GP alone, or the GP and a Gaussian Markov
@@ -54,9 +53,9 @@ class GPConfig:
     prior_strength: float = 1.0           # prior mean is +-this inside/outside a prior mask
     connected: bool = True                # mask keeps only regions connected to a positive click of their object
     fill_holes: bool = True               # and fills enclosed holes that hold no negative click
-    hysteresis: float | None = None       # after a click, a location keeps its label unless another label's
+    hysteresis: float = 0.0               # after a click, a location keeps its label unless another label's
                                           # probability beats it by more than this (volseg.mask.HeldLabels);
-                                          # None: BY_DIMENSION
+                                          # 0: off (volumes: configs/held_labels.yaml, README)
     edge_strength: float | None = None    # minimum cut onto image edges (volseg.boundary); 0 disables;
                                           # None: BY_DIMENSION
     edge_band: float = 1.5                # ... over locations whose latent mean is within this of 0
@@ -140,12 +139,6 @@ class GPConfig:
         # low-contrast structures and Dice fell as clicks were added, so volumes go without
         return self.edge_strength if self.edge_strength is not None else by_dimension("edge_strength", ndim)
 
-    def hysteresis_for(self, ndim: int) -> float:
-        # volumes: a click nudges look-alike tissue near 1/2 over the threshold and back, and the mask floods
-        # and collapses from one click to the next (chosen on the dev volumes' tune part, README); 2D images
-        # are cut onto their edges instead, from the whole latent each time
-        return self.hysteresis if self.hysteresis is not None else by_dimension("hysteresis", ndim)
-
     def latent_for(self, ndim: int, voxels: int = 0) -> str:
         # volumes: the GMRF + GP sum fills more of a clicked organ on the dev volumes (README); a whole CT
         # over on_demand_features_above keeps the GP, as the supervoxel graph needs the whole volume before
@@ -185,7 +178,7 @@ _RANGES = {
     ("number", 0.0, True, None, True): ("edge_strength",),
     ("number", 0.0, True, 1.0, False): ("seed_similarity",),
     ("number", 0.0, True, 1.0, True): ("short_share",),
-    ("number", 0.0, True, 0.5, True): ("hysteresis",),
+    ("number", 0.0, True, 0.5, False): ("hysteresis",),
     ("number", None, True, None, False): ("background_mean",),
     ("integer", 0, True, None, False): ("edge_max_locations", "seed_points", "on_demand_features_above"),
     ("integer", 2, True, None, False): ("gmrf_nodes",),

@@ -49,9 +49,9 @@ class MaskStage:
         """``max_variance``: the latent's prior variance, which bounds the posterior's (for held labels)."""
         self.connected, self.fill_holes = config.connected, config.fill_holes
         self.edge_cut = EdgeCut(image, config) if EdgeCut.applies(image, config) else None
-        margin = config.hysteresis_for(image.ndim)
         # the cut redoes the whole labelling from the latent each time: nothing to hold
-        self.held = HeldLabels(image.shape, margin, max_variance) if margin > 0 and self.edge_cut is None else None
+        self.held = HeldLabels(image.shape, config.hysteresis, max_variance) \
+            if config.hysteresis > 0 and self.edge_cut is None else None
         self._label_map = LabelMap(image.shape)
         self._step: dict | None = None  # inside one_step: where the latent moved, and its last state
 
