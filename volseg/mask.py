@@ -80,11 +80,10 @@ class MaskStage:
         """The latent ``mean`` (K, *spatial) moved over ``boxes`` (``None``: everywhere) after ``made``
         clicks, whose training ``clicks`` are these; ``variance_at(voxels)`` gives the posterior variance at
         (n, ndim) voxels, asked for only where labels are held."""
-        if self._step is not None:  # one step of several clicks: moved at its end
+        if self._step is not None:  # one step of several clicks: the held labels, read as raw, move at its end
             moved = self._step["boxes"]
             self._step["boxes"] = None if boxes is None or moved is None else moved + list(boxes)
             self._step["latent"] = (mean, variance_at, objects, clicks, made)
-            self._label_map.invalidate(boxes)
         elif self.held is not None:  # the raw labels changed only where the held ones did
             self._label_map.invalidate(self.held.update(mean, variance_at, objects, boxes, clicks, made))
         else:

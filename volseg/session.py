@@ -485,7 +485,7 @@ class Session:
             self._mean.view(K, -1).copy_(self._prior_mean(box, self.objects or [0]).T.expand(K, -1))
             self._var.fill_(self.kernel.outputscale)
             self.last_update = {"locations": 0, "seconds": 0.0}
-            self._masks.moved(None, self._mean, self.objects, self._train_clicks, len(self.clicks), self._variance_at)
+            self._latent_moved(None)
             return
         self._evaluate_boxes([box])
 
@@ -531,8 +531,11 @@ class Session:
         self.last_update = {"locations": sum(box_size(b) for b in boxes),
                             "seconds": time.perf_counter() - t0}
         self._stale_var = merge_boxes(self._stale_var + list(boxes))
-        self._masks.moved(boxes if changed is None else changed, self._mean, self.objects, self._train_clicks,
-                          len(self.clicks), self._variance_at)
+        self._latent_moved(boxes if changed is None else changed)
+
+    def _latent_moved(self, boxes: list[Box] | None) -> None:
+        """Tell the mask stage where the mean map moved (``None``: everywhere), after the clicks it holds."""
+        self._masks.moved(boxes, self._mean, self.objects, self._train_clicks, len(self.clicks), self._variance_at)
 
     def _variance_at(self, voxels: np.ndarray) -> np.ndarray:
         """The posterior variance at (n, ndim) voxels, float64 (n,): what the variance map holds there,

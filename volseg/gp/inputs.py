@@ -46,7 +46,8 @@ class InputMap:
     def at(self, voxels: np.ndarray | torch.Tensor) -> torch.Tensor:
         """z at integer voxel indices (n, ndim)."""
         idx = torch.as_tensor(np.asarray(voxels), dtype=torch.long, device=self.device).reshape(-1, self.ndim)
-        self.ensure([], idx.cpu().numpy())
+        if self._ensure is not None:  # (no copy to the host where the features are all there)
+            self._ensure([], idx.cpu().numpy())
         z = torch.empty(idx.shape[0], self.dim, dtype=self.dtype, device=self.device)
         z[:, : self.n_features] = self.features[tuple(idx.T)]
         z[:, self.n_features:] = (idx.to(self.dtype) - self.centre) * self.position_scale
