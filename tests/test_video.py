@@ -431,6 +431,43 @@ def test_a_lost_object_is_found_again_when_it_comes_back():
     assert max(lost[default]) <= 13, lost
 
 
+def test_a_part_coming_out_from_behind_a_pole_stays_with_its_object():
+    frames, labels = moving_shapes(30, 64, 96, seed=3, step=2.0)
+    frames, labels = frames.copy(), labels.copy()
+    frames[:, :40, 40:43] = 128  # a thin grey pole across the disk's lane, in front of it
+    labels[:, :40, 40:43] = 0
+    kept = {}
+    for gap in (0.0, 0.3):
+        with VideoSegmenter(ArrayFrames(frames), VideoConfig(detached_gap=gap)) as seg:
+            seg.set_mask(0, labels[0])
+            kept[gap] = ious(seg, labels, 1)
+    assert VideoConfig().detached_gap == 0.0  # opt-in (benchmarks/README.md)
+    # the disk crosses the pole on frames 12-18: each new part beyond it is cut off from the warped mask
+    assert min(kept[0.3]) > 0.95, kept[0.3]
+    assert min(kept[0.0][12:19]) < 0.1, kept[0.0]  # dropped as a look-alike, until the disk is lost and found
+
+
+def test_a_detached_piece_stays_only_if_near_and_moving_with_the_object():
+    from volseg.video.step import drop_detached
+
+    p = np.zeros((1, 40, 60), np.float32)
+    prior = np.zeros_like(p)
+    p[0, 10:30, 5:20] = prior[0, 10:30, 5:20] = 0.9  # the body, where the warped mask is
+    p[0, 10:30, 23:28] = 0.9   # 3 cells beyond it: moves with it
+    p[0, 33:37, 10:16] = 0.9   # 3 cells below it: still, as the background
+    p[0, 10:30, 50:55] = 0.9   # far away, moving with it
+    flow = np.zeros((40, 60, 2), np.float32)
+    flow[10:30, 5:28, 1] = -2.0
+    flow[10:30, 50:55, 1] = -2.0
+    plain = drop_detached(p, prior, np.array([True]))
+    assert plain[0, 10:30, 5:20].min() == 0.9 and plain[0, :, 20:].max() == 0 and plain[0, 30:].max() == 0
+    out = drop_detached(p, prior, np.array([True]), gap=np.array([6.0]), flow=flow)
+    assert out[0, 10:30, 23:28].min() == 0.9
+    assert out[0, 33:37].max() == 0 and out[0, :, 50:].max() == 0
+    # a detached piece is kept only beside a piece the warped mask holds
+    assert drop_detached(p, np.zeros_like(p), np.array([True]), gap=np.array([6.0]), flow=flow).max() == 0
+
+
 def test_flow_confidence_is_high_where_forward_and_backward_agree():
     from volseg.video.features import flow_confidence
 

@@ -60,6 +60,10 @@ class VideoConfig:
     noise_propagated: float = 0.05     # noise of propagated frames' samples at distance 0 (annotated: noise_annotated)
     prior_mode: str = "linear"         # m0 = s (2p - 1) ("linear") or s Phi^-1(p) ("probit")
     components: bool = True            # drop object parts not touching the previous frame's mask
+    detached_gap: float = 0.0          # >0: ... except a part within this many times the object's annotated size
+                                       # (sqrt of its area, in cells) of that mask that moves with the object: a
+                                       # part coming out from behind a thin occluder (benchmarks/README.md: libby
+                                       # gains 15, drift-chicane loses 11, the tune group is unchanged, so off)
     targets: str = "label"             # "label": GP on +-1 labels, latent = m0 + GP; "residual": GP on y - m0
     threads: int = 1                   # BLAS / OpenCV threads while propagating (0: library default); see threads.py
     label_threads: int = 1             # threads making full-resolution label maps while the propagation runs in
@@ -99,6 +103,7 @@ class VideoConfig:
             (self.edge_connectivity in (1, 2), "edge_connectivity must be 1 or 2"),
             (self.learned_long_side >= 0, "learned_long_side must be 0 or more"),
             (0 <= self.lost_fraction < 1, "lost_fraction must be in [0, 1)"),
+            (self.detached_gap >= 0, "detached_gap must be 0 or more"),
             (0 < self.roi_level < 1, "roi_level must be in (0, 1)"),
             (self.flow in ("ultrafast", "fast", "medium", "none"), "flow must be ultrafast, fast, medium or none"),
             (self.prior_mode in ("linear", "probit"), "prior_mode must be linear or probit"),

@@ -452,7 +452,8 @@ class VideoSegmenter:
             p[idx] = probability(lat)
             p = p.T.reshape(K, h, w)
             if cfg.components:
-                p = drop_detached(p, prior, ~lost)
+                p = drop_detached(p, prior, ~lost, cfg.detached_gap * np.sqrt(area),
+                                  backward if self.flow is not None else None)
             for k in np.flatnonzero(lost):
                 p[k] = redetected(p[k], cfg.lost_fraction * area[k])
             self.stats["frames_propagated"] += 1

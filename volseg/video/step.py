@@ -81,15 +81,41 @@ def redetected(p: np.ndarray, min_area: float) -> np.ndarray:
     return np.where(keep, p, 0.0).astype(p.dtype) if keep.sum() >= min_area else np.zeros_like(p)
 
 
-def drop_detached(p: np.ndarray, prior: np.ndarray, which: np.ndarray) -> np.ndarray:
+def drop_detached(p: np.ndarray, prior: np.ndarray, which: np.ndarray, gap: np.ndarray | None = None,
+                  flow: np.ndarray | None = None) -> np.ndarray:
     """Zero each object's connected pieces (p > 1/2) that do not overlap its warped previous mask:
-    a new blob away from the object is a look-alike in the background, not the object."""
+    a new blob away from the object is a look-alike in the background, not the object.
+
+    With ``gap`` (cells, per object) and ``flow`` (h, w, 2: this frame -> the previous one), a piece within
+    ``gap[k]`` of the warped mask stays if it moves with the object: its median flow is nearer the attached
+    pieces' than the background's around them.  A part coming out from behind a thin occluder (a pole, a
+    trunk) is cut off from the rest by the occluder alone, and the per-pixel flow cannot carry the mask
+    across the occluder to it; a look-alike in the background moves with the background."""
     out = p.copy()
     for k in np.flatnonzero(which):
         n, comp = cv2.connectedComponents((p[k] > 0.5).astype(np.uint8), connectivity=8)
         if n <= 2:
             continue
-        touching = np.unique(comp[(prior[k] > 0.5) & (comp > 0)])
+        held = prior[k] > 0.5
+        touching = np.unique(comp[held & (comp > 0)])
+        if gap is not None and flow is not None and gap[k] > 0 and touching.size:
+            touching = np.concatenate([touching, _moving_with(comp, touching, held, gap[k], flow)])
         detached = np.isin(comp, touching, invert=True) & (comp > 0)
         out[k][detached] = 0.0
     return out
+
+
+def _moving_with(comp: np.ndarray, attached: np.ndarray, held: np.ndarray, gap: float, flow: np.ndarray) -> np.ndarray:
+    """The labels of ``comp``'s pieces within ``gap`` cells of ``held`` whose median flow is nearer the
+    ``attached`` pieces' than that of the background within the same reach."""
+    outside = np.where(held, 0, 1).astype(np.uint8)
+    near = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= gap
+    candidates = np.setdiff1d(np.unique(comp[near & (comp > 0)]), attached)
+    background = near & (comp == 0)
+    if not candidates.size or not background.any():
+        return candidates[:0]
+    body = np.median(flow[np.isin(comp, attached)], 0)
+    around = np.median(flow[background], 0)
+    own = [np.median(flow[comp == j], 0) for j in candidates]
+    return np.asarray([j for j, f in zip(candidates, own)
+                       if np.linalg.norm(f - body) < np.linalg.norm(f - around)], candidates.dtype)
