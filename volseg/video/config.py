@@ -62,8 +62,8 @@ class VideoConfig:
     components: bool = True            # drop object parts not touching the previous frame's mask
     detached_gap: float = 0.0          # >0: ... except a part within this many times the object's annotated size
                                        # (sqrt of its area, in cells) of that mask that moves with the object: a
-                                       # part coming out from behind a thin occluder (benchmarks/README.md: libby
-                                       # gains 15, drift-chicane loses 11, the tune group is unchanged, so off)
+                                       # part coming out from behind a thin occluder (why it is off:
+                                       # benchmarks/README.md, "A part coming out from behind an occluder")
     targets: str = "label"             # "label": GP on +-1 labels, latent = m0 + GP; "residual": GP on y - m0
     threads: int = 1                   # BLAS / OpenCV threads while propagating (0: library default); see threads.py
     label_threads: int = 1             # threads making full-resolution label maps while the propagation runs in

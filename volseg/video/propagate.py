@@ -31,7 +31,9 @@ mask and its margin.  One step of a pass:
 ``lost_fraction``: an object whose warped mask has (almost) vanished is searched for in the whole frame,
 from the annotated frames' memory; the frames where that happened are logged in ``stats["lost"]`` as
 (the pass's start frame, frame, object).  Optional (off by default, see the README's DAVIS protocol for
-why): ``flow_check`` fades the prior mean where the flow fails its forward-backward check.
+why): ``flow_check`` fades the prior mean where the flow fails its forward-backward check, and
+``detached_gap`` keeps a detached part near the object that moves with it (one coming out from behind a
+thin occluder), which :func:`volseg.video.step.drop_detached` would otherwise drop as a look-alike.
 
 Masks at full resolution are the stored probability upsampled bilinearly, snapped to the frame's
 edges with a guided filter, then moved onto them by the 2D session's minimum cut on a ring around the
