@@ -80,7 +80,16 @@ def seed_table(per_seed: list[list[dict]], mode: str, rounds=(1, 3, 8)) -> list[
             v = [50 * sum(davis_overall([r for r in results if r["sequence"] in names], k)) for results in per_seed]
             cells.append(f"{sum(v) / len(v):.1f} ({min(v):.1f}-{max(v):.1f})")
         rows.append([group, str(count)] + cells)
-    return markdown_table(head, rows).split("\n")
+    table = markdown_table(head, rows).split("\n")
+    # per sequence too: a mean over the groups hides which sequence the seed moves, and by how much
+    per_seq = []
+    for name in [r["sequence"] for r in per_seed[0]]:
+        cells = []
+        for k in keys:
+            v = [50 * sum(davis_overall([r for r in results if r["sequence"] == name], k)) for results in per_seed]
+            cells.append(f"{sum(v) / len(v):.1f} ({min(v):.1f}-{max(v):.1f})")
+        per_seq.append([name] + cells)
+    return table + [""] + markdown_table(["sequence"] + head[2:], per_seq).split("\n")
 
 
 def run_child(cmd: list[str], env: dict, log: Path) -> tuple[int, float, float]:

@@ -181,6 +181,8 @@ def test_davis_dev_reports_each_seed_and_their_mean(tmp_path):
     assert "## semi, seed 0" in md and "## semi, seed 1" in md and "## semi, mean over seeds 0, 1" in md
     mean_row = md.split("mean over seeds 0, 1")[1].splitlines()[4]
     assert mean_row.startswith("| tune | 2 |") and "(" in mean_row  # mean (lowest-highest seed)
+    means = md.split("mean over seeds 0, 1")[1]
+    assert "| sequence | J&F |" in means and "| blackswan | " in means and "| cows | " in means  # and each sequence's
     for seed in (0, 1):
         per = json.loads((out / "semi" / f"seed{seed}" / "cows_semi.json").read_text())
         assert per["frames"] == 6
