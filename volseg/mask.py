@@ -185,7 +185,7 @@ class HeldLabels:
         if changes is not None:  # as flat indices: 8 bytes a voxel changed
             changes.append((np.ravel_multi_index(at, self.shape), part[where]))
         part[where] = values
-        return [tuple(slice(int(a.min()), int(a.max()) + 1) for a in at)]
+        return [_box_around(at)]
 
     def _held_one(self, mean, variance_at, objects: tuple, box: Box) -> tuple[tuple, np.ndarray]:
         """One object: where in ``box`` its held label changes, and to what.  It stays or goes as its latent
@@ -238,9 +238,13 @@ class HeldLabels:
         state = self.state.reshape(-1)  # a view: the state is contiguous
         for flat, values in reversed(changes):  # boxes may overlap: the oldest value last
             state[flat] = values
-        where = np.unravel_index(np.concatenate([flat for flat, _ in changes]), self.shape)
-        return [tuple(slice(int(w.min()), int(w.max()) + 1) for w in where)]
+        return [_box_around(np.unravel_index(np.concatenate([flat for flat, _ in changes]), self.shape))]
 
+
+
+def _box_around(indices: tuple) -> Box:
+    """The smallest box holding these locations (a tuple of index arrays, one per axis, not empty)."""
+    return tuple(slice(int(a.min()), int(a.max()) + 1) for a in indices)
 
 class EdgeCut:
     """Foreground (any object) from the largest latent mean, moved onto image edges by a minimum cut

@@ -28,10 +28,15 @@ def region_of_interest(prior: np.ndarray, lost: np.ndarray, margin: float, unit:
     support = (prior > level).any(0)
     if margin < 0 or not support.any() or lost.any():
         return np.ones(support.shape, bool)
-    # within m cells of the support: a disc grown by a distance transform, whose cost does not grow with m
-    # as a dilation's does (a small object's full-resolution grid has margins of 40 cells)
-    outside = np.where(support, 0, 1).astype(np.uint8)
-    return cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= m
+    return grown(support, m)
+
+
+def grown(mask: np.ndarray, cells: float) -> np.ndarray:
+    """The cells within ``cells`` of a (h, w) bool ``mask``: a disc grown by a distance transform, whose cost
+    does not grow with the radius as a dilation's does (a small object's full-resolution grid has margins of
+    40 cells)."""
+    outside = np.where(mask, 0, 1).astype(np.uint8)
+    return cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= cells
 
 
 def latent(gp: MemoryPosterior, feats: np.ndarray, origin: tuple[int, int], rows: np.ndarray, cols: np.ndarray,
@@ -108,8 +113,7 @@ def drop_detached(p: np.ndarray, prior: np.ndarray, which: np.ndarray, gap: np.n
 def _moving_with(comp: np.ndarray, attached: np.ndarray, held: np.ndarray, gap: float, flow: np.ndarray) -> np.ndarray:
     """The labels of ``comp``'s pieces within ``gap`` cells of ``held`` whose median flow is nearer the
     ``attached`` pieces' than that of the background within the same reach."""
-    outside = np.where(held, 0, 1).astype(np.uint8)
-    near = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= gap
+    near = grown(held, gap)
     candidates = np.setdiff1d(np.unique(comp[near & (comp > 0)]), attached)
     background = near & (comp == 0)
     if not candidates.size or not background.any():
