@@ -1,7 +1,8 @@
 """DAVIS-2016 dev benchmark of video propagation: semi-supervised and interactive, speed and memory.
 
     python benchmarks/davis_dev.py [--root ../shared/data/dev/video/davis2016] [--out /tmp/davis_dev]
-                                   [--threads 1] [--rounds 8] [--clicks-per-round 5] [--option KEY=VALUE ...]
+                                   [--threads 1] [--rounds 8] [--clicks-per-round 5] [--config FILE]
+                                   [--option KEY=VALUE ...]
 
 Each (mode, sequence) runs in its own process (``volseg eval-video``), so its peak RSS is its own
 (``os.wait4``'s ``ru_maxrss``).  Then a long generated 480p video (100 and 400 frames) is propagated
@@ -148,6 +149,7 @@ def main(argv=None) -> int:
     ap.add_argument("--clicks-per-round", type=int, default=5)
     ap.add_argument("--modes", nargs="+", default=["semi", "interactive"])
     ap.add_argument("--option", action="append", default=[])
+    ap.add_argument("--config", default=None, help="YAML video settings (configs/video_*.yaml); --option wins")
     ap.add_argument("--group", choices=sorted(GROUPS), default="all", help="which sequences to run (default all)")
     ap.add_argument("--long", nargs="*", type=int, default=[100, 400], help="frame counts of the long 480p video")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0],
@@ -170,7 +172,11 @@ def main(argv=None) -> int:
     if any(o.split("=", 1)[0].strip() == "seed" for o in args.option):
         print("give seeds with --seeds, not --option seed=...", file=sys.stderr)
         return 1
-    opts = sum((["--option", o] for o in args.option), [])
+    if args.config and not Path(args.config).is_file():
+        print(f"no config file at {args.config}", file=sys.stderr)
+        return 1
+    opts = ["--config", str(Path(args.config).resolve())] if args.config else []
+    opts += sum((["--option", o] for o in args.option), [])
     # one folder per mode, and per seed where there are several
     runs = [(mode, seed, out / mode if len(args.seeds) == 1 else out / mode / f"seed{seed}")
             for mode in args.modes for seed in args.seeds]
@@ -193,7 +199,7 @@ def main(argv=None) -> int:
     from volseg.video.config import read_video_config as video_config
 
     reference.append(machine_reference(env))
-    config = video_config(None, args.option + [f"seed={args.seeds[0]}"])
+    config = video_config(args.config, args.option + [f"seed={args.seeds[0]}"])
     md = [f"# DAVIS-2016 dev: tune {', '.join(TUNE)}; held out {', '.join(HELD_OUT)}", "",
           f"threads per process: {args.threads}; load average at the starts: {min(load):.1f}-{max(load):.1f} "
           f"on {os.cpu_count()} CPUs; machine reference before / after the sequences: {reference[0]:.2f} / "

@@ -180,6 +180,11 @@ def test_click_errors(shapes):
             seg.set_mask(0, labels[0][:10])
 
 
+def test_config_rejects_a_negative_expert_size():
+    with pytest.raises(InputError, match="expert_points must be 0 or more"):
+        VideoConfig(expert_points=-1)
+
+
 def test_config_rejects_unknown_settings():
     with pytest.raises(InputError):
         VideoConfig.from_dict({"bugdet": 10})
@@ -352,6 +357,75 @@ def test_clicks_keep_their_label_under_conflict():
     gp = MemoryPosterior(1.0).fit(F, np.zeros((3, 2), np.float32), y, np.array([1e-3, 0.05, 0.05]),
                                   keep=np.array([True, False, False]))
     assert gp.latent(F[:1], np.zeros(1, int), np.zeros(1, int), np.zeros(1), np.zeros(1), np.zeros((1, 1)))[0, 0] > 0
+
+
+def _clustered_memory(n_per: int, centres: int, seed: int = 0):
+    """Memory points in ``centres`` well-separated appearance clusters (10 lengthscales apart), labelled by
+    a boundary through each cluster: (F, P, y)."""
+    rng = np.random.default_rng(seed)
+    offsets = 10.0 * np.eye(centres, 6, dtype=np.float32)
+    F = np.concatenate([o + rng.standard_normal((n_per, 6)).astype(np.float32) for o in offsets])
+    y = np.where(F[:, 5:6] > 0, 1.0, -1.0).astype(np.float32)
+    return F, np.zeros((F.shape[0], 2), np.float32), y
+
+
+def test_local_experts_match_one_exact_gp_where_appearance_separates_the_memory():
+    from volseg.video.gp import LocalExperts, MemoryPosterior
+
+    F, P, y = _clustered_memory(200, 4)
+    Q, _, _ = _clustered_memory(300, 4, seed=1)
+    zeros = np.zeros(Q.shape[0], int)
+
+    def latent(gp):
+        return gp.fit(F, P, y, np.full(F.shape[0], 0.05)).latent(Q, zeros, zeros, np.zeros(1), np.zeros(1),
+                                                                 np.zeros((Q.shape[0], 1), np.float32))
+
+    exact = latent(MemoryPosterior(1.0))
+    experts = LocalExperts(1.0, size=250)
+    split = latent(experts)
+    assert len(experts.experts) == 4 and experts.largest <= 250  # the tree found the four clusters
+    assert np.abs(split - exact).max() < 1e-3
+    # no size, or a memory within it: the one exact GP itself
+    assert np.array_equal(latent(LocalExperts(1.0, size=0)), exact)
+    assert np.array_equal(latent(LocalExperts(1.0, size=800)), exact)
+
+
+def test_local_experts_keep_groups_balanced_and_clicks_labelled():
+    from volseg.video.gp import LocalExperts, bisect
+
+    rng = np.random.default_rng(3)
+    F = rng.standard_normal((3000, 8)).astype(np.float32)  # one blob: no gap for a split to fall in
+    w, t = bisect(F)
+    assert 0.34 <= np.mean(F @ w < t) <= 0.66
+    y = np.where(F[:, :1] > 0, 1.0, -1.0).astype(np.float32)
+    keep = np.zeros(3000, bool)
+    keep[:20] = True
+    y[:20] *= -1  # clicks that contradict the points around them
+    noise = np.where(keep, 1e-3, 0.05)
+    gp = LocalExperts(1.0, size=600).fit(F, np.zeros((3000, 2), np.float32), y, noise, keep)
+    assert len(gp.experts) >= 5 and gp.largest <= 600
+    assert sum(e.n for e in gp.experts) == 3000
+    got = gp.latent(F[:20], np.zeros(20, int), np.zeros(20, int), np.zeros(1), np.zeros(1), np.zeros((20, 1)))
+    assert np.all(np.sign(got) == y[:20])
+    same = np.ones((50, 8), np.float32)  # nothing to split on: one group, however many points
+    assert len(LocalExperts(1.0, size=10).fit(same, np.zeros((50, 2)), y[:50], np.full(50, 0.05)).experts) == 1
+
+
+def test_a_large_memory_split_into_experts_still_tracks():
+    """configs/video_large_memory.yaml's split, scaled down to a small generated video."""
+    from pathlib import Path
+
+    from volseg.video.config import read_video_config
+
+    large = read_video_config(str(Path(__file__).parents[1] / "configs" / "video_large_memory.yaml"), [])
+    assert (large.budget, large.expert_points) == (3200, 750) and VideoConfig().expert_points == 0
+    frames, labels = moving_shapes(30, 40, 60, seed=1, step=1.0)
+    cfg = VideoConfig.from_dict({**large.to_dict(), "budget": 400, "expert_points": 125, "min_side": 40})
+    with VideoSegmenter(ArrayFrames(frames), cfg) as seg:
+        seg.set_mask(0, labels[0])
+        assert seg.stats["memory_peak"] > 300  # so the memory was split
+        assert seg.stats["gp_points_max"] <= 125  # no group past expert_points
+        assert np.mean(ious(seg, labels, 1)[1:]) > 0.8
 
 
 def test_fast_features_match_the_filter_bank():

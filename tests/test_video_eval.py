@@ -187,3 +187,12 @@ def test_davis_dev_reports_each_seed_and_their_mean(tmp_path):
         per = json.loads((out / "semi" / f"seed{seed}" / "cows_semi.json").read_text())
         assert per["frames"] == 6
     assert davis_dev.main(["--root", str(root), "--out", str(out), "--option", "seed=3", "--long"]) == 1
+    # a config file reaches every sequence's run and the report's config line; --option wins over it
+    small = tmp_path / "small.yaml"
+    small.write_text("video:\n  budget: 40\n  expert_points: 30\n")
+    assert davis_dev.main(["--root", str(root), "--out", str(tmp_path / "small"), "--modes", "semi", "--group",
+                           "tune", "--config", str(small), "--option", "expert_points=25", "--long"]) == 0
+    assert '"budget": 40, "expert_points": 25' in (tmp_path / "small" / "benchmark.md").read_text()
+    per = json.loads((tmp_path / "small" / "semi" / "cows_semi.json").read_text())
+    assert 0 < per["memory"]["memory_peak"] <= 40 and 0 < per["memory"]["gp_points_max"] <= 25
+    assert davis_dev.main(["--root", str(root), "--out", str(out), "--config", str(tmp_path / "none.yaml")]) == 1

@@ -27,7 +27,7 @@ def register(subparsers) -> None:
     p.add_argument("--overlay", metavar="OUT.mp4", help="also write the frames with their masks as a video")
     p.add_argument("--config", help="YAML file with a 'video:' section of settings")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                   help="a video setting, e.g. scale=4 or budget=800 (repeatable; see VideoConfig)")
+                   help="a video setting, e.g. scale=4 or budget=1600 (repeatable; see VideoConfig)")
     p.add_argument("--features", help=FEATURES_HELP)
     p.add_argument("--overwrite", action="store_true", help="replace masks already in --out")
     p.add_argument("--quiet", action="store_true")

@@ -14,6 +14,9 @@ class VideoConfig:
     scale: float = 4.0                 # working grid = frame / scale per axis ...
     min_side: int = 96                 # ... but its short side stays at least this (or the frame's)
     budget: int = 800                  # memory bank points (global + local)
+    expert_points: int = 0             # >0: a memory larger than this is split by appearance into groups of at most
+                                       # this many points, one exact GP each (volseg.video.gp.LocalExperts; with
+                                       # budget 3200: configs/video_large_memory.yaml); 0: one GP on the whole memory
     global_fraction: float = 0.5       # share of the budget for the annotated frames
     window: int = 2                    # local memory: the last `window` propagated frames
     label_share: float = 0.3           # each label's (background's, every object's) least share of the points a
@@ -91,6 +94,7 @@ class VideoConfig:
             (self.scale >= 1, "scale must be 1 or more"), (self.budget >= 8, "budget must be 8 points or more"),
             (0 < self.global_fraction < 1, "global_fraction must be between 0 and 1"),
             (self.window >= 1, "window must be 1 or more"),
+            (self.expert_points >= 0, "expert_points must be 0 or more"),
             (0 <= self.label_share <= 1, "label_share must be in [0, 1]"),
             (0 <= self.global_weight <= 1, "global_weight must be in [0, 1]"),
             (self.feature_lengthscale > 0 and self.spatial_lengthscale > 0, "lengthscales must be positive"),

@@ -22,6 +22,10 @@ must keep its label (a user click) keeps it while ``|s2_i alpha_i| < 1``; :meth:
 noise of such points until that holds, through the loop :class:`volseg.gp.posterior.ExactPosterior`
 uses for all clicks (:mod:`volseg.gp.linalg`, which takes numpy arrays as well as torch tensors).
 
+A memory larger than ``VideoConfig.expert_points`` is split by appearance into groups, one exact GP
+each (:class:`LocalExperts`): a larger memory matches more of the object's looks, and the groups keep
+its cost near one small GP's.
+
 Numpy/scipy rather than torch: on a CPU, numpy's ``exp`` and the BLAS matmul over a (locations x
 points) block cost less per call than torch's for these small shapes, where torch's per-call
 overhead dominates.
@@ -119,6 +123,106 @@ class MemoryPosterior:
             video_kernel(k, e_row, e_col, rows[a:a + self.chunk], cols[a:a + self.chunk], self.wg)
             out[a:a + self.chunk] += k @ self.alpha
         return out
+
+
+class LocalExperts:
+    """The memory's posterior as local experts: a memory of more than ``size`` points is split by
+    appearance into groups of at most ``size``, each an exact :class:`MemoryPosterior`, and a location is
+    matched against the group its features fall in (hard gating, as in local GP regression; Snelson and
+    Ghahramani, AISTATS 2007).
+
+    Why it holds: at the video kernel's short feature lengthscale a location's posterior mean comes almost
+    only from the memory points that look like it, which sit in its own group.  What it saves: ``g`` groups
+    of ``N/g`` points cost ``g (N/g)^3`` to factorise instead of ``N^3``, and a location is compared with
+    ``N/g`` points instead of ``N``, so a larger memory fits a frame's time.  A click is in the group its
+    own features fall in, and so is its location, so it keeps its label.  ``size`` 0, or a memory of at
+    most ``size`` points, is the single exact GP.
+
+    The groups are the leaves of a tree of splits in feature space (:func:`bisect`): each split is 2-means
+    with its boundary kept between the 35% and 65% quantiles, so the groups stay of like sizes (the
+    factorisation's cube would punish a large one) while boundaries still fall where the points are sparse."""
+
+    def __init__(self, global_weight: float = 0.3, size: int = 0, chunk: int = 512) -> None:
+        self.wg = float(global_weight)
+        self.size = int(size)
+        self.chunk = int(chunk)
+        self.splits: list[tuple[np.ndarray, float, int, int]] = []  # (w, t, below, above); >= 0 a split, < 0 ~leaf
+        self.experts: list[MemoryPosterior] = []
+        self.n = 0
+
+    @property
+    def largest(self) -> int:
+        """Points in the largest group (what one factorisation costs)."""
+        return max((e.n for e in self.experts), default=0)
+
+    def fit(self, F: np.ndarray, P: np.ndarray, R: np.ndarray, noise: np.ndarray,
+            keep: np.ndarray | None = None) -> "LocalExperts":
+        """As :meth:`MemoryPosterior.fit`, one exact GP per group."""
+        self.n = n = int(F.shape[0])
+        F, P, R, noise = np.asarray(F, np.float32), np.asarray(P), np.asarray(R), np.asarray(noise)
+        keep = np.zeros(n, bool) if keep is None else np.asarray(keep, bool)
+        self.splits, self.experts = [], []
+
+        def grow(at: np.ndarray) -> int:
+            """The node (>= 0: a split, < 0: ~expert) holding the points ``at``."""
+            if self.size and at.size > self.size:
+                w, t = bisect(F[at])
+                below = F[at] @ w < t
+                if below.any() and not below.all():  # points that all look the same stay together
+                    node = len(self.splits)
+                    self.splits.append((w, t, 0, 0))  # its place, before the children take theirs
+                    self.splits[node] = (w, t, grow(at[below]), grow(at[~below]))
+                    return node
+            self.experts.append(MemoryPosterior(self.wg, self.chunk).fit(F[at], P[at], R[at], noise[at], keep[at]))
+            return ~(len(self.experts) - 1)
+
+        grow(np.arange(n))
+        return self
+
+    def group(self, F: np.ndarray) -> np.ndarray:
+        """(n,) the group (expert index) each feature vector falls in."""
+        node = np.zeros(F.shape[0], np.int64) if self.splits else np.full(F.shape[0], -1, np.int64)
+        while (node >= 0).any():
+            for s in np.unique(node[node >= 0]):
+                at = np.flatnonzero(node == s)
+                w, t, below, above = self.splits[s]
+                node[at] = np.where(F[at] @ w < t, below, above)
+        return ~node
+
+    def latent(self, F: np.ndarray, rows: np.ndarray, cols: np.ndarray, row_coords: np.ndarray,
+               col_coords: np.ndarray, M0: np.ndarray) -> np.ndarray:
+        """As :meth:`MemoryPosterior.latent`, each location through its group's expert."""
+        if len(self.experts) <= 1:
+            if not self.experts:
+                return np.array(M0, np.float32, copy=True)
+            return self.experts[0].latent(F, rows, cols, row_coords, col_coords, M0)
+        out = np.array(M0, np.float32, copy=True)
+        group = self.group(np.asarray(F, np.float32))
+        for g, expert in enumerate(self.experts):
+            at = np.flatnonzero(group == g)
+            if at.size:
+                out[at] = expert.latent(F[at], rows[at], cols[at], row_coords, col_coords, out[at])
+        return out
+
+
+def bisect(F: np.ndarray, iterations: int = 5, balance: float = 0.35) -> tuple[np.ndarray, float]:
+    """A split of points F (n, D) into two groups, ``F @ w < t`` and the rest: 2-means started across the
+    principal axis, whose boundary (the hyperplane halfway between the two means) is moved, if need be,
+    so that each side keeps at least ``balance`` of the points."""
+    mean = F.mean(0)
+    axis = np.linalg.eigh(np.cov(F - mean, rowvar=False).reshape(F.shape[1], F.shape[1]))[1][:, -1]
+    below = (F - mean) @ axis < 0
+    for _ in range(iterations):
+        if below.all() or not below.any():
+            break
+        a, b = F[below].mean(0), F[~below].mean(0)
+        w, t = (b - a).astype(np.float32), float((b @ b - a @ a) / 2)
+        below = F @ w < t
+    else:
+        score = F @ w
+        lo, hi = np.quantile(score, [balance, 1.0 - balance])
+        return w, float(np.clip(t, lo, hi))
+    return axis.astype(np.float32), float(np.median((F - mean) @ axis) + mean @ axis)
 
 
 def probability(latent: np.ndarray) -> np.ndarray:

@@ -25,7 +25,8 @@ mask and its margin.  One step of a pass:
    the two annotated frames bounding the stretch (global), samples of the last ``window``
    propagated frames moved along the flow (local), each with noise growing with its distance in
    time from the annotated frame its label descends from;
-3. GP posterior mean over the working grid (:mod:`volseg.video.gp`), probit, stored per frame;
+3. GP posterior mean over the working grid (:mod:`volseg.video.gp`; with ``expert_points``, a large memory as
+   local experts, each location matched against the memory points that look like it), probit, stored per frame;
 4. the frame adds its most informative points to the local memory.
 
 ``lost_fraction``: an object whose warped mask has (almost) vanished is searched for in the whole frame,
@@ -68,7 +69,7 @@ from ..session import Session
 from .annotations import AnnotatedFrames, Annotation, clicks_by_frame
 from .config import VideoConfig
 from .features import Flow, FrameFeatures, Grid, flow_confidence, frame_extractors, make_bank, warp
-from .gp import MemoryPosterior, probability
+from .gp import LocalExperts, probability
 from .memory import ANNOTATED, CLICK, PROPAGATED, MemoryBank, Points, sample_informative
 from .refine import cut_to_edges, to_labels, upsample
 from .step import drop_detached, latent, prior_mean, redetected, region_of_interest
@@ -413,7 +414,7 @@ class VideoSegmenter:
         bank.set_global(Points.concat(clicks), Points.concat(samples).take(order))
         # each object's annotated area on the grid: what "lost" is measured against
         area = np.mean([self._onehot(self.annotations[a].labels).reshape(K, -1).sum(1) for a in bounds], 0)
-        gp = MemoryPosterior(cfg.global_weight)
+        gp = LocalExperts(cfg.global_weight, cfg.expert_points)
         prev_p = self.probability(start)
         # the start frame's features are in the memory already: the flow needs only its grey
         prev_g = self.features.grey(self.source[start])
@@ -459,7 +460,7 @@ class VideoSegmenter:
             for k in np.flatnonzero(lost):
                 p[k] = redetected(p[k], cfg.lost_fraction * area[k])
             self.stats["frames_propagated"] += 1
-            self.stats["gp_points_max"] = max(self.stats["gp_points_max"], len(train))
+            self.stats["gp_points_max"] = max(self.stats["gp_points_max"], gp.largest)
             if not lost.any():
                 pick = sample_informative(p, bank.per_frame, rng, min_share=cfg.label_share, candidates=roi)
                 y = np.where(p.reshape(K, -1)[:, pick].T > 0.5, 1.0, -1.0).astype(np.float32)

@@ -8,7 +8,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from .config import VideoConfig
-from .gp import MemoryPosterior
+from .gp import LocalExperts
 
 
 def prior_mean(prior: np.ndarray, config: VideoConfig) -> np.ndarray:
@@ -39,7 +39,7 @@ def grown(mask: np.ndarray, cells: float) -> np.ndarray:
     return cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= cells
 
 
-def latent(gp: MemoryPosterior, feats: np.ndarray, origin: tuple[int, int], rows: np.ndarray, cols: np.ndarray,
+def latent(gp: LocalExperts, feats: np.ndarray, origin: tuple[int, int], rows: np.ndarray, cols: np.ndarray,
            row_coords: np.ndarray, col_coords: np.ndarray, m0: np.ndarray, *, feature_lengthscale: float,
            unit: float, fine_band: float) -> np.ndarray:
     """m0 + the GP's posterior mean (n, K) at grid cells (rows, cols); ``feats`` starts at ``origin``.
