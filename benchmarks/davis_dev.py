@@ -71,25 +71,23 @@ def seed_table(per_seed: list[list[dict]], mode: str, rounds=(1, 3, 8)) -> list[
     shown = [k for k in rounds if per_seed[0] and k <= len(per_seed[0][0].get("rounds", []))]
     keys = [None] if mode == "semi" else shown
     head = ["group", "sequences"] + ["J&F" if k is None else f"J&F@{k}" for k in keys]
-    rows = []
-    for group, names in GROUPS.items():
-        count = sum(r["sequence"] in names for r in per_seed[0])  # every seed ran the same sequences
-        if not count:
-            continue
+
+    def over_seeds(names) -> list[str]:
+        """Each key's J&F over the sequences ``names``: the mean of the seeds (lowest-highest)."""
         cells = []
         for k in keys:
             v = [50 * sum(davis_overall([r for r in results if r["sequence"] in names], k)) for results in per_seed]
             cells.append(f"{sum(v) / len(v):.1f} ({min(v):.1f}-{max(v):.1f})")
-        rows.append([group, str(count)] + cells)
+        return cells
+
+    rows = []
+    for group, names in GROUPS.items():
+        count = sum(r["sequence"] in names for r in per_seed[0])  # every seed ran the same sequences
+        if count:
+            rows.append([group, str(count)] + over_seeds(names))
     table = markdown_table(head, rows).split("\n")
     # per sequence too: a mean over the groups hides which sequence the seed moves, and by how much
-    per_seq = []
-    for name in [r["sequence"] for r in per_seed[0]]:
-        cells = []
-        for k in keys:
-            v = [50 * sum(davis_overall([r for r in results if r["sequence"] == name], k)) for results in per_seed]
-            cells.append(f"{sum(v) / len(v):.1f} ({min(v):.1f}-{max(v):.1f})")
-        per_seq.append([name] + cells)
+    per_seq = [[name] + over_seeds({name}) for name in [r["sequence"] for r in per_seed[0]]]
     return table + [""] + markdown_table(["sequence"] + head[2:], per_seq).split("\n")
 
 

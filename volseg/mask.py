@@ -241,10 +241,10 @@ class HeldLabels:
         return [_box_around(np.unravel_index(np.concatenate([flat for flat, _ in changes]), self.shape))]
 
 
-
 def _box_around(indices: tuple) -> Box:
     """The smallest box holding these locations (a tuple of index arrays, one per axis, not empty)."""
     return tuple(slice(int(a.min()), int(a.max()) + 1) for a in indices)
+
 
 class EdgeCut:
     """Foreground (any object) from the largest latent mean, moved onto image edges by a minimum cut
