@@ -735,11 +735,11 @@ def test_session_features_set_the_clicked_frames_2d_session(shapes):
     disk = tuple(np.argwhere(labels[5] == 1).mean(0))
     config = VideoConfig(session_features="learned2d+filterbank")
     with VideoSegmenter(ArrayFrames(frames[:8]), config) as seg:
-        assert isinstance(seg.session_for(5).extractor, StackedFeatures)
+        assert isinstance(seg.session_for(5).session.extractor, StackedFeatures)
         seg.add_clicks([Click(disk, True, 1, 5)])
         assert seg.labels(5)[Click(disk, True, 1, 5).voxel()] == 1
     with VideoSegmenter(ArrayFrames(frames[:8]), config.replace(session_features="filterbank")) as seg:
-        assert not isinstance(seg.session_for(5).extractor, StackedFeatures)
+        assert not isinstance(seg.session_for(5).session.extractor, StackedFeatures)
 
 
 def test_distance_to_a_mask_is_scipys_exact_transform():

@@ -59,7 +59,9 @@ def add_diagonal(A, d):
     if isinstance(A, torch.Tensor):
         d = torch.as_tensor(d, dtype=A.dtype, device=A.device).expand(A.shape[0])
         return A + torch.diag(d)
-    return A + np.diag(np.broadcast_to(np.asarray(d, A.dtype), A.shape[:1]))
+    out = A.copy()
+    out.flat[::A.shape[0] + 1] += np.asarray(d, A.dtype)  # the diagonal's elements, without an N x N diag(d)
+    return out
 
 
 def cholesky_with_jitter(A):

@@ -77,6 +77,9 @@ class VideoConfig:
     session_features: str = "filterbank"  # features of the 2D session that makes a clicked frame's mask (as
                                        # `features`; learned2d+filterbank corrects better, README, but its weights
                                        # carry research-only terms, so the training-free bank stays the default)
+    session_zoom: bool = False         # True: the clicked frame's session works on a box around the objects,
+                                       # enlarged (volseg.video.frame_session; RITM's zoom-in): interactive tune
+                                       # gains at 3 and 8 rounds, held-out loses at 3 (README), so off
     learned_long_side: int = 320       # a learned extractor gets the frame shrunk to this long side (never below the
                                        # working grid's; 0: full resolution): its network resizes to its own input
                                        # size anyway, and upsampling the embedding to the full frame costs more
@@ -90,6 +93,8 @@ class VideoConfig:
                 if value is None:
                     raise InputError(f"video settings: {f.name} must be a whole number, got {getattr(self, f.name)!r}")
                 object.__setattr__(self, f.name, value)
+            if f.type == "bool" and not isinstance(getattr(self, f.name), bool):  # "no" in a script is truthy
+                raise InputError(f"video settings: {f.name} must be true or false, got {getattr(self, f.name)!r}")
         checks = [
             (self.scale >= 1, "scale must be 1 or more"), (self.budget >= 8, "budget must be 8 points or more"),
             (0 < self.global_fraction < 1, "global_fraction must be between 0 and 1"),

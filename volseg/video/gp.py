@@ -181,13 +181,19 @@ class LocalExperts:
 
     def group(self, F: np.ndarray) -> np.ndarray:
         """(n,) the group (expert index) each feature vector falls in."""
-        node = np.zeros(F.shape[0], np.int64) if self.splits else np.full(F.shape[0], -1, np.int64)
-        while (node >= 0).any():
-            for s in np.unique(node[node >= 0]):
-                at = np.flatnonzero(node == s)
-                w, t, below, above = self.splits[s]
-                node[at] = np.where(F[at] @ w < t, below, above)
-        return ~node
+        group = np.zeros(F.shape[0], np.int64)
+
+        def route(node: int, at: np.ndarray) -> None:
+            if node < 0:
+                group[at] = ~node
+                return
+            w, t, below, above = self.splits[node]
+            side = F[at] @ w < t
+            route(below, at[side])
+            route(above, at[~side])
+
+        route(0 if self.splits else -1, np.arange(F.shape[0]))
+        return group
 
     def latent(self, F: np.ndarray, rows: np.ndarray, cols: np.ndarray, row_coords: np.ndarray,
                col_coords: np.ndarray, M0: np.ndarray) -> np.ndarray:

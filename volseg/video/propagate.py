@@ -69,6 +69,7 @@ from ..session import Session
 from .annotations import AnnotatedFrames, Annotation, clicks_by_frame
 from .config import VideoConfig
 from .features import Flow, FrameFeatures, Grid, flow_confidence, frame_extractors, make_bank, warp
+from .frame_session import FrameSession
 from .gp import LocalExperts, probability
 from .memory import ANNOTATED, CLICK, PROPAGATED, MemoryBank, Points, sample_informative
 from .refine import cut_to_edges, to_labels, upsample
@@ -149,17 +150,18 @@ class VideoSegmenter:
         self._fit_grid(np.asarray(labels))
         return self.update([frame]) if propagate else []
 
-    def session_for(self, frame: int):
-        """A :class:`volseg.Session` on ``frame`` whose prior is the frame's current mask (none if the frame
-        has no result yet); clicks added to it refine that mask at full resolution."""
+    def session_for(self, frame: int) -> FrameSession:
+        """The interactive session of ``frame`` (:class:`volseg.video.frame_session.FrameSession`, a 2D
+        :class:`volseg.Session` zoomed in on the objects) whose prior is the frame's current mask (none if the
+        frame has no result yet); clicks added to it refine that mask at full resolution."""
         config = self.session_config
         config = config if isinstance(config, GPConfig) else GPConfig.from_dict(config)
         # frames keep the RBF unless asked otherwise: the multiscale 2D default is measured on
         # Berkeley's click protocol, not on refining a propagated mask
-        s = Session(features=self.config.session_features, config=config.replace(kernel=config.kernel or "rbf"))
-        prior = self.current_labels(frame)
-        s.set_image(self.source[frame], prior=prior if prior is not None and prior.any() else None)
-        return s
+        config = config.replace(kernel=config.kernel or "rbf")
+        return FrameSession(self.source[frame], self.current_labels(frame),
+                            lambda: Session(features=self.config.session_features, config=config),
+                            zoom=self.config.session_zoom)
 
     def annotate(self, frame: int, clicks: Sequence[Click], labels: np.ndarray) -> None:
         """Record clicks on ``frame`` and the mask they produced (without propagating)."""
