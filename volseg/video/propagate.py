@@ -151,9 +151,10 @@ class VideoSegmenter:
         return self.update([frame]) if propagate else []
 
     def session_for(self, frame: int) -> FrameSession:
-        """The interactive session of ``frame`` (:class:`volseg.video.frame_session.FrameSession`, a 2D
-        :class:`volseg.Session` zoomed in on the objects) whose prior is the frame's current mask (none if the
-        frame has no result yet); clicks added to it refine that mask at full resolution."""
+        """The interactive session of ``frame`` (:class:`volseg.video.frame_session.FrameSession`: a 2D
+        :class:`volseg.Session`, zoomed in on the objects with ``session_zoom``) whose prior is the frame's
+        current mask (none if the frame has no result yet); clicks added to it refine that mask at full
+        resolution."""
         config = self.session_config
         config = config if isinstance(config, GPConfig) else GPConfig.from_dict(config)
         # frames keep the RBF unless asked otherwise: the multiscale 2D default is measured on
