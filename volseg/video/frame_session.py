@@ -24,7 +24,7 @@ from typing import Callable, Sequence
 import cv2
 import numpy as np
 
-from ..clicks import Click
+from ..clicks import Click, make_click
 
 ZOOM_EXPAND = 2.0       # the box spans this many times the extent of the mask and the clicks
 ZOOM_MIN_SIDE = 100     # ... and at least this many frame pixels a side
@@ -110,7 +110,7 @@ class FrameSession:
     def add_click(self, position, positive: bool = True, object: int = 1) -> float:
         """Add a click (frame pixel coordinates); returns the seconds it took (a new box's features included)."""
         t0 = time.perf_counter()
-        self.clicks.append(Click(tuple(float(v) for v in position), bool(positive), int(object)))
+        self.clicks.append(make_click(position, positive, object))
         box = self.box
         if self.zoom and self._mask.any():
             box = zoom_box(self._mask, [c.position for c in self.clicks])
