@@ -113,3 +113,35 @@ def test_session_zoom_is_a_setting_that_must_be_true_or_false():
     assert VideoConfig().session_zoom is False
     with pytest.raises(InputError, match="session_zoom must be true or false"):
         VideoConfig(session_zoom="sometimes")
+
+
+def test_a_soft_prior_gives_way_to_a_click_where_the_propagation_was_unsure():
+    """A propagated mask's flood that the propagation was unsure of (probability 0.6) leaves under one negative
+    click more than the same flood given as hard labels, and the object (0.95) stays."""
+    frame, obj = small_object_frame()
+    flood = np.zeros(obj.shape, bool)
+    flood[150:230, 40:200] = True
+    labels = (obj | flood).astype(np.uint8)
+    belief = np.where(obj, 0.95, np.where(flood, 0.6, 0.05)).astype(np.float32)
+    masks = {}
+    for name, given in (("hard", None), ("soft", belief)):
+        fs = FrameSession(frame, labels, make_session, zoom=False, belief=given)
+        assert fs.objects == [1]
+        fs.add_click((190.0, 120.0), False)
+        masks[name] = fs.mask() == 1
+    assert masks["hard"][flood].mean() > 0.5  # held by the labels' full strength beyond the click's reach
+    assert masks["soft"][flood].mean() < 0.1 and iou(masks["soft"], obj) > 0.8
+
+
+def test_propagated_frames_give_their_session_the_propagation_probability():
+    frames = ArrayFrames(moving_shapes(6, 64, 96)[0])
+    first = (moving_shapes(6, 64, 96)[1][0] > 0).astype(np.uint8)
+    with VideoSegmenter(frames, VideoConfig(label_threads=0)) as seg:
+        seg.set_mask(0, first)
+        assert seg.session_for(0).belief is None  # an annotated frame keeps its labels
+        s = seg.session_for(3)
+        assert s.belief is not None and s.belief.shape == (64, 96) and 0.0 <= s.belief.min() < s.belief.max() <= 1.0
+        np.testing.assert_array_equal(s.mask(), s.session.mask())  # before a click: the session's mask of it
+    with VideoSegmenter(frames, VideoConfig(session_soft_prior=False, label_threads=0)) as seg:
+        seg.set_mask(0, first)
+        assert seg.session_for(3).belief is None

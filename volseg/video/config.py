@@ -80,6 +80,10 @@ class VideoConfig:
     session_zoom: bool = False         # True: the clicked frame's session works on a box around the objects,
                                        # enlarged (volseg.video.frame_session; RITM's zoom-in): interactive tune
                                        # gains at 3 and 8 rounds, held-out loses at 3 (README), so off
+    session_soft_prior: bool = True    # a propagated frame's session starts from the propagation's probability (its
+                                       # prior mean follows how sure the propagation was), not from its labels: a
+                                       # click then clears an unsure flood (interactive gains on both groups, README);
+                                       # one object only (more keep their labels)
     learned_long_side: int = 320       # a learned extractor gets the frame shrunk to this long side (never below the
                                        # working grid's; 0: full resolution): its network resizes to its own input
                                        # size anyway, and upsampling the embedding to the full frame costs more

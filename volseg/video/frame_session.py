@@ -11,6 +11,11 @@ et al., "Reviving iterative training with mask guidance for interactive segmenta
 the box the frame is background: the box holds the previous mask with a margin, so only the session's
 own changes move the mask.
 
+A propagated frame's prior can come with the propagation's probability of the object (``belief``): the
+session's prior mean is then ``prior_strength (2p - 1)`` instead of the labels' full strength, so a click
+clears a region the propagation was unsure of (a flood at p 0.6 needs a kernel value over 0.17 to flip, not
+0.5) while a sure object keeps its label.  The frame's objects stay the labels'.
+
 The box follows the mask click by click; when it changes, the session is made again on the new box
 (features of the box, then the frame's clicks replayed).  A frame whose box covers it, or a first click
 with no mask yet, uses the whole frame.  :meth:`volseg.video.VideoSegmenter.session_for` zooms only with
@@ -53,12 +58,16 @@ class FrameSession:
     """A frame's interactive session (``add_click``, ``mask``, ``uncertainty``, ``suggest_click``, as
     :class:`volseg.Session`), run on a zoomed box around the objects (module doc); ``zoom`` False: always the
     whole frame.  ``make_session()`` gives a fresh Session with the video's session settings; ``prior``: the
-    frame's current label map (None: no mask yet)."""
+    frame's current label map (None: no mask yet); ``belief``: the object's (H, W) probability, the
+    prior mean's strength where the prior is a propagation's (module doc)."""
 
-    def __init__(self, frame: np.ndarray, prior: np.ndarray | None, make_session: Callable, *, zoom: bool = True):
+    def __init__(self, frame: np.ndarray, prior: np.ndarray | None, make_session: Callable, *, zoom: bool = True,
+                 belief: np.ndarray | None = None):
         self.frame = np.asarray(frame)
         self.shape = self.frame.shape[:2]
         self.prior = prior if prior is not None and prior.any() else None
+        # the session's prior mean: the object's probability where one is given, else the prior's labels
+        self.belief = None if self.prior is None or belief is None else np.asarray(belief, np.float32)
         self.make_session = make_session
         self.zoom = bool(zoom)
         self.clicks: list[Click] = []
@@ -98,11 +107,13 @@ class FrameSession:
     def _session_on(self, box):
         r0, r1, c0, c1 = box
         _, _, (h, w) = self._factors(box)
-        crop, prior = self.frame[r0:r1, c0:c1], None if self.prior is None else self.prior[r0:r1, c0:c1]
+        given = self.prior if self.belief is None else self.belief
+        crop, prior = self.frame[r0:r1, c0:c1], None if given is None else given[r0:r1, c0:c1]
         if (h, w) != crop.shape[:2]:
             crop = cv2.resize(np.ascontiguousarray(crop), (w, h), interpolation=cv2.INTER_LINEAR)
             if prior is not None:
-                prior = cv2.resize(np.ascontiguousarray(prior), (w, h), interpolation=cv2.INTER_NEAREST)
+                prior = cv2.resize(np.ascontiguousarray(prior), (w, h), interpolation=cv2.INTER_NEAREST
+                                   if self.belief is None else cv2.INTER_LINEAR)
         s = self.make_session()
         s.set_image(crop, prior=prior if prior is not None and prior.any() else None)
         return s

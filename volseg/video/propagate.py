@@ -154,15 +154,20 @@ class VideoSegmenter:
         """The interactive session of ``frame`` (:class:`volseg.video.frame_session.FrameSession`: a 2D
         :class:`volseg.Session`, zoomed in on the objects with ``session_zoom``) whose prior is the frame's
         current mask (none if the frame has no result yet); clicks added to it refine that mask at full
-        resolution."""
+        resolution.  With ``session_soft_prior`` a propagated frame of one object gives the session its
+        probability as well, the prior mean's strength (an annotated frame's labels are sure)."""
         config = self.session_config
         config = config if isinstance(config, GPConfig) else GPConfig.from_dict(config)
         # frames keep the RBF unless asked otherwise: the multiscale 2D default is measured on
         # Berkeley's click protocol, not on refining a propagated mask
         config = config.replace(kernel=config.kernel or "rbf")
+        belief = None
+        if self.config.session_soft_prior and frame not in self.annotations and self.has_result(frame) \
+                and len(self.objects) == 1:
+            belief = self._upsampled(frame, self.source[frame])[0]
         return FrameSession(self.source[frame], self.current_labels(frame),
                             lambda: Session(features=self.config.session_features, config=config),
-                            zoom=self.config.session_zoom)
+                            zoom=self.config.session_zoom, belief=belief)
 
     def annotate(self, frame: int, clicks: Sequence[Click], labels: np.ndarray) -> None:
         """Record clicks on ``frame`` and the mask they produced (without propagating)."""
@@ -213,14 +218,18 @@ class VideoSegmenter:
         with limited_threads(self.config.threads):
             return self._labels(t, frame)
 
+    def _upsampled(self, t: int, frame: np.ndarray) -> np.ndarray:
+        """(K, H, W) object probabilities of frame t at full resolution, before the edge cut."""
+        radius = int(round(self.config.refine_radius * max(self.grid.factor)))
+        return upsample(self.probability(t), frame, radius=radius, eps=self.config.refine_eps)
+
     def _labels(self, t: int, frame: np.ndarray | None = None) -> np.ndarray:
         if t in self.annotations:
             return self.annotations[t].labels
         if not self.objects:
             return np.zeros(self.source.shape, np.uint8)
         frame = self.source[t] if frame is None else frame
-        radius = int(round(self.config.refine_radius * max(self.grid.factor)))
-        up = upsample(self.probability(t), frame, radius=radius, eps=self.config.refine_eps)
+        up = self._upsampled(t, frame)
         if self.config.edge_strength > 0:
             up = cut_to_edges(up, frame, strength=self.config.edge_strength, reach=self.config.edge_reach,
                               step=self.config.edge_step, connectivity=self.config.edge_connectivity)
