@@ -164,7 +164,8 @@ class VideoSegmenter:
         belief = None
         if self.config.session_soft_prior and frame not in self.annotations and self.has_result(frame) \
                 and len(self.objects) == 1:
-            belief = self._upsampled(frame, self.source[frame])[0]
+            with limited_threads(self.config.threads):
+                belief = self._upsampled(frame, self.source[frame])[0]
         return FrameSession(self.source[frame], self.current_labels(frame),
                             lambda: Session(features=self.config.session_features, config=config),
                             zoom=self.config.session_zoom, belief=belief)
