@@ -161,13 +161,15 @@ class VideoSegmenter:
         # frames keep the RBF unless asked otherwise: the multiscale 2D default is measured on
         # Berkeley's click protocol, not on refining a propagated mask
         config = config.replace(kernel=config.kernel or "rbf")
-        belief = None
+        image, belief = self.source[frame], None
         if self.config.session_soft_prior and frame not in self.annotations and self.has_result(frame) \
                 and len(self.objects) == 1:
-            with limited_threads(self.config.threads):
-                belief = self._upsampled(frame, self.source[frame])[0]
-        return FrameSession(self.source[frame], self.current_labels(frame),
-                            lambda: Session(features=self.config.session_features, config=config),
+            with limited_threads(self.config.threads):  # the frame's labels from the same upsampled probability
+                up = self._upsampled(frame, image)
+                labels, belief = self._labels_of(up, image), up[0]
+        else:
+            labels = self.current_labels(frame)
+        return FrameSession(image, labels, lambda: Session(features=self.config.session_features, config=config),
                             zoom=self.config.session_zoom, belief=belief)
 
     def annotate(self, frame: int, clicks: Sequence[Click], labels: np.ndarray) -> None:
@@ -230,7 +232,10 @@ class VideoSegmenter:
         if not self.objects:
             return np.zeros(self.source.shape, np.uint8)
         frame = self.source[t] if frame is None else frame
-        up = self._upsampled(t, frame)
+        return self._labels_of(self._upsampled(t, frame), frame)
+
+    def _labels_of(self, up: np.ndarray, frame: np.ndarray) -> np.ndarray:
+        """The label map of full-resolution probabilities ``up`` (K, H, W): moved onto ``frame``'s edges."""
         if self.config.edge_strength > 0:
             up = cut_to_edges(up, frame, strength=self.config.edge_strength, reach=self.config.edge_reach,
                               step=self.config.edge_step, connectivity=self.config.edge_connectivity)
