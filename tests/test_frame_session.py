@@ -25,7 +25,7 @@ def small_object_frame(seed: int = 0):
     return frame.astype(np.uint8), obj
 
 
-def make_session():
+def make_session(motion=None):
     return Session(config={"kernel": "rbf"})
 
 

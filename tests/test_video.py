@@ -735,10 +735,14 @@ def test_session_features_set_the_clicked_frames_2d_session(shapes):
     disk = tuple(np.argwhere(labels[5] == 1).mean(0))
     config = VideoConfig(session_features="learned2d+filterbank")
     with VideoSegmenter(ArrayFrames(frames[:8]), config) as seg:
-        assert isinstance(seg.session_for(5).session.extractor, StackedFeatures)
+        parts = seg.session_for(5).session.extractor.parts
+        assert [p.name for p in parts][1:] == ["filterbank", "motion"] and "learned2d" in parts[0].name
         seg.add_clicks([Click(disk, True, 1, 5)])
         assert seg.labels(5)[Click(disk, True, 1, 5).voxel()] == 1
     with VideoSegmenter(ArrayFrames(frames[:8]), config.replace(session_features="filterbank")) as seg:
+        assert [p.name for p in seg.session_for(5).session.extractor.parts] == ["filterbank", "motion"]
+    plain = config.replace(session_features="filterbank", session_motion=False)
+    with VideoSegmenter(ArrayFrames(frames[:8]), plain) as seg:
         assert not isinstance(seg.session_for(5).session.extractor, StackedFeatures)
 
 

@@ -84,6 +84,9 @@ class VideoConfig:
                                        # prior mean follows how sure the propagation was), not from its labels: a
                                        # click then clears an unsure flood (interactive gains on both groups, README);
                                        # one object only (more keep their labels)
+    session_motion: bool = True        # the clicked frame's session also sees the frame's motion against its
+                                       # surroundings (volseg.video.motion): a click spreads over what moves
+                                       # with it (interactive gains on both groups, README)
     learned_long_side: int = 320       # a learned extractor gets the frame shrunk to this long side (never below the
                                        # working grid's; 0: full resolution): its network resizes to its own input
                                        # size anyway, and upsampling the embedding to the full frame costs more

@@ -16,6 +16,9 @@ session's prior mean is then ``prior_strength (2p - 1)`` instead of the labels' 
 clears a region the propagation was unsure of (a flood at p 0.6 needs a kernel value over 0.17 to flip, not
 0.5) while a sure object keeps its label.  The frame's objects stay the labels'.
 
+The frame's motion features (``motion``, :mod:`volseg.video.motion`) go with the frame: each session gets
+those of its box, brought to the box's size as the frame is.
+
 The box follows the mask click by click; when it changes, the session is made again on the new box
 (features of the box, then the frame's clicks replayed).  A frame whose box covers it, or a first click
 with no mask yet, uses the whole frame.  :meth:`volseg.video.VideoSegmenter.session_for` zooms only with
@@ -57,18 +60,21 @@ def zoom_box(mask: np.ndarray, points: Sequence[Sequence[float]]) -> tuple[int, 
 class FrameSession:
     """A frame's interactive session (``add_click``, ``mask``, ``uncertainty``, ``suggest_click``, as
     :class:`volseg.Session`), run on a zoomed box around the objects (module doc); ``zoom`` False: always the
-    whole frame.  ``make_session()`` gives a fresh Session with the video's session settings; ``prior``: the
-    frame's current label map (None: no mask yet); ``belief``: the object's (H, W) probability, the
-    prior mean's strength where the prior is a propagation's (module doc)."""
+    whole frame.  ``make_session(motion)`` gives a fresh Session with the video's session settings, whose
+    features include ``motion`` (the box's (h, w, C) motion features, or None); ``prior``: the frame's
+    current label map (None: no mask yet); ``belief``: the object's (H, W) probability, the prior mean's
+    strength where the prior is a propagation's (module doc); ``motion``: the frame's (H, W, C) motion
+    features, or None."""
 
     def __init__(self, frame: np.ndarray, prior: np.ndarray | None, make_session: Callable, *, zoom: bool = True,
-                 belief: np.ndarray | None = None):
+                 belief: np.ndarray | None = None, motion: np.ndarray | None = None):
         self.frame = np.asarray(frame)
         self.shape = self.frame.shape[:2]
         self.prior = prior if prior is not None and prior.any() else None
         # the session's prior mean: the object's probability where one is given, else the prior's labels
         self.belief = None if self.prior is None or belief is None else np.asarray(belief, np.float32)
         self.make_session = make_session
+        self.motion = None if motion is None else np.asarray(motion, np.float32)
         self.zoom = bool(zoom)
         self.clicks: list[Click] = []
         self.box = (0, self.shape[0], 0, self.shape[1])
@@ -109,12 +115,15 @@ class FrameSession:
         _, _, (h, w) = self._factors(box)
         given = self.prior if self.belief is None else self.belief
         crop, prior = self.frame[r0:r1, c0:c1], None if given is None else given[r0:r1, c0:c1]
+        motion = None if self.motion is None else self.motion[r0:r1, c0:c1]
         if (h, w) != crop.shape[:2]:
             crop = cv2.resize(np.ascontiguousarray(crop), (w, h), interpolation=cv2.INTER_LINEAR)
             if prior is not None:
                 prior = cv2.resize(np.ascontiguousarray(prior), (w, h), interpolation=cv2.INTER_NEAREST
                                    if self.belief is None else cv2.INTER_LINEAR)
-        s = self.make_session()
+            if motion is not None:
+                motion = cv2.resize(np.ascontiguousarray(motion), (w, h), interpolation=cv2.INTER_LINEAR)
+        s = self.make_session(motion)
         s.set_image(crop, prior=prior if prior is not None and prior.any() else None)
         return s
 

@@ -72,6 +72,7 @@ from .features import Flow, FrameFeatures, Grid, flow_confidence, frame_extracto
 from .frame_session import FrameSession
 from .gp import LocalExperts, probability
 from .memory import ANNOTATED, CLICK, PROPAGATED, MemoryBank, Points, sample_informative
+from .motion import frame_velocity, relative_motion, with_motion
 from .refine import cut_to_edges, to_labels, upsample
 from .step import drop_detached, latent, prior_mean, redetected, region_of_interest
 from .store import FrameStore
@@ -169,8 +170,10 @@ class VideoSegmenter:
                 labels, belief = self._labels_of(up, image), up[0]
         else:
             labels = self.current_labels(frame)
-        return FrameSession(image, labels, lambda: Session(features=self.config.session_features, config=config),
-                            zoom=self.config.session_zoom, belief=belief)
+        motion = relative_motion(frame_velocity(self.source, frame)) if self.config.session_motion else None
+        features = self.config.session_features
+        return FrameSession(image, labels, lambda m: Session(features=with_motion(features, m), config=config),
+                            zoom=self.config.session_zoom, belief=belief, motion=motion)
 
     def annotate(self, frame: int, clicks: Sequence[Click], labels: np.ndarray) -> None:
         """Record clicks on ``frame`` and the mask they produced (without propagating)."""
