@@ -23,6 +23,7 @@ import numpy as np
 from ..features import get_extractor
 from ..features.base import FeatureExtractor
 from ..features.stack import StackedFeatures
+from .features import Flow
 
 MOTION_SIGMA = 2.0         # pixels: the flow is smoothed this much before use (DIS is blocky)
 MOTION_FLOOR = 0.5         # pixels a frame: a spread of relative motion below this is the flow's noise
@@ -35,17 +36,14 @@ def frame_velocity(frames: Sequence[np.ndarray], t: int) -> np.ndarray:
     T = len(frames)
     if not 0 <= t < T:
         raise IndexError(f"frame {t} is not in a video of {T} frames")
-    grey = cv2.cvtColor(np.ascontiguousarray(frames[t]), cv2.COLOR_RGB2GRAY)
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    flows = []
-    for other, sign in ((t + 1, 1.0), (t - 1, -1.0)):
-        if 0 <= other < T:
-            there = cv2.cvtColor(np.ascontiguousarray(frames[other]), cv2.COLOR_RGB2GRAY)
-            flows.append(sign * dis.calc(grey, there, None))  # (dx, dy)
+    def grey(i: int) -> np.ndarray:
+        return cv2.cvtColor(np.ascontiguousarray(frames[i]), cv2.COLOR_RGB2GRAY)
+
+    here, flow = grey(t), Flow("medium")
+    flows = [sign * flow(here, grey(other)) for other, sign in ((t + 1, 1.0), (t - 1, -1.0)) if 0 <= other < T]
     if not flows:
-        return np.zeros((*grey.shape, 2), np.float32)
-    v = cv2.GaussianBlur(np.mean(flows, axis=0).astype(np.float32), (0, 0), MOTION_SIGMA)
-    return np.ascontiguousarray(v[..., ::-1])
+        return np.zeros((*here.shape, 2), np.float32)
+    return cv2.GaussianBlur(np.mean(flows, axis=0).astype(np.float32), (0, 0), MOTION_SIGMA)
 
 
 def relative_motion(velocity: np.ndarray) -> np.ndarray:
