@@ -40,6 +40,7 @@ from ..gp.kernels import EXP_FLOOR, squared_distance
 from ..gp.linalg import MIN_NOISE, solve_keeping_labels
 
 MAX_NOISE_ROUNDS = 8  # factorisations spent lowering the clicks' noise before the fit settles for what it has
+SINGLE_PRECISION_NOISE = 1e-2  # a fit whose every noise is at least this factorises in float32
 
 
 def rbf(d2: np.ndarray) -> np.ndarray:
@@ -47,6 +48,21 @@ def rbf(d2: np.ndarray) -> np.ndarray:
     d2 *= -0.5
     np.maximum(d2, EXP_FLOOR, out=d2)  # no subnormal values or products: they are much slower
     return np.exp(d2, out=d2)
+
+
+def _rows(f: np.ndarray) -> np.ndarray:
+    """(n, D + 2) float32 ``[f, 1, |f|^2]``: times :func:`_columns` of x, the RBF exponent
+    ``f.x - |x|^2/2 - |f|^2/2 = -|f - x|^2 / 2``, norms folded into the one matmul."""
+    out = np.empty((f.shape[0], f.shape[1] + 2), np.float32)
+    out[:, :-2], out[:, -2], out[:, -1] = f, 1.0, np.einsum("ij,ij->i", f, f)
+    return out
+
+
+def _columns(x: np.ndarray) -> np.ndarray:
+    """(D + 2, N) float32 ``[x; -|x|^2/2; -1/2]``, the other factor of :func:`_rows`."""
+    out = np.empty((x.shape[1] + 2, x.shape[0]), np.float32)
+    out[:-2], out[-2], out[-1] = x.T, -0.5 * np.einsum("ij,ij->i", x, x), -0.5
+    return out
 
 
 class MemoryPosterior:
@@ -57,15 +73,17 @@ class MemoryPosterior:
         self.chunk = int(chunk)
         self.n = 0
 
-    def gram(self, F: np.ndarray, P: np.ndarray) -> np.ndarray:
-        """K (N, N) in float64; distances in float32 (the noise on the diagonal, >= 1e-3 for all but
-        clicks, dwarfs their rounding), centred first so |f|^2 stays small."""
+    def gram(self, F: np.ndarray, P: np.ndarray, dtype=np.float64) -> np.ndarray:
+        """K (N, N) in ``dtype``; exponents in float32 (the noise on the diagonal, >= 1e-3 for all but
+        clicks, dwarfs their rounding), the features centred first so |f|^2 stays small."""
         F = np.asarray(F, np.float32)
         F = F - F.mean(0)
-        K = rbf(squared_distance(F, F)).astype(np.float64)
+        K = _rows(F) @ _columns(F)  # -|f_i - f_j|^2 / 2 in one matmul
+        video_kernel(K, None, None, None, None, 1.0)
+        K = K.astype(dtype, copy=False)
         if self.wg < 1.0:
             P = np.asarray(P, np.float64)
-            K *= self.wg + (1.0 - self.wg) * rbf(squared_distance(P, P))
+            K *= (self.wg + (1.0 - self.wg) * rbf(squared_distance(P, P))).astype(dtype, copy=False)
         np.fill_diagonal(K, 1.0)
         return K
 
@@ -87,14 +105,17 @@ class MemoryPosterior:
             noise[lost] = np.maximum(noise[lost] * 0.01, MIN_NOISE)
             return noise
 
-        _, alpha, self.noise = solve_keeping_labels(self.gram(F, P), np.asarray(R, np.float64), noise, keep, lower,
-                                                    max_rounds=MAX_NOISE_ROUNDS)
+        # A's condition number is at most N / min(noise): with no click and the memory's noise levels that
+        # is well inside single precision, whose factorisation is the cheaper one.  A click's noise is
+        # lowered towards MIN_NOISE, which needs double.
+        dtype = np.float32 if not keep.any() and noise.min(initial=1.0) >= SINGLE_PRECISION_NOISE else np.float64
+        _, alpha, self.noise = solve_keeping_labels(self.gram(F, P, dtype), np.asarray(R, dtype), noise.astype(dtype),
+                                                    keep, lower, max_rounds=MAX_NOISE_ROUNDS)
         self.alpha = alpha.astype(np.float32)
         self.center = np.asarray(F, np.float32).mean(0)  # keeps |f|^2 small in the matmul trick
         self.F = np.ascontiguousarray(F - self.center, np.float32)
         self.P = np.ascontiguousarray(P, np.float32)
-        self._F2 = (self.F * self.F).sum(1)
-        self._P2 = (self.P * self.P).sum(1)
+        self.X = _columns(self.F)
         return self
 
     def latent(self, F: np.ndarray, rows: np.ndarray, cols: np.ndarray, row_coords: np.ndarray,
@@ -109,19 +130,19 @@ class MemoryPosterior:
         if self.n == 0:
             return out
         n = F.shape[0]
-        X = np.concatenate([self.F, -0.5 * self._F2[:, None], np.full((self.n, 1), -0.5, np.float32)], 1).T.copy()
         grid_rows = np.asarray(row_coords, np.float32)[:, None]
         grid_cols = np.asarray(col_coords, np.float32)[:, None]
         e_row = e_col = None  # wg 1: no spatial factor
         if self.wg < 1.0:
             e_row = ((1.0 - self.wg) * np.exp(-0.5 * (grid_rows - self.P[None, :, 0]) ** 2)).astype(np.float32)
             e_col = np.exp(-0.5 * (grid_cols - self.P[None, :, 1]) ** 2).astype(np.float32)
+        fa = _rows(np.asarray(F, np.float32) - self.center)
+        k = np.empty((min(self.chunk, n), self.n), np.float32)  # one block, reused
         for a in range(0, n, self.chunk):
-            f = F[a:a + self.chunk].astype(np.float32, copy=False) - self.center
-            fa = np.concatenate([f, np.ones((f.shape[0], 1), np.float32), (f * f).sum(1, keepdims=True)], 1)
-            k = fa @ X
-            video_kernel(k, e_row, e_col, rows[a:a + self.chunk], cols[a:a + self.chunk], self.wg)
-            out[a:a + self.chunk] += k @ self.alpha
+            block = k[:min(self.chunk, n - a)]
+            np.matmul(fa[a:a + self.chunk], self.X, out=block)
+            video_kernel(block, e_row, e_col, rows[a:a + self.chunk], cols[a:a + self.chunk], self.wg)
+            out[a:a + self.chunk] += block @ self.alpha
         return out
 
 
@@ -180,34 +201,39 @@ class LocalExperts:
         return self
 
     def group(self, F: np.ndarray) -> np.ndarray:
-        """(n,) the group (expert index) each feature vector falls in."""
-        group = np.zeros(F.shape[0], np.int64)
-
-        def route(node: int, at: np.ndarray) -> None:
-            if node < 0:
-                group[at] = ~node
-                return
-            w, t, below, above = self.splits[node]
-            side = F[at] @ w < t
-            route(below, at[side])
-            route(above, at[~side])
-
-        route(0 if self.splits else -1, np.arange(F.shape[0]))
-        return group
+        """(n,) the group (expert index) each feature vector falls in: all splits' projections in one matmul,
+        then every location steps down the tree together, one level a step."""
+        if not self.splits:
+            return np.zeros(F.shape[0], np.int64)
+        w = np.stack([split[0] for split in self.splits], 1)
+        t = np.array([split[1] for split in self.splits], np.float32)
+        child = np.array([split[2:] for split in self.splits], np.int64)  # (below, above) per split
+        projection = F @ w
+        node = np.zeros(F.shape[0], np.int64)
+        at = np.arange(F.shape[0])
+        while at.size:
+            split = node[at]
+            node[at] = child[split, (projection[at, split] >= t[split]).astype(np.int64)]
+            at = at[node[at] >= 0]
+        return ~node
 
     def latent(self, F: np.ndarray, rows: np.ndarray, cols: np.ndarray, row_coords: np.ndarray,
                col_coords: np.ndarray, M0: np.ndarray) -> np.ndarray:
-        """As :meth:`MemoryPosterior.latent`, each location through its group's expert."""
+        """As :meth:`MemoryPosterior.latent`, each location through its group's expert (locations sorted by
+        group once, so each expert reads one contiguous block)."""
         if len(self.experts) <= 1:
             if not self.experts:
                 return np.array(M0, np.float32, copy=True)
             return self.experts[0].latent(F, rows, cols, row_coords, col_coords, M0)
-        out = np.array(M0, np.float32, copy=True)
-        group = self.group(np.asarray(F, np.float32))
-        for g, expert in enumerate(self.experts):
-            at = np.flatnonzero(group == g)
-            if at.size:
-                out[at] = expert.latent(F[at], rows[at], cols[at], row_coords, col_coords, out[at])
+        F = np.asarray(F, np.float32)
+        group = self.group(F)
+        order = np.argsort(group, kind="stable")
+        bounds = np.searchsorted(group[order], np.arange(len(self.experts) + 1))
+        F, rows, cols, M0 = F[order], np.asarray(rows)[order], np.asarray(cols)[order], np.asarray(M0)[order]
+        out = np.empty(M0.shape, np.float32)
+        for expert, a, b in zip(self.experts, bounds[:-1], bounds[1:]):
+            if b > a:
+                out[order[a:b]] = expert.latent(F[a:b], rows[a:b], cols[a:b], row_coords, col_coords, M0[a:b])
         return out
 
 
@@ -215,20 +241,24 @@ def bisect(F: np.ndarray, iterations: int = 5, balance: float = 0.35) -> tuple[n
     """A split of points F (n, D) into two groups, ``F @ w < t`` and the rest: 2-means started across the
     principal axis, whose boundary (the hyperplane halfway between the two means) is moved, if need be,
     so that each side keeps at least ``balance`` of the points."""
+    F = np.asarray(F, np.float32)
     mean = F.mean(0)
-    axis = np.linalg.eigh(np.cov(F - mean, rowvar=False).reshape(F.shape[1], F.shape[1]))[1][:, -1]
-    below = (F - mean) @ axis < 0
+    centred = F - mean
+    axis = np.linalg.eigh((centred.T @ centred).astype(np.float64))[1][:, -1].astype(np.float32)
+    below = centred @ axis < 0
+    total = F.sum(0, dtype=np.float64)
     for _ in range(iterations):
-        if below.all() or not below.any():
+        count = int(below.sum())
+        if count in (0, len(F)):
             break
-        a, b = F[below].mean(0), F[~below].mean(0)
+        sum_below = below.astype(np.float32) @ F  # the two means without gathering either side
+        a, b = sum_below / count, (total - sum_below) / (len(F) - count)
         w, t = (b - a).astype(np.float32), float((b @ b - a @ a) / 2)
         below = F @ w < t
     else:
-        score = F @ w
-        lo, hi = np.quantile(score, [balance, 1.0 - balance])
+        lo, hi = np.quantile(F @ w, [balance, 1.0 - balance])
         return w, float(np.clip(t, lo, hi))
-    return axis.astype(np.float32), float(np.median((F - mean) @ axis) + mean @ axis)
+    return axis, float(np.median(centred @ axis) + mean @ axis)
 
 
 def probability(latent: np.ndarray) -> np.ndarray:
