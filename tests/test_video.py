@@ -411,25 +411,22 @@ def test_local_experts_keep_groups_balanced_and_clicks_labelled():
     assert len(LocalExperts(1.0, size=10).fit(same, np.zeros((50, 2)), y[:50], np.full(50, 0.05)).experts) == 1
 
 
-def test_a_fit_without_clicks_in_single_precision_matches_double():
-    """Without clicks the memory's noise keeps A well conditioned and the fit factorises in float32: its
-    posterior mean is the float64 solve's."""
+def test_the_memory_posterior_is_the_direct_solve():
+    """The Gram matrix's exponents from one augmented matmul and the compiled exp: the posterior mean is
+    the direct float64 solve's."""
     from volseg.video.gp import MemoryPosterior
 
     F, P, y = _clustered_memory(150, 4)
     Q, _, _ = _clustered_memory(100, 4, seed=1)
     noise = np.full(F.shape[0], 0.05)
     gp = MemoryPosterior(1.0).fit(F, P, y, noise)
-    assert gp.alpha.dtype == np.float32 and gp.noise.dtype == np.float32
-    K = gp.gram(F, P) + np.diag(noise)  # float64
     centred = (Q - F.mean(0)).astype(np.float64), (F - F.mean(0)).astype(np.float64)
-    want = np.exp(-0.5 * ((centred[0][:, None] - centred[1][None]) ** 2).sum(-1)) @ np.linalg.solve(K, y)
+    kernel = np.exp(-0.5 * ((centred[1][:, None] - centred[1][None]) ** 2).sum(-1))
+    want = np.exp(-0.5 * ((centred[0][:, None] - centred[1][None]) ** 2).sum(-1)) @ np.linalg.solve(
+        kernel + np.diag(noise), y)
     zeros = np.zeros(len(Q), int)
     got = gp.latent(Q, zeros, zeros, np.zeros(1), np.zeros(1), np.zeros((len(Q), 1), np.float32))
     assert np.abs(got - want).max() < 1e-3
-    clicked = MemoryPosterior(1.0).fit(F, P, y, np.where(np.arange(len(F)) < 3, 1e-3, 0.05),
-                                       keep=np.arange(len(F)) < 3)
-    assert clicked.noise.dtype == np.float64  # a click's noise may be lowered far below float32's reach
 
 
 def test_every_location_goes_down_the_tree_its_splits_say():

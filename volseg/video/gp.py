@@ -40,7 +40,6 @@ from ..gp.kernels import EXP_FLOOR, squared_distance
 from ..gp.linalg import MIN_NOISE, solve_keeping_labels
 
 MAX_NOISE_ROUNDS = 8  # factorisations spent lowering the clicks' noise before the fit settles for what it has
-SINGLE_PRECISION_NOISE = 1e-2  # a fit whose every noise is at least this factorises in float32
 
 
 def rbf(d2: np.ndarray) -> np.ndarray:
@@ -73,17 +72,17 @@ class MemoryPosterior:
         self.chunk = int(chunk)
         self.n = 0
 
-    def gram(self, F: np.ndarray, P: np.ndarray, dtype=np.float64) -> np.ndarray:
-        """K (N, N) in ``dtype``; exponents in float32 (the noise on the diagonal, >= 1e-3 for all but
+    def gram(self, F: np.ndarray, P: np.ndarray) -> np.ndarray:
+        """K (N, N) in float64; exponents in float32 (the noise on the diagonal, >= 1e-3 for all but
         clicks, dwarfs their rounding), the features centred first so |f|^2 stays small."""
         F = np.asarray(F, np.float32)
         F = F - F.mean(0)
         K = _rows(F) @ _columns(F)  # -|f_i - f_j|^2 / 2 in one matmul
         video_kernel(K, None, None, None, None, 1.0)
-        K = K.astype(dtype, copy=False)
+        K = K.astype(np.float64)
         if self.wg < 1.0:
             P = np.asarray(P, np.float64)
-            K *= (self.wg + (1.0 - self.wg) * rbf(squared_distance(P, P))).astype(dtype, copy=False)
+            K *= self.wg + (1.0 - self.wg) * rbf(squared_distance(P, P))
         np.fill_diagonal(K, 1.0)
         return K
 
@@ -105,12 +104,10 @@ class MemoryPosterior:
             noise[lost] = np.maximum(noise[lost] * 0.01, MIN_NOISE)
             return noise
 
-        # A's condition number is at most N / min(noise): with no click and the memory's noise levels that
-        # is well inside single precision, whose factorisation is the cheaper one.  A click's noise is
-        # lowered towards MIN_NOISE, which needs double.
-        dtype = np.float32 if not keep.any() and noise.min(initial=1.0) >= SINGLE_PRECISION_NOISE else np.float64
-        _, alpha, self.noise = solve_keeping_labels(self.gram(F, P, dtype), np.asarray(R, dtype), noise.astype(dtype),
-                                                    keep, lower, max_rounds=MAX_NOISE_ROUNDS)
+        # Double precision: a float32 Cholesky's backward error grows with |A| (up to N where many points look
+        # alike) and rivals the memory's noise of 0.05; a small car's masks came out worse with it.
+        _, alpha, self.noise = solve_keeping_labels(self.gram(F, P), np.asarray(R, np.float64), noise, keep, lower,
+                                                    max_rounds=MAX_NOISE_ROUNDS)
         self.alpha = alpha.astype(np.float32)
         self.center = np.asarray(F, np.float32).mean(0)  # keeps |f|^2 small in the matmul trick
         self.F = np.ascontiguousarray(F - self.center, np.float32)
