@@ -91,6 +91,14 @@ def seed_table(per_seed: list[list[dict]], mode: str, rounds=(1, 3, 8)) -> list[
     return table + [""] + markdown_table(["sequence"] + head[2:], per_seq).split("\n")
 
 
+def thread_env(threads: int, pythonpath: str) -> dict:
+    """The environment of a benchmark's child process: ``threads`` for each BLAS, OpenMP and OpenCV, and
+    ``pythonpath`` (the checkout it runs)."""
+    n = str(threads)
+    return dict(os.environ, OPENBLAS_NUM_THREADS=n, OMP_NUM_THREADS=n, MKL_NUM_THREADS=n, OPENCV_FOR_THREADS_NUM=n,
+                PYTHONPATH=pythonpath)
+
+
 def run_child(cmd: list[str], env: dict, log: Path) -> tuple[int, float, float]:
     """(exit code, seconds, peak RSS MiB) of a child process."""
     t0 = time.perf_counter()
@@ -158,9 +166,7 @@ def main(argv=None) -> int:
         print(f"no DAVIS data at {root}", file=sys.stderr)
         return 1
     out.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, OPENBLAS_NUM_THREADS=str(args.threads), OMP_NUM_THREADS=str(args.threads),
-               MKL_NUM_THREADS=str(args.threads), OPENCV_FOR_THREADS_NUM=str(args.threads),
-               PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = thread_env(args.threads, str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     log = out / "benchmark.log"
     found = {p.name for p in (root / "JPEGImages").iterdir() if p.is_dir() and p.name != "480p"}
     seqs = [n for n in GROUPS[args.group] if n in found]

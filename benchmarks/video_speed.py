@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import subprocess
 import sys
 from pathlib import Path
 
-from davis_dev import GROUPS
+from davis_dev import GROUPS, thread_env
 
 
 def variant(text: str) -> tuple[str, Path, list[str]]:
@@ -45,13 +44,12 @@ def main() -> int:
     args = parser.parse_args()
     if len({name for name, _, _ in args.variant}) < len(args.variant):
         parser.error("variant names must differ")
-    env = {**os.environ, **{key: "1" for key in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}}
     for sequence in GROUPS[args.group]:
         for name, folder, extra in args.variant:
             out = Path(args.out) / name
             subprocess.run([sys.executable, "-m", "volseg", "eval-video", "--root", str(Path(args.root).resolve()),
                             "--sequences", sequence, "--mode", "semi", "--out", str(out.resolve()), "--overwrite",
-                            *extra], cwd=folder, env={**env, "PYTHONPATH": str(folder)}, check=True,
+                            *extra], cwd=folder, env=thread_env(1, str(folder)), check=True,
                            stdout=subprocess.DEVNULL)
             record = json.loads((out / f"{sequence}_semi.json").read_text())
             print(f"{name:>12} {sequence:<14} {record['frames'] / record['seconds']:6.1f} frames/s  "
