@@ -104,8 +104,8 @@ class MemoryPosterior:
             noise[lost] = np.maximum(noise[lost] * 0.01, MIN_NOISE)
             return noise
 
-        # Double precision: a float32 Cholesky's backward error grows with |A| (up to N where many points look
-        # alike) and rivals the memory's noise of 0.05; a small car's masks came out worse with it.
+        # Double precision: a float32 Cholesky's backward error grows as N eps |A|, and |A| reaches N where many
+        # memory points look alike, which puts the error near the memory's noise of 0.05.
         _, alpha, self.noise = solve_keeping_labels(self.gram(F, P), np.asarray(R, np.float64), noise, keep, lower,
                                                     max_rounds=MAX_NOISE_ROUNDS)
         self.alpha = alpha.astype(np.float32)
