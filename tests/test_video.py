@@ -446,6 +446,25 @@ def test_every_location_goes_down_the_tree_its_splits_say():
         want.append(~node)
     assert np.array_equal(gp.group(Q), want)
 
+def test_a_mask_grown_on_its_box_is_the_whole_grids_transform():
+    """``grown`` (the region of interest, the edge cut's ring) runs the distance transform on the mask's
+    bounding box alone; the cells it returns are those of the transform over the whole grid."""
+    import cv2
+
+    from volseg.video.step import grown
+
+    rng = np.random.default_rng(3)
+    for _ in range(200):
+        h, w = rng.integers(5, 120, 2)
+        mask = np.zeros((h, w), bool)
+        for _ in range(rng.integers(0, 4)):  # none to three rectangles, some cut by the grid's edge
+            r, c = rng.integers(0, h), rng.integers(0, w)
+            mask[r:r + rng.integers(1, 30), c:c + rng.integers(1, 30)] = True
+        cells = float(rng.choice([0.0, 0.5, 1.0, 3.7, 10.0, 40.0, 500.0]))
+        whole = cv2.distanceTransform(np.where(mask, 0, 1).astype(np.uint8), cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+        assert np.array_equal(grown(mask, cells), (whole <= cells) & mask.any())
+
+
 
 def test_a_large_memory_split_into_experts_still_tracks():
     """configs/video_large_memory.yaml's split, scaled down to a small generated video."""

@@ -19,6 +19,7 @@ import numpy as np
 from scipy.special import ndtri
 
 from .. import boundary
+from .step import grown
 
 PROBIT_CLIP = 1e-4  # probabilities are clipped to [this, 1 - this] before the probit: latents within +-3.7
 
@@ -95,8 +96,7 @@ def cut_to_edges(prob: np.ndarray, frame: np.ndarray, *, strength: float, band: 
         if not fg.any() or fg.all():
             continue
         edge = fg ^ cv2.erode(fg, np.ones((3, 3), np.uint8), borderType=cv2.BORDER_REPLICATE)
-        # distance to the mask's boundary (OpenCV's exact Euclidean transform; 0 on the boundary itself)
-        ring = cv2.distanceTransform(1 - edge, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= reach / step
+        ring = grown(edge > 0, reach / step)  # within reach of the mask's boundary
         rows, cols = np.flatnonzero(ring.any(1)), np.flatnonzero(ring.any(0))
         box = (slice(max(0, rows[0] - 1), rows[-1] + 2), slice(max(0, cols[0] - 1), cols[-1] + 2))
         ring_box = ring[box]

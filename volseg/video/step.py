@@ -34,9 +34,17 @@ def region_of_interest(prior: np.ndarray, lost: np.ndarray, margin: float, unit:
 def grown(mask: np.ndarray, cells: float) -> np.ndarray:
     """The cells within ``cells`` of a (h, w) bool ``mask``: a disc grown by a distance transform, whose cost
     does not grow with the radius as a dilation's does (a small object's full-resolution grid has margins of
-    40 cells)."""
-    outside = np.where(mask, 0, 1).astype(np.uint8)
-    return cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= cells
+    40 cells).  The transform runs on the mask's bounding box grown by ``cells`` alone: no cell outside it
+    is that near, so the result is the whole grid's, at the box's cost."""
+    out = np.zeros(mask.shape, bool)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not rows.size:
+        return out
+    m = int(np.ceil(cells)) + 1 if np.isfinite(cells) else max(mask.shape)
+    box = (slice(max(0, rows[0] - m), rows[-1] + m + 1), slice(max(0, cols[0] - m), cols[-1] + m + 1))
+    outside = np.where(mask[box], 0, 1).astype(np.uint8)
+    out[box] = cv2.distanceTransform(outside, cv2.DIST_L2, cv2.DIST_MASK_PRECISE) <= cells
+    return out
 
 
 def latent(gp: LocalExperts, feats: np.ndarray, origin: tuple[int, int], rows: np.ndarray, cols: np.ndarray,
