@@ -2,7 +2,7 @@
 
     python benchmarks/video_speed.py --root ../shared/data/dev/video/davis2016 --out /tmp/video_speed \
         --variant before=/path/to/older/checkout --variant now=. \
-        [--variant "large=.:--config configs/video_large_memory.yaml"] [--group all|tune|held-out]
+        [--variant "small=.:--config configs/video_small_memory.yaml"] [--group all|tune|held-out]
 
 This machine's speed moves by up to 2x within an hour, more than most changes under test, so runs made one
 after the other are not comparable.  Here every sequence is run by each variant in turn (``volseg

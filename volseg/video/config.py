@@ -13,12 +13,14 @@ from ..features import PACKAGED_MODELS, feature_names
 class VideoConfig:
     scale: float = 4.0                 # working grid = frame / scale per axis ...
     min_side: int = 96                 # ... but its short side stays at least this (or the frame's)
-    budget: int = 800                  # memory bank points (global + local)
-    expert_points: int = 0             # >0: a memory larger than this is split by appearance into groups of at most
-                                       # this many points, one exact GP each (volseg.video.gp.LocalExperts; with
-                                       # budget 3200: configs/video_large_memory.yaml); 0: one GP on the whole memory
+    budget: int = 3200                 # memory bank points (global + local)
+    expert_points: int = 750           # >0: a memory larger than this is split by appearance into groups of at most
+                                       # this many points, one exact GP each (volseg.video.gp.LocalExperts); 0: one
+                                       # GP on the whole memory (configs/video_small_memory.yaml: 800 points)
     global_fraction: float = 0.5       # share of the budget for the annotated frames
-    window: int = 2                    # local memory: the last `window` propagated frames
+    window: int = 2                    # local memory: the last `window` propagated frames that joined it
+    memory_every: int = 3              # a propagated frame joins the memory every this many frames (XMem's
+                                       # mem_every); between, the memory and so the GP's fit stay as they are
     label_share: float = 0.3           # each label's (background's, every object's) least share of the points a
                                        # frame gives the memory (before normalising); by area alone an object
                                        # gets few, and appearance it shares with the background is voted
@@ -106,6 +108,7 @@ class VideoConfig:
             (self.scale >= 1, "scale must be 1 or more"), (self.budget >= 8, "budget must be 8 points or more"),
             (0 < self.global_fraction < 1, "global_fraction must be between 0 and 1"),
             (self.window >= 1, "window must be 1 or more"),
+            (self.memory_every >= 1, "memory_every must be 1 or more"),
             (self.expert_points >= 0, "expert_points must be 0 or more"),
             (0 <= self.label_share <= 1, "label_share must be in [0, 1]"),
             (0 <= self.global_weight <= 1, "global_weight must be in [0, 1]"),

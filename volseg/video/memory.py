@@ -4,7 +4,8 @@ Two parts, after MA-Net's memory aggregation:
 
 * **global**: points from the user-annotated frames that bound the stretch being propagated --
   every click, plus samples of the annotated frame's mask.  Set once per propagation pass.
-* **local**: samples of the last ``window`` propagated frames, the oldest frame dropped as a new
+* **local**: samples of the last ``window`` propagated frames that joined it (every
+  ``memory_every``-th, as XMem adds a frame every ``mem_every``), the oldest frame dropped as a new
   one arrives.  Their positions move with the scene (optical flow), so the spatial kernel matches
   a location against what was near it in the previous frames.
 
@@ -77,6 +78,7 @@ class MemoryBank:
     _global: Points | None = field(default=None, repr=False)
     _local: list[Points] = field(default_factory=list, repr=False)
     peak: int = 0
+    version: int = 0  # counts the changes of the set of points (not their moves): a fit stays valid while it holds
 
     def __post_init__(self) -> None:
         if self.budget < 4 or self.window < 1 or not 0.0 < self.global_fraction < 1.0:
@@ -108,6 +110,7 @@ class MemoryBank:
         samples = samples.take(_spread(len(samples), room - len(clicks)))
         self._global = Points.concat([clicks, samples])
         self._local = []
+        self.version += 1
         self._track()
 
     def add_frame(self, points: Points) -> None:
@@ -117,11 +120,14 @@ class MemoryBank:
         self._local.append(points)
         while len(self._local) > self.window or len(self) > self.budget:
             self._local.pop(0)
+        self.version += 1
         self._track()
 
     def clear_local(self) -> None:
         """Forget the propagated frames (an object went missing: their labels would keep it missing)."""
-        self._local = []
+        if self._local:
+            self._local = []
+            self.version += 1
 
     def move(self, flow: np.ndarray) -> None:
         """Carry local points along a forward flow field (h, w, 2) given as (drow, dcol) per cell."""

@@ -25,9 +25,10 @@ mask and its margin.  One step of a pass:
    the two annotated frames bounding the stretch (global), samples of the last ``window``
    propagated frames moved along the flow (local), each with noise growing with its distance in
    time from the annotated frame its label descends from;
-3. GP posterior mean over the working grid (:mod:`volseg.video.gp`; with ``expert_points``, a large memory as
+3. GP posterior mean over the working grid (:mod:`volseg.video.gp`; with ``expert_points``, the memory as
    local experts, each location matched against the memory points that look like it), probit, stored per frame;
-4. the frame adds its most informative points to the local memory.
+   the GP is fitted again only when its memory changed;
+4. every ``memory_every``-th frame adds its most informative points to the local memory.
 
 ``lost_fraction``: an object whose warped mask has (almost) vanished is searched for in the whole frame,
 from the annotated frames' memory; the frames where that happened are logged in ``stats["lost"]`` as
@@ -100,7 +101,7 @@ class VideoSegmenter:
         self.session_config = session_config  # a clicked frame's 2D session's GP settings
         self.last_changed: list[int] = []
         self.stats = {"frames_propagated": 0, "seconds": 0.0, "memory_peak": 0, "memory_bytes_peak": 0,
-                      "gp_points_max": 0, "lost": []}
+                      "gp_points_max": 0, "gp_fits": 0, "lost": []}
 
     def _set_grid(self, scale: float) -> None:
         cfg = self.config
@@ -436,6 +437,7 @@ class VideoSegmenter:
         # each object's annotated area on the grid: what "lost" is measured against
         area = np.mean([self._onehot(self.annotations[a].labels).reshape(K, -1).sum(1) for a in bounds], 0)
         gp = LocalExperts(cfg.global_weight, cfg.expert_points)
+        fitted = -1  # the bank's version the GP was fitted to
         prev_p = self.probability(start)
         # the start frame's features are in the memory already: the flow needs only its grey
         prev_g = self.features.grey(self.source[start])
@@ -467,9 +469,12 @@ class VideoSegmenter:
             rows, cols = idx // w, idx % w
             r0, r1, c0, c1 = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
             feats = whole[r0:r1, c0:c1] if whole is not None else self.features.standardised(small, (r0, r1, c0, c1))
-            train = bank.training()
-            resid = train.y - train.m0 if cfg.targets == "residual" else train.y
-            gp.fit(train.feat / self.lf, train.pos / self.ls, resid, train.noise, keep=train.keep)
+            if bank.version != fitted or cfg.global_weight < 1.0:  # with a spatial window, the points' moves count
+                train = bank.training()
+                resid = train.y - train.m0 if cfg.targets == "residual" else train.y
+                gp.fit(train.feat / self.lf, train.pos / self.ls, resid, train.noise, keep=train.keep)
+                fitted = bank.version
+                self.stats["gp_fits"] += 1
             lat = latent(gp, feats, (r0, c0), rows, cols, row_coords, col_coords, m0[idx], feature_lengthscale=self.lf,
                          unit=self.unit, fine_band=cfg.fine_band)
             p = np.zeros((h * w, K), np.float32)  # outside the region of interest: background
@@ -482,7 +487,7 @@ class VideoSegmenter:
                 p[k] = redetected(p[k], cfg.lost_fraction * area[k])
             self.stats["frames_propagated"] += 1
             self.stats["gp_points_max"] = max(self.stats["gp_points_max"], gp.largest)
-            if not lost.any():
+            if not lost.any() and abs(t - start) % cfg.memory_every == 0:
                 pick = sample_informative(p, bank.per_frame, rng, min_share=cfg.label_share, candidates=roi)
                 y = np.where(p.reshape(K, -1)[:, pick].T > 0.5, 1.0, -1.0).astype(np.float32)
                 noise = min(cfg.noise_propagated + cfg.noise_growth * abs(t - start), cfg.noise_max)
