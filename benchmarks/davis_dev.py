@@ -157,7 +157,8 @@ def main(argv=None) -> int:
     ap.add_argument("--option", action="append", default=[])
     ap.add_argument("--config", default=None, help="YAML video settings (configs/video_*.yaml); --option wins")
     ap.add_argument("--group", choices=sorted(GROUPS), default="all", help="which sequences to run (default all)")
-    ap.add_argument("--long", nargs="*", type=int, default=[100, 400], help="frame counts of the long 480p video")
+    ap.add_argument("--long", nargs="*", type=int, default=[100, 400],
+                    help="frame counts of the long 480p video (a bare --long: none)")
     ap.add_argument("--seeds", nargs="+", type=int, default=[0],
                     help="memory-sampling seeds (the `seed` option); several: each seed's tables, then their mean")
     args = ap.parse_args(argv)
