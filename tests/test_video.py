@@ -11,7 +11,7 @@ from volseg.errors import ClickError, InputError, OutputExistsError
 from volseg.io.video import FolderFrames, MaskWriter, open_video, write_video
 from volseg.metrics import iou
 from volseg.video import MemoryBank, VideoConfig, VideoSegmenter
-from volseg.video.memory import Points, sample_informative
+from volseg.video.memory import PROPAGATED, Points, sample_informative
 from volseg.video.synthetic import ArrayFrames, moving_shapes
 
 
@@ -507,7 +507,7 @@ def test_the_memory_counts_changes_to_its_points_not_their_moves():
     def points(n):
         return Points(np.zeros((n, D), np.float32), np.zeros((n, 2), np.float32), np.ones((n, K), np.float32),
                       np.zeros((n, K), np.float32), np.full(n, 0.05, np.float32), np.zeros(n, np.int32),
-                      np.full(n, 2, np.int8))
+                      np.full(n, PROPAGATED, np.int8))
 
     bank = MemoryBank(budget=40, n_features=D, n_objects=K)
     bank.set_global(points(0), points(20))

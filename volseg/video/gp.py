@@ -72,12 +72,11 @@ class MemoryPosterior:
         self.chunk = int(chunk)
         self.n = 0
 
-    def gram(self, F: np.ndarray, P: np.ndarray) -> np.ndarray:
-        """K (N, N) in float64; exponents in float32 (the noise on the diagonal, >= 1e-3 for all but
-        clicks, dwarfs their rounding), the features centred first so |f|^2 stays small."""
-        F = np.asarray(F, np.float32)
-        F = F - F.mean(0)
-        K = _rows(F) @ _columns(F)  # -|f_i - f_j|^2 / 2 in one matmul
+    def gram(self, P: np.ndarray) -> np.ndarray:
+        """K (N, N) of the points being fitted, in float64, from their centred features :attr:`F` and the
+        augmented columns :attr:`X` the posterior mean reads too; exponents in float32 (the noise on the
+        diagonal, >= 1e-3 for all but clicks, dwarfs their rounding)."""
+        K = _rows(self.F) @ self.X  # -|f_i - f_j|^2 / 2 in one matmul
         video_kernel(K, None, None, None, None, 1.0)
         K = K.astype(np.float64)
         if self.wg < 1.0:
@@ -104,15 +103,16 @@ class MemoryPosterior:
             noise[lost] = np.maximum(noise[lost] * 0.01, MIN_NOISE)
             return noise
 
-        # Double precision: a float32 Cholesky's backward error grows as N eps |A|, and |A| reaches N where many
-        # memory points look alike, which puts the error near the memory's noise of 0.05.
-        _, alpha, self.noise = solve_keeping_labels(self.gram(F, P), np.asarray(R, np.float64), noise, keep, lower,
-                                                    max_rounds=MAX_NOISE_ROUNDS)
-        self.alpha = alpha.astype(np.float32)
-        self.center = np.asarray(F, np.float32).mean(0)  # keeps |f|^2 small in the matmul trick
-        self.F = np.ascontiguousarray(F - self.center, np.float32)
+        F = np.asarray(F, np.float32)
+        self.center = F.mean(0)  # keeps |f|^2 small in the matmul trick
+        self.F = np.ascontiguousarray(F - self.center)
         self.P = np.ascontiguousarray(P, np.float32)
         self.X = _columns(self.F)
+        # Double precision: a float32 Cholesky's backward error grows as N eps |A|, and |A| reaches N where many
+        # memory points look alike, which puts the error near the memory's noise of 0.05.
+        _, alpha, self.noise = solve_keeping_labels(self.gram(P), np.asarray(R, np.float64), noise, keep, lower,
+                                                    max_rounds=MAX_NOISE_ROUNDS)
+        self.alpha = alpha.astype(np.float32)
         return self
 
     def latent(self, F: np.ndarray, rows: np.ndarray, cols: np.ndarray, row_coords: np.ndarray,
